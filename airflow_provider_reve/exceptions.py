@@ -1,0 +1,183 @@
+"""Every error the provider raises, in one family.
+
+Users catch what they mean: ``ReveAuthenticationError`` for a bad key,
+``ReveInsufficientCreditsError`` to top up, ``ReveRateLimitError`` to slow down, and so on.
+Whether an error may be retried is decided in one place, :mod:`airflow_provider_reve._retry`;
+``ReveAPIError.retryable`` only asks it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow.providers.common.compat.sdk import AirflowException
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.models import ReveTask
+
+GENERATE_ENDPOINT = "POST /api/v1/generate"
+STATUS_ENDPOINT = "GET /api/v1/status"
+
+
+class ReveError(AirflowException):
+    """Base class of every error raised by the Reve provider."""
+
+
+class ReveConfigurationError(ReveError, ValueError):
+    """The connection or the hook is set up wrongly (no key, insecure URL, bad extra)."""
+
+
+class ReveValidationError(ReveError, ValueError):
+    """The request is invalid; raised before any HTTP call, so nothing was paid."""
+
+
+class ReveAPIError(ReveError):
+    """The Reve API answered with an error, or did not answer as documented.
+
+    :param endpoint: ``"POST /api/v1/generate"`` or ``"GET /api/v1/status"``.
+    :param status_code: the HTTP status, ``None`` when no HTTP answer arrived.
+    :param code: the API's machine code (``"INVALID_API_KEY"``, ...), ``None`` when unknown.
+    :param detail: the API's human-readable detail, if any.
+    :param retry_after: seconds the server asked us to wait (``Retry-After``), if sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        status_code: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether sending the same request again is safe and may succeed."""
+        from airflow_provider_reve._retry import is_retryable
+
+        return is_retryable(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(endpoint={self.endpoint!r}, status_code={self.status_code!r}, "
+            f"code={self.code!r}, detail={self.detail!r})"
+        )
+
+
+class ReveBadRequestError(ReveAPIError):
+    """400: ``INVALID_PROMPT``, ``INVALID_MODEL`` or ``INVALID_PARAMETER``."""
+
+
+class ReveContentPolicyError(ReveBadRequestError):
+    """400 ``CONTENT_POLICY_VIOLATION``: the prompt or output was rejected by moderation."""
+
+
+class ReveAuthenticationError(ReveAPIError):
+    """401 ``INVALID_API_KEY``: missing, malformed, unknown or revoked API key."""
+
+
+class ReveInsufficientCreditsError(ReveAPIError):
+    """402 ``INSUFFICIENT_CREDITS``: top up the account."""
+
+
+class ReveNotFoundError(ReveAPIError):
+    """404 ``TASK_NOT_FOUND``: no task with that id belongs to this account."""
+
+
+class ReveRateLimitError(ReveAPIError):
+    """429 ``RATE_LIMITED`` (slow down) or ``TOO_MANY_TASKS`` (too many in flight)."""
+
+    @property
+    def too_many_tasks(self) -> bool:
+        return self.code == "TOO_MANY_TASKS"
+
+
+class ReveServerError(ReveAPIError):
+    """5xx: ``GENERATION_FAILED``, ``SERVICE_UNAVAILABLE``, ``TIMEOUT`` or a proxy error."""
+
+
+class ReveMalformedResponseError(ReveAPIError):
+    """The answer was not the documented envelope (HTML, truncated JSON, missing fields...)."""
+
+
+class ReveConnectionError(ReveAPIError):
+    """No HTTP answer: the connection failed or timed out.
+
+    ``request_sent`` tells whether the request may have reached the server.
+    """
+
+    def __init__(self, message: str, *, endpoint: str, request_sent: bool) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.request_sent = request_sent
+
+
+class ReveAmbiguousSubmissionError(ReveAPIError):
+    """``generate`` was sent but no usable answer came back: a paid task may exist.
+
+    The provider never re-sends such a request by itself, because that could pay twice.
+    """
+
+
+class ReveTaskFailedError(ReveError):
+    """The Reve task ended ``FAILED`` (the API refunds failed tasks)."""
+
+    def __init__(self, task: ReveTask) -> None:
+        self.task = task
+        self.code = task.error_code
+        super().__init__(
+            f"Reve task {task.task_id} FAILED: {task.error_code or 'UNKNOWN_ERROR'}: "
+            f"{task.error_message or 'no message from the API'}"
+        )
+
+
+class ReveWaitTimeoutError(ReveError):
+    """The Reve task was still ``IN_PROGRESS`` when the wait's deadline passed."""
+
+    def __init__(self, message: str, task: ReveTask | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+_BY_CODE: dict[str, type[ReveAPIError]] = {
+    "INVALID_PROMPT": ReveBadRequestError,
+    "INVALID_MODEL": ReveBadRequestError,
+    "INVALID_PARAMETER": ReveBadRequestError,
+    "CONTENT_POLICY_VIOLATION": ReveContentPolicyError,
+    "INVALID_API_KEY": ReveAuthenticationError,
+    "INSUFFICIENT_CREDITS": ReveInsufficientCreditsError,
+    "TASK_NOT_FOUND": ReveNotFoundError,
+    "RATE_LIMITED": ReveRateLimitError,
+    "TOO_MANY_TASKS": ReveRateLimitError,
+    "GENERATION_FAILED": ReveServerError,
+    "SERVICE_UNAVAILABLE": ReveServerError,
+    "TIMEOUT": ReveServerError,
+}
+_BY_STATUS: dict[int, type[ReveAPIError]] = {
+    400: ReveBadRequestError,
+    401: ReveAuthenticationError,
+    403: ReveAuthenticationError,
+    402: ReveInsufficientCreditsError,
+    404: ReveNotFoundError,
+    429: ReveRateLimitError,
+}
+
+
+def api_error_class(status_code: int | None, code: str | None) -> type[ReveAPIError]:
+    """The exception class for an error answer: by machine code first, then by HTTP status."""
+    if code in _BY_CODE:
+        return _BY_CODE[code]
+    if status_code is not None:
+        if status_code in _BY_STATUS:
+            return _BY_STATUS[status_code]
+        if status_code >= 500:
+            return ReveServerError
+    return ReveAPIError

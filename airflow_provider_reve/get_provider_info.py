@@ -1,0 +1,66 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_reve import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-reve",
+        "name": "Reve",
+        "description": "Generate images and videos with the Reve API (https://reve2img.com).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Reve",
+                "external-doc-url": "https://reve2img.com",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.hooks.reve"]}],
+        "operators": [
+            {"integration-name": "Reve", "python-modules": ["airflow_provider_reve.operators.reve"]}
+        ],
+        "sensors": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.sensors.reve"]}],
+        "triggers": [
+            {"integration-name": "Reve", "python-modules": ["airflow_provider_reve.triggers.reve"]}
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_reve.hooks.reve.ReveHook",
+                "hook-name": "Reve",
+                "connection-type": "reve",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["login", "schema", "port"],
+                    "relabeling": {"host": "Base URL", "password": "API key"},
+                    "placeholders": {
+                        "host": "https://reve2img.com",
+                        "password": "sk-...",
+                        "extra": '{"allow_insecure_http": false, "connect_timeout": 10, "read_timeout": 60}',
+                    },
+                },
+                # Only our own options live here -- never the key, which is the masked password.
+                "conn-fields": {
+                    "allow_insecure_http": {
+                        "label": "Allow plain http://",
+                        "description": "Permit a non-loopback http:// base URL (the key would travel "
+                        "unencrypted). Off by default.",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                    "connect_timeout": {
+                        "label": "Connect timeout (s)",
+                        "description": "Seconds to wait for a TCP/TLS connection. Default 10.",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
+                    },
+                    "read_timeout": {
+                        "label": "Read timeout (s)",
+                        "description": "Seconds to wait for an answer. Default 60.",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,90 @@
+"""``ReveTask``: the one description of a Reve generation task.
+
+The hook returns it, the trigger's event carries ``to_dict()`` of it, and XCom holds
+``to_dict()`` of it. There is no second, slightly different dict anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+IN_PROGRESS: Final = "IN_PROGRESS"
+SUCCESS: Final = "SUCCESS"
+FAILED: Final = "FAILED"
+TASK_STATUSES: Final = frozenset({IN_PROGRESS, SUCCESS, FAILED})
+TERMINAL_STATUSES: Final = frozenset({SUCCESS, FAILED})
+
+
+@dataclass(frozen=True)
+class ReveTask:
+    """A Reve generation task as the API last described it."""
+
+    task_id: str
+    status: str
+    result_urls: tuple[str, ...] = field(default=())
+    consumed_credits: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task_id, str) or not self.task_id:
+            raise ValueError(f"ReveTask.task_id must be a non-empty string, got {self.task_id!r}")
+        if self.status not in TASK_STATUSES:
+            raise ValueError(f"ReveTask.status must be one of {sorted(TASK_STATUSES)}, got {self.status!r}")
+        # Accept any sequence (a list from JSON) but store a tuple so the task stays immutable.
+        object.__setattr__(self, "result_urls", tuple(self.result_urls))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAILED
+
+    def with_model(self, model: str | None) -> ReveTask:
+        """Return a copy that remembers ``model`` (the status endpoint does not say it)."""
+        if model is None or self.model == model:
+            return self
+        return ReveTask(**{**self._fields(), "model": model})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the shape of XCom values and trigger event payloads."""
+        data = self._fields()
+        data["result_urls"] = list(self.result_urls)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReveTask:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything that is not one."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a ReveTask dict, got {type(data).__name__}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unexpected ReveTask fields: {sorted(unknown)}")
+        if "task_id" not in data or "status" not in data:
+            raise ValueError("a ReveTask dict needs at least 'task_id' and 'status'")
+        urls = data.get("result_urls") or []
+        if not isinstance(urls, (list, tuple)) or not all(isinstance(u, str) for u in urls):
+            raise ValueError("ReveTask.result_urls must be a list of strings")
+        credits = data.get("consumed_credits")
+        if credits is not None and (isinstance(credits, bool) or not isinstance(credits, int)):
+            raise ValueError("ReveTask.consumed_credits must be an integer or null")
+        return cls(**{**data, "result_urls": tuple(urls)})
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "status": self.status,
+            "result_urls": self.result_urls,
+            "consumed_credits": self.consumed_credits,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "model": self.model,
+        }
