@@ -73,7 +73,7 @@ def _api_error(
     error = error_class(
         text,
         endpoint=endpoint,
-        status_code=status,
+        http_status=status,
         code=machine_code,
         detail=detail,
         retry_after=parse_retry_after(retry_after_header),
@@ -83,7 +83,7 @@ def _api_error(
         return ReveAmbiguousSubmissionError(
             f"{text}. The request reached the server, so a paid task may exist; it was not submitted again.",
             endpoint=endpoint,
-            status_code=status,
+            http_status=status,
             code=machine_code,
             detail=detail,
         )
@@ -138,9 +138,9 @@ def _malformed(endpoint: str, http_status: int, why: str, text: str) -> ReveAPIE
         return ReveAmbiguousSubmissionError(
             message + ". A paid task may have been created; it was not submitted again.",
             endpoint=endpoint,
-            status_code=http_status,
+            http_status=http_status,
         )
-    return ReveMalformedResponseError(message, endpoint=endpoint, status_code=http_status)
+    return ReveMalformedResponseError(message, endpoint=endpoint, http_status=http_status)
 
 
 def _scrub(error: ReveAPIError, secrets: list[str]) -> None:

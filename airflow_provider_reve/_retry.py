@@ -55,6 +55,8 @@ _RETRYABLE_STATUS_FOR_READS = frozenset({408, 409, 429, 500, 502, 503, 504})
 _SAFE_TO_RESUBMIT_CODES = frozenset({"RATE_LIMITED", "GENERATION_FAILED", "SERVICE_UNAVAILABLE"})
 
 MAX_SANE_RETRY_AFTER = 60.0
+# Answers without a machine code whose status alone says "this request is wrong".
+_PERMANENT_STATUS_WITHOUT_CODE = frozenset({400, 401, 402, 403, 404, 422})
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -71,10 +73,10 @@ def is_retryable(error: BaseException) -> bool:
             # Nothing was created, so re-sending is safe -- but the wait is for other tasks to
             # finish (minutes), which the operator handles by deferring, not the hook by sleeping.
             return True
-        return error.code in _SAFE_TO_RESUBMIT_CODES or (error.code is None and error.status_code == 503)
+        return error.code in _SAFE_TO_RESUBMIT_CODES or (error.code is None and error.http_status == 503)
     if isinstance(error, ReveMalformedResponseError):
         return True
-    return error.status_code in _RETRYABLE_STATUS_FOR_READS
+    return error.http_status in _RETRYABLE_STATUS_FOR_READS
 
 
 def should_retry_in_hook(error: BaseException) -> bool:
@@ -93,6 +95,27 @@ def is_permanent_code(code: str | None) -> bool:
     return code in PERMANENT_CODES
 
 
+def is_permanent(error: BaseException) -> bool:
+    """Whether an error means the Airflow task can never succeed by being tried again."""
+    from airflow_provider_reve.exceptions import ReveConfigurationError, ReveValidationError
+
+    if isinstance(error, (ReveValidationError, ReveConfigurationError)):
+        return True
+    if isinstance(error, ReveAPIError):
+        if error.code is not None:
+            return is_permanent_code(error.code)
+        return error.http_status in _PERMANENT_STATUS_WITHOUT_CODE
+    return False
+
+
+def too_many_tasks_wait(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before submitting again after ``TOO_MANY_TASKS`` (other tasks must finish).
+
+    Slower than :func:`backoff_seconds`: from 5 s doubling to 60 s, or a sane ``Retry-After``.
+    """
+    return backoff_seconds(attempt, retry_after, initial=5.0, cap=60.0)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` as seconds (it may be a number or an HTTP date); ``None`` if absent/bad."""
     if value is None:
@@ -101,7 +124,10 @@ def parse_retry_after(value: str | None) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
         if parsed is None:
             return None
         seconds = parsed.timestamp() - time.time()
@@ -197,4 +223,4 @@ async def acall_with_retries(
 
 
 def _short(error: ReveAPIError) -> str:
-    return f"{error.status_code or 'no answer'} {error.code or type(error).__name__}"
+    return f"{error.http_status or 'no answer'} {error.code or type(error).__name__}"

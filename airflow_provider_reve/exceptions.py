@@ -35,7 +35,7 @@ class ReveAPIError(ReveError):
     """The Reve API answered with an error, or did not answer as documented.
 
     :param endpoint: ``"POST /api/v1/generate"`` or ``"GET /api/v1/status"``.
-    :param status_code: the HTTP status, ``None`` when no HTTP answer arrived.
+    :param http_status: the HTTP status, ``None`` when no HTTP answer arrived.
     :param code: the API's machine code (``"INVALID_API_KEY"``, ...), ``None`` when unknown.
     :param detail: the API's human-readable detail, if any.
     :param retry_after: seconds the server asked us to wait (``Retry-After``), if sent.
@@ -46,7 +46,7 @@ class ReveAPIError(ReveError):
         message: str,
         *,
         endpoint: str,
-        status_code: int | None = None,
+        http_status: int | None = None,
         code: str | None = None,
         detail: str | None = None,
         retry_after: float | None = None,
@@ -54,7 +54,7 @@ class ReveAPIError(ReveError):
         super().__init__(message)
         self.message = message
         self.endpoint = endpoint
-        self.status_code = status_code
+        self.http_status = http_status
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
@@ -68,7 +68,7 @@ class ReveAPIError(ReveError):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(endpoint={self.endpoint!r}, status_code={self.status_code!r}, "
+            f"{type(self).__name__}(endpoint={self.endpoint!r}, http_status={self.http_status!r}, "
             f"code={self.code!r}, detail={self.detail!r})"
         )
 
@@ -171,13 +171,13 @@ _BY_STATUS: dict[int, type[ReveAPIError]] = {
 }
 
 
-def api_error_class(status_code: int | None, code: str | None) -> type[ReveAPIError]:
+def api_error_class(http_status: int | None, code: str | None) -> type[ReveAPIError]:
     """The exception class for an error answer: by machine code first, then by HTTP status."""
     if code in _BY_CODE:
         return _BY_CODE[code]
-    if status_code is not None:
-        if status_code in _BY_STATUS:
-            return _BY_STATUS[status_code]
-        if status_code >= 500:
+    if http_status is not None:
+        if http_status in _BY_STATUS:
+            return _BY_STATUS[http_status]
+        if http_status >= 500:
             return ReveServerError
     return ReveAPIError

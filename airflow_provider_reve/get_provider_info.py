@@ -25,9 +25,7 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Reve", "python-modules": ["airflow_provider_reve.operators.reve"]}
         ],
         "sensors": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.sensors.reve"]}],
-        "triggers": [
-            {"integration-name": "Reve", "python-modules": ["airflow_provider_reve.triggers.reve"]}
-        ],
+        "triggers": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.triggers.reve"]}],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_reve.hooks.reve.ReveHook",

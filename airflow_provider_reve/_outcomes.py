@@ -1,0 +1,74 @@
+"""Turns what happened to a Reve task into what Airflow should do next.
+
+The classes come from :mod:`airflow_provider_reve._retry`; this module only maps them:
+
+* permanent (bad input, bad key, no credits, unknown task, content policy) ->
+  ``AirflowFailException``: no Airflow retry is spent on something that cannot succeed;
+* content policy with ``on_content_policy_violation="skip"`` -> ``AirflowSkipException``;
+* transient (rate limits, 5xx, timeouts, FAILED tasks with a transient code -- refunded, so a
+  retry costs nothing extra) -> ``AirflowException``, so the user's ``retries`` apply.
+
+Every decision is logged with its class and reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSkipException,
+)
+
+from airflow_provider_reve._retry import is_permanent, is_permanent_code
+from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
+from airflow_provider_reve.models import ReveTask
+
+CONTENT_POLICY_VIOLATION = "CONTENT_POLICY_VIOLATION"
+ON_CONTENT_POLICY_CHOICES = ("fail", "skip")
+
+
+def raise_for_error(
+    error: ReveError, log: logging.Logger | Any, *, on_content_policy_violation: str = "fail"
+) -> NoReturn:
+    """Raise the Airflow exception that fits ``error`` (which is chained as the cause)."""
+    code = getattr(error, "code", None)
+    if code == CONTENT_POLICY_VIOLATION and on_content_policy_violation == "skip":
+        log.warning("Skipping: the Reve API rejected the content (%s). %s", code, error)
+        raise AirflowSkipException(f"Content policy violation: {error}") from error
+    if is_permanent(error):
+        log.error(
+            "Reve error is PERMANENT (%s): no retry can succeed, failing without spending Airflow "
+            "retries. %s",
+            code or type(error).__name__,
+            error,
+        )
+        raise AirflowFailException(str(error)) from error
+    log.warning(
+        "Reve error is TRANSIENT (%s): failing this try so that Airflow's retries apply. %s",
+        code or type(error).__name__,
+        error,
+    )
+    raise AirflowException(str(error)) from error
+
+
+def raise_for_failed_task(
+    task: ReveTask, log: logging.Logger | Any, *, on_content_policy_violation: str = "fail"
+) -> NoReturn:
+    """A task that ended FAILED: permanent by its error code, transient otherwise."""
+    error = ReveTaskFailedError(task)
+    if task.error_code == CONTENT_POLICY_VIOLATION and on_content_policy_violation == "skip":
+        log.warning("Skipping: %s", error)
+        raise AirflowSkipException(str(error)) from error
+    if is_permanent_code(task.error_code):
+        log.error("Reve task FAILED with a PERMANENT error (%s): not retrying. %s", task.error_code, error)
+        raise AirflowFailException(str(error)) from error
+    log.warning(
+        "Reve task FAILED with a TRANSIENT error (%s); failed tasks are refunded, so Airflow's "
+        "retries may resubmit at no extra cost. %s",
+        task.error_code or "no code",
+        error,
+    )
+    raise AirflowException(str(error)) from error

@@ -1,0 +1,282 @@
+"""Hooks for the Reve generation API.
+
+``ReveHook`` (sync, for workers) builds on providers-http's ``HttpHook`` for what it does well --
+one ``requests`` session with TCP keep-alive per hook -- and replaces what would be wrong for
+us: Bearer auth instead of Basic, https by default, and connection extras that stay options
+instead of becoming HTTP headers.
+
+``ReveAsyncHook`` (async, for the triggerer) resolves the connection without blocking the
+event loop and shares one ``aiohttp`` session per running loop among all triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from typing import Any
+
+import aiohttp
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from urllib3.exceptions import ConnectTimeoutError
+
+from airflow_provider_reve import __version__
+from airflow_provider_reve._catalog import validate_request
+from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_reve._envelope import parse_task_response
+from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
+from airflow_provider_reve.exceptions import (
+    GENERATE_ENDPOINT,
+    STATUS_ENDPOINT,
+    ReveAmbiguousSubmissionError,
+    ReveAPIError,
+    ReveAuthenticationError,
+    ReveConnectionError,
+    ReveError,
+    ReveNotFoundError,
+    ReveValidationError,
+)
+from airflow_provider_reve.models import ReveTask
+
+GENERATE_PATH = "/api/v1/generate"
+STATUS_PATH = "/api/v1/status"
+USER_AGENT = f"airflow-provider-reve/{__version__}"
+
+
+def _check_task_id(task_id: Any) -> str:
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise ReveValidationError(f"a Reve task id must be a non-empty string, got {task_id!r}")
+    return task_id.strip()
+
+
+class ReveHook(HttpHook):
+    """Call the Reve API: ``generate()`` creates a task, ``get_status()`` reads one.
+
+    :param reve_conn_id: a connection of type ``reve``: API key in the password field,
+        optional Base URL in host (default ``https://reve2img.com``).
+    :param timeout: ``(connect, read)`` seconds; overrides the connection's extras.
+    :param retry_policy: bounds for retrying transient errors (see README, "Retries").
+    """
+
+    conn_name_attr = "reve_conn_id"
+    default_conn_name = "reve_default"
+    conn_type = "reve"
+    hook_name = "Reve"
+
+    def __init__(
+        self,
+        reve_conn_id: str = default_conn_name,
+        *,
+        timeout: tuple[float, float] | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(method="POST", http_conn_id=reve_conn_id)
+        self.reve_conn_id = reve_conn_id
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._session: requests.Session | None = None
+        self._settings: ConnectionSettings | None = None
+
+    # -- connection ------------------------------------------------------------------------
+    @property
+    def settings(self) -> ConnectionSettings:
+        if self._settings is None:
+            conn = self.get_connection(self.reve_conn_id)
+            self._settings = settings_from_connection(
+                self.reve_conn_id, conn.host, conn.port, conn.password, conn.extra_dejson
+            )
+        return self._settings
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """The hook's one ``requests.Session`` (kept alive across calls), authenticated by Bearer key."""
+        if self._session is None:
+            settings = self.settings
+            self.base_url = settings.base_url
+            session = requests.Session()
+            session.headers.update({"User-Agent": USER_AGENT, **settings.auth_headers})
+            # HttpHook's adapter mounting gives us TCP keep-alive on long-lived connections.
+            self._session = self._configure_session_from_mount_adapters(session)
+        if headers:
+            self._session.headers.update(headers)
+        return self._session
+
+    @property
+    def _timeouts(self) -> tuple[float, float]:
+        if self.timeout is not None:
+            return self.timeout
+        return (self.settings.connect_timeout, self.settings.read_timeout)
+
+    # -- API -------------------------------------------------------------------------------
+    def generate(self, model: str, prompt: str | None = None, **params: Any) -> ReveTask:
+        """Create a generation task (this spends credits) and return it as the API answered.
+
+        Parameters that are ``None`` are left out of the request. The input is validated
+        before any HTTP call. The request is re-sent only when it provably created nothing;
+        otherwise :class:`ReveAmbiguousSubmissionError` says a paid task may exist.
+        """
+        body = {"model": model, "prompt": prompt, **params}
+        body = {name: value for name, value in body.items() if value is not None}
+        validate_request(model, body)
+        task = call_with_retries(
+            lambda: self._request("POST", GENERATE_PATH, GENERATE_ENDPOINT, json=body),
+            self.retry_policy,
+            what=f"Reve {GENERATE_ENDPOINT}",
+        )
+        task = task.with_model(model)
+        self.log.info(
+            "Reve task %s submitted (model %s): %s%s",
+            task.task_id,
+            model,
+            task.status,
+            f", {task.consumed_credits} credits" if task.consumed_credits is not None else "",
+        )
+        return task
+
+    def get_status(self, task_id: str, *, model: str | None = None) -> ReveTask:
+        """Read a task's current state; transient errors are retried within the retry policy."""
+        task_id = _check_task_id(task_id)
+        task = call_with_retries(
+            lambda: self._request("GET", STATUS_PATH, STATUS_ENDPOINT, params={"task_id": task_id}),
+            self.retry_policy,
+            what=f"Reve {STATUS_ENDPOINT}",
+        )
+        return task.with_model(model)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key without spending credits: ask for the status of a task that cannot exist."""
+        probe_id = f"airflow-connection-test-{uuid.uuid4().hex}"
+        try:
+            self._request("GET", STATUS_PATH, STATUS_ENDPOINT, params={"task_id": probe_id})
+        except ReveNotFoundError:
+            return True, "Connection successful: the API key was accepted (no credits spent)."
+        except ReveAuthenticationError:
+            return False, "API key rejected by the Reve API (401 INVALID_API_KEY)."
+        except ReveError as error:
+            return False, str(error)
+        return True, "Connection successful: the API answered (no credits spent)."
+
+    def _request(self, method: str, path: str, endpoint: str, **kwargs: Any) -> ReveTask:
+        session = self.get_conn()
+        url = self.settings.base_url + path
+        try:
+            response = session.request(method, url, timeout=self._timeouts, **kwargs)
+        except requests.exceptions.RequestException as error:
+            raise self._transport_error(endpoint, error) from None
+        return parse_task_response(
+            endpoint,
+            response.status_code,
+            response.content,
+            retry_after_header=response.headers.get("Retry-After"),
+            secrets=[self.settings.api_key],
+        )
+
+    def _transport_error(self, endpoint: str, error: requests.exceptions.RequestException) -> ReveAPIError:
+        sent = _request_may_have_been_sent(error)
+        what = f"{type(error).__name__} talking to {self.settings.base_url}"
+        if endpoint == GENERATE_ENDPOINT and sent:
+            return ReveAmbiguousSubmissionError(
+                f"Reve API {endpoint}: the request was sent but no answer arrived ({what}). A paid "
+                "task may have been created, so it was NOT submitted again.",
+                endpoint=endpoint,
+            )
+        return ReveConnectionError(f"Reve API {endpoint}: {what}", endpoint=endpoint, request_sent=sent)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def _request_may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
+    """False only when ``requests`` failed before the request could leave this machine."""
+    if isinstance(error, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+        return False
+    if isinstance(error, requests.exceptions.InvalidURL):
+        return False
+    if isinstance(error, requests.exceptions.ConnectionError) and error.args:
+        # urllib3 wraps "refused", "no route", DNS failures as NewConnectionError, a
+        # ConnectTimeoutError subclass: the TCP connection never existed.
+        reason = getattr(error.args[0], "reason", error.args[0])
+        if isinstance(reason, ConnectTimeoutError):
+            return False
+    return True
+
+
+# One aiohttp session per running event loop, shared by every trigger on that loop: the
+# triggerer runs all triggers on one loop, while dag.test() starts a new loop per trigger.
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_client_session() -> aiohttp.ClientSession:
+    """The ``aiohttp.ClientSession`` of the running loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    session = _SESSIONS.get(loop)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+            headers={"User-Agent": USER_AGENT},
+        )
+        _SESSIONS[loop] = session
+    return session
+
+
+class ReveAsyncHook(ReveHook):
+    """Async status reads for triggers: never blocks the loop, shares the loop's HTTP session."""
+
+    async def async_settings(self) -> ConnectionSettings:
+        if self._settings is None:
+            from airflow.providers.common.compat.connection import (
+                get_async_connection,
+                get_async_extra_dejson,
+            )
+
+            conn = await get_async_connection(self.reve_conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
+            self._settings = settings_from_connection(
+                self.reve_conn_id, conn.host, conn.port, conn.password, extra
+            )
+        return self._settings
+
+    async def aget_status(self, task_id: str, *, model: str | None = None) -> ReveTask:
+        task_id = _check_task_id(task_id)
+        settings = await self.async_settings()
+        task = await acall_with_retries(
+            lambda: self._aget_status_once(settings, task_id),
+            self.retry_policy,
+            what=f"Reve {STATUS_ENDPOINT}",
+        )
+        return task.with_model(model)
+
+    async def _aget_status_once(self, settings: ConnectionSettings, task_id: str) -> ReveTask:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+        )
+        try:
+            async with shared_client_session().get(
+                settings.base_url + STATUS_PATH,
+                params={"task_id": task_id},
+                headers=settings.auth_headers,
+                timeout=timeout,
+            ) as response:
+                body = await response.read()
+                status, retry_after = response.status, response.headers.get("Retry-After")
+        except aiohttp.ClientConnectorError as error:
+            raise ReveConnectionError(
+                f"Reve API {STATUS_ENDPOINT}: cannot connect to {settings.base_url} ({type(error).__name__})",
+                endpoint=STATUS_ENDPOINT,
+                request_sent=False,
+            ) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            raise ReveConnectionError(
+                f"Reve API {STATUS_ENDPOINT}: {type(error).__name__} talking to {settings.base_url}",
+                endpoint=STATUS_ENDPOINT,
+                request_sent=True,
+            ) from None
+        return parse_task_response(
+            STATUS_ENDPOINT, status, body, retry_after_header=retry_after, secrets=[settings.api_key]
+        )

@@ -1,0 +1,398 @@
+"""``ReveGenerateOperator``: submit a Reve generation and (optionally) wait for it, deferrably.
+
+Flow: validate -> re-attach to an earlier try's task, or submit -> log id and credits ->
+SUCCESS already (synchronous model)? return it, never defer -> ``wait_for_completion=False``?
+return the IN_PROGRESS task -> deferrable? wait in the triggerer -> else poll in the worker.
+The XCom ``return_value`` is always ``ReveTask.to_dict()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    BaseOperator,
+    Stats,
+    conf,
+)
+
+from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
+from airflow_provider_reve._outcomes import (
+    ON_CONTENT_POLICY_CHOICES,
+    raise_for_error,
+    raise_for_failed_task,
+)
+from airflow_provider_reve._reattach import SubmittedTaskMemory, request_fingerprint
+from airflow_provider_reve._retry import is_permanent_code, too_many_tasks_wait
+from airflow_provider_reve.exceptions import (
+    ReveAmbiguousSubmissionError,
+    ReveError,
+    ReveNotFoundError,
+    ReveRateLimitError,
+    ReveValidationError,
+)
+from airflow_provider_reve.hooks.reve import ReveHook
+from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.triggers.reve import (
+    DEFAULT_POLL_INTERVAL,
+    OUTCOME_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_SUCCESS,
+    ReveMalformedEventError,
+    ReveTaskTrigger,
+    read_event,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
+# The triggerer enforces our own deadline; Airflow's deferral timeout is only a safety net for a
+# triggerer that is down, so it fires a little later.
+_DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
+
+# The documented request fields, as operator arguments (and template fields).
+REQUEST_FIELDS = (
+    "prompt",
+    "image_urls",
+    "aspect_ratio",
+    "num_images",
+    "output_format",
+    "resolution",
+    "duration",
+    "generate_audio",
+)
+
+
+def _seconds(value: float | timedelta, name: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+class ReveGenerateOperator(BaseOperator):
+    """Generate images or videos with Reve.
+
+    :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
+        ``"kling3-pro-text-to-video"``. Unknown ids are passed through.
+    :param prompt: the text description (templated).
+    :param image_urls: source images (edit / image-to-video).
+    :param aspect_ratio: e.g. ``"16:9"``.
+    :param num_images: images per request (image models).
+    :param output_format: ``"png"``, ``"jpeg"`` or ``"webp"``.
+    :param resolution: ``"1K"``/``"2K"``/``"4K"`` (image) or ``"720p"``/``"1080p"`` (video).
+    :param duration: video length in seconds.
+    :param generate_audio: video with sound.
+    :param extra_params: any other request fields, passed through as they are.
+    :param reve_conn_id: the ``reve`` connection.
+    :param wait_for_completion: wait until the task finishes (default) or return it IN_PROGRESS.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param poll_interval: seconds between status polls (the API asks for 2-5 s).
+    :param timeout: how long to wait for the task to finish (seconds or timedelta).
+    :param on_content_policy_violation: ``"fail"`` (default) or ``"skip"`` the Airflow task.
+    :param on_ambiguous_submit: when the submission was sent but no answer came back:
+        ``"fail"`` (default, no retry: a paid task may exist) or ``"retry"`` (let Airflow's
+        retries resubmit, accepting a possible second charge).
+    :param max_submit_wait: how long to keep re-submitting while the account has
+        ``TOO_MANY_TASKS`` in flight (seconds or timedelta).
+    :param max_credits: refuse to submit when the estimated cost exceeds this (or cannot be
+        estimated).
+    """
+
+    template_fields: Sequence[str] = ("model", *REQUEST_FIELDS, "extra_params", "reve_conn_id")
+    template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
+    ui_color = "#f4e3ff"
+
+    def __init__(
+        self,
+        *,
+        prompt: str | None = None,
+        model: str = DEFAULT_MODEL,
+        image_urls: list[str] | None = None,
+        aspect_ratio: str | None = None,
+        num_images: int | None = None,
+        output_format: str | None = None,
+        resolution: str | None = None,
+        duration: float | None = None,
+        generate_audio: bool | None = None,
+        extra_params: dict[str, Any] | None = None,
+        reve_conn_id: str = ReveHook.default_conn_name,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float | timedelta = timedelta(hours=1),
+        on_content_policy_violation: str = "fail",
+        on_ambiguous_submit: str = "fail",
+        max_submit_wait: float | timedelta = timedelta(hours=1),
+        max_credits: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_content_policy_violation not in ON_CONTENT_POLICY_CHOICES:
+            raise ValueError(f"on_content_policy_violation must be one of {ON_CONTENT_POLICY_CHOICES}")
+        if on_ambiguous_submit not in ON_AMBIGUOUS_SUBMIT_CHOICES:
+            raise ValueError(f"on_ambiguous_submit must be one of {ON_AMBIGUOUS_SUBMIT_CHOICES}")
+        self.model = model
+        self.prompt = prompt
+        self.image_urls = image_urls
+        self.aspect_ratio = aspect_ratio
+        self.num_images = num_images
+        self.output_format = output_format
+        self.resolution = resolution
+        self.duration = duration
+        self.generate_audio = generate_audio
+        self.extra_params = extra_params
+        self.reve_conn_id = reve_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = _seconds(poll_interval, "poll_interval")
+        self.timeout = _seconds(timeout, "timeout")
+        self.on_content_policy_violation = on_content_policy_violation
+        self.on_ambiguous_submit = on_ambiguous_submit
+        self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
+        self.max_credits = max_credits
+
+    @cached_property
+    def hook(self) -> ReveHook:
+        return ReveHook(self.reve_conn_id)
+
+    # -- entry points ------------------------------------------------------------------------
+    def execute(self, context: Context) -> dict[str, Any]:
+        return self._run(context, submit_attempt=1, first_refusal=None)
+
+    def execute_after_backoff(
+        self,
+        context: Context,
+        event: Any = None,
+        submit_attempt: int = 1,
+        first_refusal: float | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
+        return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
+
+    def execute_complete(
+        self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
+        try:
+            result = read_event(event, reve_task_id)
+        except ReveMalformedEventError as error:
+            # Not permanent: a retry re-attaches to the remembered task and reads its real state.
+            raise AirflowException(f"{error} (the Reve task is remembered; a retry re-attaches)") from error
+        memory = SubmittedTaskMemory(context, self.log)
+        if result.outcome == OUTCOME_SUCCESS and result.task is not None:
+            return self._succeeded(result.task.with_model(self.model), memory)
+        if result.outcome == OUTCOME_FAILED and result.task is not None:
+            memory.forget()
+            raise_for_failed_task(
+                result.task, self.log, on_content_policy_violation=self.on_content_policy_violation
+            )
+        if result.outcome == OUTCOME_ERROR:
+            if result.error_code == "TASK_NOT_FOUND":
+                memory.forget()
+            self._raise_trigger_error(result.message, result.error_code)
+        # OUTCOME_TIMEOUT
+        raise AirflowException(
+            f"Timed out after {self.timeout:g}s waiting for Reve task {reve_task_id}: {result.message} "
+            "The task stays remembered, so an Airflow retry re-attaches to it without paying again."
+        )
+
+    # -- the flow ----------------------------------------------------------------------------
+    def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
+        params = self._validated_params()
+        memory = SubmittedTaskMemory(context, self.log)
+        fingerprint = request_fingerprint(self.model, params)
+        task = self._reattach(memory, fingerprint)
+        if task is None:
+            self._check_budget(params)
+            task = self._submit(context, params, submit_attempt, first_refusal)
+            memory.remember(task.task_id, fingerprint)
+        return self._after_submit(task, memory)
+
+    def _validated_params(self) -> dict[str, Any]:
+        fields = {name: getattr(self, name) for name in REQUEST_FIELDS}
+        extra = self.extra_params or {}
+        try:
+            if not isinstance(extra, dict):
+                raise ReveValidationError(f"extra_params must be a dict, got {type(extra).__name__}")
+            clash = sorted(name for name in extra if fields.get(name) is not None)
+            if clash:
+                raise ReveValidationError(f"{clash} given both as arguments and in extra_params")
+            params = {k: v for k, v in {**extra, **fields}.items() if v is not None}
+            validate_request(self.model, params)
+        except ReveValidationError as error:
+            raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
+        return params
+
+    def _check_budget(self, params: dict[str, Any]) -> None:
+        if self.max_credits is None:
+            return
+        estimate = estimate_credits(self.model, **params)
+        if estimate is None:
+            raise AirflowFailException(
+                f"max_credits={self.max_credits} is set, but the cost of this {self.model!r} request "
+                "cannot be estimated (unknown model, or a video without duration/resolution); "
+                "nothing was submitted."
+            )
+        if estimate > self.max_credits:
+            raise AirflowFailException(
+                f"This request would cost about {estimate} credits, more than max_credits="
+                f"{self.max_credits}; nothing was submitted."
+            )
+        self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
+
+    def _reattach(self, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
+        task_id = memory.recall(fingerprint)
+        if task_id is None:
+            return None
+        try:
+            task = self.hook.get_status(task_id, model=self.model)
+        except ReveNotFoundError:
+            self.log.warning("Remembered Reve task %s no longer exists; submitting afresh.", task_id)
+            memory.forget()
+            return None
+        except ReveError as error:
+            raise_for_error(error, self.log)
+        if task.failed:
+            self.log.warning(
+                "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
+            )
+            memory.forget()
+            return None
+        self.log.info(
+            "Re-attaching to Reve task %s (%s) submitted by an earlier try: not submitting again.",
+            task_id,
+            task.status,
+        )
+        return task
+
+    def _submit(
+        self, context: Context, params: dict[str, Any], attempt: int, first_refusal: float | None
+    ) -> ReveTask:
+        while True:
+            try:
+                task = self.hook.generate(self.model, **params)
+            except ReveRateLimitError as error:
+                if not error.too_many_tasks:
+                    raise_for_error(error, self.log)
+                first_refusal = first_refusal or time.time()
+                wait = too_many_tasks_wait(attempt, error.retry_after)
+                waited = time.time() - first_refusal
+                if waited + wait > self.max_submit_wait:
+                    raise AirflowException(
+                        f"The Reve account still had TOO_MANY_TASKS in flight after {waited:.0f}s "
+                        f"(max_submit_wait={self.max_submit_wait:g}s); nothing was submitted."
+                    ) from error
+                self.log.info(
+                    "Reve account has TOO_MANY_TASKS in flight; submitting again in %.1fs (attempt %d).",
+                    wait,
+                    attempt,
+                )
+                attempt += 1
+                if self.deferrable:
+                    self._defer_submission(wait, attempt, first_refusal)
+                time.sleep(wait)
+                continue
+            except ReveAmbiguousSubmissionError as error:
+                self._raise_ambiguous(error)
+            except ReveError as error:
+                raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+            Stats.incr("reve.tasks_submitted", tags={"model": self.model})
+            return task
+
+    def _defer_submission(self, wait: float, attempt: int, first_refusal: float) -> None:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+        from airflow.sdk.timezone import utcnow
+
+        self.defer(
+            trigger=DateTimeTrigger(moment=utcnow() + timedelta(seconds=wait)),
+            method_name="execute_after_backoff",
+            kwargs={"submit_attempt": attempt, "first_refusal": first_refusal},
+        )
+
+    def _raise_ambiguous(self, error: ReveAmbiguousSubmissionError) -> None:
+        if self.on_ambiguous_submit == "retry":
+            self.log.warning(
+                "Submission outcome unknown and on_ambiguous_submit='retry': Airflow's retries will "
+                "submit again, which may be charged twice. %s",
+                error,
+            )
+            raise AirflowException(str(error)) from error
+        raise AirflowFailException(
+            f"{error} Check the Reve dashboard for the task before re-running; set "
+            "on_ambiguous_submit='retry' to let Airflow retries resubmit (possible second charge)."
+        ) from error
+
+    def _after_submit(self, task: ReveTask, memory: SubmittedTaskMemory) -> dict[str, Any]:
+        if task.succeeded:
+            return self._succeeded(task, memory)
+        if task.failed:
+            memory.forget()
+            raise_for_failed_task(
+                task, self.log, on_content_policy_violation=self.on_content_policy_violation
+            )
+        if not self.wait_for_completion:
+            memory.forget()  # handed on: whoever waits (a sensor) owns it now
+            return task.to_dict()
+        deadline = time.time() + self.timeout
+        if self.deferrable:
+            self.defer(
+                trigger=ReveTaskTrigger(
+                    reve_task_id=task.task_id,
+                    reve_conn_id=self.reve_conn_id,
+                    poll_interval=self.poll_interval,
+                    deadline=deadline,
+                    model=self.model,
+                ),
+                method_name="execute_complete",
+                kwargs={"reve_task_id": task.task_id},
+                timeout=timedelta(seconds=self.timeout) + _DEFER_TIMEOUT_GRACE,
+            )
+        return self._poll(task, deadline, memory)
+
+    def _poll(self, task: ReveTask, deadline: float, memory: SubmittedTaskMemory) -> dict[str, Any]:
+        while not task.is_finished:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise AirflowException(
+                    f"Timed out after {self.timeout:g}s waiting for Reve task {task.task_id} "
+                    "(still IN_PROGRESS). An Airflow retry re-attaches to it without paying again."
+                )
+            time.sleep(min(self.poll_interval, remaining))
+            try:
+                task = self.hook.get_status(task.task_id, model=self.model)
+            except ReveError as error:
+                raise_for_error(error, self.log)
+        if task.failed:
+            memory.forget()
+            raise_for_failed_task(
+                task, self.log, on_content_policy_violation=self.on_content_policy_violation
+            )
+        return self._succeeded(task, memory)
+
+    def _succeeded(self, task: ReveTask, memory: SubmittedTaskMemory) -> dict[str, Any]:
+        self.log.info(
+            "Reve task %s SUCCESS: %d result URL(s), %s credits",
+            task.task_id,
+            len(task.result_urls),
+            task.consumed_credits if task.consumed_credits is not None else "unknown",
+        )
+        if task.consumed_credits is not None:
+            Stats.incr("reve.credits_consumed", count=task.consumed_credits, tags={"model": self.model})
+        memory.forget()
+        return task.to_dict()
+
+    def _raise_trigger_error(self, message: str, code: str | None) -> NoReturn:
+        if is_permanent_code(code):
+            self.log.error("Waiting failed with a PERMANENT error (%s): not retrying.", code)
+            raise AirflowFailException(f"Waiting for the Reve task failed permanently ({code}): {message}")
+        self.log.warning("Waiting failed with a TRANSIENT error (%s): Airflow's retries apply.", code)
+        raise AirflowException(f"Waiting for the Reve task failed ({code or 'no code'}): {message}")

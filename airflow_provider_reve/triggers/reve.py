@@ -1,0 +1,194 @@
+"""``ReveTaskTrigger``: waits for a Reve task in the triggerer, holding no worker slot.
+
+What goes into the metadata DB is exactly what the constructor took: a connection id, the
+Reve task id and plain numbers. No key, no headers, no URL: the triggerer stores and logs
+kwargs in plain text. The connection is resolved inside ``run()``, asynchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.exceptions import ReveAPIError, ReveError
+from airflow_provider_reve.hooks.reve import ReveAsyncHook
+from airflow_provider_reve.models import ReveTask
+
+OUTCOME_SUCCESS = "success"
+OUTCOME_FAILED = "failed"
+OUTCOME_TIMEOUT = "timeout"
+OUTCOME_ERROR = "error"
+OUTCOMES = frozenset({OUTCOME_SUCCESS, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_ERROR})
+
+DEFAULT_POLL_INTERVAL = 3.0  # the API asks for one poll every 2-5 s
+DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
+
+
+class ReveTaskTrigger(BaseTrigger):
+    """Poll ``GET /api/v1/status`` until the task finishes or ``deadline`` passes; fire one event.
+
+    :param reve_task_id: the Reve task to wait for.
+    :param reve_conn_id: the ``reve`` connection to use (resolved in the triggerer).
+    :param poll_interval: seconds between status polls.
+    :param deadline: absolute UNIX time after which the wait ends with outcome ``timeout``;
+        absolute so that a triggerer restart does not extend the wait.
+    :param model: the model id, remembered in the event's task (the status endpoint omits it).
+    :param max_consecutive_errors: transient errors in a row (429/5xx/connection) tolerated
+        before the trigger gives up with outcome ``error``.
+    """
+
+    def __init__(
+        self,
+        reve_task_id: str,
+        reve_conn_id: str = "reve_default",
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        deadline: float | None = None,
+        model: str | None = None,
+        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+    ) -> None:
+        super().__init__()
+        self.reve_task_id = reve_task_id
+        self.reve_conn_id = reve_conn_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = float(deadline) if deadline is not None else None
+        self.model = model
+        self.max_consecutive_errors = int(max_consecutive_errors)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "reve_task_id": self.reve_task_id,
+                "reve_conn_id": self.reve_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "model": self.model,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent(await self._wait())
+
+    async def _wait(self) -> dict[str, Any]:
+        hook = ReveAsyncHook(self.reve_conn_id)
+        last: ReveTask | None = None
+        while True:
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                return self._event(
+                    OUTCOME_TIMEOUT,
+                    last,
+                    f"Reve task {self.reve_task_id} was still IN_PROGRESS when the wait's deadline passed.",
+                )
+            # The hook retries transient errors with backoff, but never past our deadline.
+            hook.retry_policy = RetryPolicy(
+                max_attempts=self.max_consecutive_errors + 1,
+                max_elapsed_seconds=remaining if remaining is not None else 300.0,
+            )
+            try:
+                task = await hook.aget_status(self.reve_task_id, model=self.model)
+            except ReveAPIError as error:
+                return self._event(
+                    OUTCOME_ERROR, last, str(error), error_code=error.code, retryable=error.retryable
+                )
+            except ReveError as error:  # configuration problems: no key, insecure URL...
+                return self._event(OUTCOME_ERROR, last, str(error), retryable=False)
+            last = task
+            if task.succeeded:
+                return self._event(OUTCOME_SUCCESS, task, f"Reve task {task.task_id} succeeded.")
+            if task.failed:
+                return self._event(
+                    OUTCOME_FAILED,
+                    task,
+                    f"Reve task {task.task_id} FAILED: {task.error_code}: {task.error_message}",
+                    error_code=task.error_code,
+                )
+            self.log.debug("Reve task %s still IN_PROGRESS", self.reve_task_id)
+            wait = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+            await asyncio.sleep(wait)
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def _event(
+        self,
+        outcome: str,
+        task: ReveTask | None,
+        message: str,
+        *,
+        error_code: str | None = None,
+        retryable: bool | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "outcome": outcome,
+            "reve_task_id": self.reve_task_id,
+            "task": task.to_dict() if task else None,
+            "message": message,
+            "error_code": error_code,
+            "retryable": retryable,
+        }
+
+
+@dataclass(frozen=True)
+class ReveTaskEvent:
+    """A trigger event, checked: what ``execute_complete`` may trust."""
+
+    outcome: str
+    reve_task_id: str
+    task: ReveTask | None
+    message: str
+    error_code: str | None = None
+    retryable: bool | None = None
+
+
+class ReveMalformedEventError(ReveError):
+    """A trigger event that is not what :class:`ReveTaskTrigger` sends for this task."""
+
+
+def read_event(event: Any, expected_task_id: str | None) -> ReveTaskEvent:
+    """Validate a trigger event for the Reve task we deferred on; raise a clear error otherwise."""
+    if not isinstance(event, dict):
+        raise ReveMalformedEventError(f"Reve trigger event is not a dict: {type(event).__name__}")
+    outcome = event.get("outcome")
+    if outcome not in OUTCOMES:
+        raise ReveMalformedEventError(f"Reve trigger event has an unknown outcome: {outcome!r}")
+    event_task_id = event.get("reve_task_id")
+    if not expected_task_id or event_task_id != expected_task_id:
+        raise ReveMalformedEventError(
+            f"Reve trigger event is for task {event_task_id!r}, but this Airflow task waits for "
+            f"{expected_task_id!r}."
+        )
+    task = None
+    if event.get("task") is not None:
+        try:
+            task = ReveTask.from_dict(event["task"])
+        except (ValueError, TypeError) as error:
+            raise ReveMalformedEventError(f"Reve trigger event carries an invalid task: {error}") from None
+        if task.task_id != expected_task_id:
+            raise ReveMalformedEventError(
+                f"Reve trigger event carries task {task.task_id!r}, expected {expected_task_id!r}."
+            )
+    expected_status = {OUTCOME_SUCCESS: "SUCCESS", OUTCOME_FAILED: "FAILED"}.get(outcome)
+    if expected_status and (task is None or task.status != expected_status):
+        raise ReveMalformedEventError(
+            f"Reve trigger event says {outcome!r} but its task status is "
+            f"{task.status if task else 'missing'}."
+        )
+    message = event.get("message")
+    error_code = event.get("error_code")
+    retryable = event.get("retryable")
+    return ReveTaskEvent(
+        outcome=outcome,
+        reve_task_id=expected_task_id,
+        task=task,
+        message=message if isinstance(message, str) else "",
+        error_code=error_code if isinstance(error_code, str) else None,
+        retryable=retryable if isinstance(retryable, bool) else None,
+    )
