@@ -50,7 +50,8 @@ def _parse(endpoint: str, http_status: int, body: bytes | str, retry_after_heade
         raise _malformed(endpoint, http_status, "the body is not a JSON object", text)
 
     body_code = envelope.get("code")
-    if http_status != 200 or (isinstance(body_code, int) and body_code != 200):
+    # Any 2xx is an HTTP success (a gateway may turn 200 into 201/202); then the body's code decides.
+    if not 200 <= http_status < 300 or (isinstance(body_code, int) and body_code != 200):
         raise _api_error(endpoint, http_status, body_code, envelope, retry_after_header)
 
     data = envelope.get("data")
@@ -63,7 +64,7 @@ def _api_error(
     endpoint: str, http_status: int, body_code: Any, envelope: dict[str, Any], retry_after_header: str | None
 ) -> ReveAPIError:
     # The reference puts the HTTP status in both places; if they disagree, the error one wins.
-    status = http_status if http_status != 200 else body_code
+    status = body_code if 200 <= http_status < 300 else http_status
     machine_code = envelope.get("message") if isinstance(envelope.get("message"), str) else None
     detail = envelope.get("detail") if isinstance(envelope.get("detail"), str) else None
     error_class = api_error_class(status, machine_code)
