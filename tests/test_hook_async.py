@@ -29,7 +29,7 @@ from airflow_provider_reve.exceptions import (
     ReveServerError,
     ReveValidationError,
 )
-from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook, shared_client_session
+from airflow_provider_reve.hooks.reve import _SESSIONS, ReveAsyncHook, ReveHook, shared_client_session
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer, Fault
 
@@ -63,9 +63,9 @@ def finished_task(server: FakeReveServer) -> ReveTask:
 
 @pytest.fixture
 async def loop_session_closed_afterwards() -> AsyncIterator[None]:
-    """Close the loop's shared ``aiohttp`` session once the test is done with it."""
+    """After the test, the loop's shared ``aiohttp`` session is gone: nothing leaks."""
     yield
-    await shared_client_session().close()
+    assert asyncio.get_running_loop() not in _SESSIONS
 
 
 @pytest.fixture
@@ -280,12 +280,25 @@ async def test_hooks_on_one_loop_share_one_session_and_one_tcp_connection(async_
     other_hook = ReveAsyncHook(CONN_ID, retry_policy=FAST)
     connections_before = server.connections  # the sync hook's, which created the task
 
-    await async_hook.aget_status(finished_task.task_id)
-    await other_hook.aget_status(finished_task.task_id)
-    await async_hook.aget_status(finished_task.task_id)
+    # A trigger holds the loop's session for its whole wait; other triggers borrow the same one.
+    async with async_hook.keep_session():
+        await async_hook.aget_status(finished_task.task_id)
+        await other_hook.aget_status(finished_task.task_id)
+        await async_hook.aget_status(finished_task.task_id)
 
     assert server.requests_to("status") == 3
     assert server.connections - connections_before == 1
+
+
+async def test_the_shared_session_is_closed_when_its_last_user_leaves(server, finished_task):
+    hook = ReveAsyncHook(CONN_ID, retry_policy=FAST)
+    async with shared_client_session() as outer:
+        async with shared_client_session() as inner:
+            assert inner is outer
+        assert not outer.closed  # still borrowed by the outer user
+        await hook.aget_status(finished_task.task_id)
+    assert outer.closed
+    assert asyncio.get_running_loop() not in _SESSIONS
 
 
 def test_a_new_event_loop_gets_its_own_session(server, finished_task):
@@ -293,21 +306,17 @@ def test_a_new_event_loop_gets_its_own_session(server, finished_task):
     connections_before = server.connections
 
     async def read_once() -> None:
-        await ReveAsyncHook(CONN_ID, retry_policy=FAST).aget_status(finished_task.task_id)
-        sessions.append(shared_client_session())
+        async with shared_client_session() as session:
+            sessions.append(session)
+            await ReveAsyncHook(CONN_ID, retry_policy=FAST).aget_status(finished_task.task_id)
 
-    loops = [asyncio.new_event_loop(), asyncio.new_event_loop()]
-    try:
-        for loop in loops:
-            loop.run_until_complete(read_once())
-    finally:
-        for loop, session in zip(loops, sessions, strict=False):
-            loop.run_until_complete(session.close())
-        for loop in loops:
-            loop.close()
+    for _ in range(2):
+        asyncio.run(read_once())
 
     assert len(sessions) == 2
     assert sessions[0] is not sessions[1]
+    assert all(session.closed for session in sessions)
+    assert not _SESSIONS  # loops that ended left nothing behind
     assert server.requests_to("status") == 2
     assert server.connections - connections_before == 2
 
@@ -315,17 +324,13 @@ def test_a_new_event_loop_gets_its_own_session(server, finished_task):
 def test_a_closed_session_is_replaced_on_the_same_loop(server, finished_task):
     async def scenario() -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
         hook = ReveAsyncHook(CONN_ID, retry_policy=FAST)
-        await hook.aget_status(finished_task.task_id)
-        first = shared_client_session()
-        await first.close()
-        await hook.aget_status(finished_task.task_id)
-        second = shared_client_session()
-        await second.close()
+        async with shared_client_session() as first:
+            await first.close()  # e.g. closed by someone else
+            async with shared_client_session() as second:
+                await hook.aget_status(finished_task.task_id)
         return first, second
 
-    connections_before = server.connections
     first, second = asyncio.run(scenario())
 
     assert first is not second
-    assert server.requests_to("status") == 2
-    assert server.connections - connections_before == 2
+    assert server.requests_to("status") == 1

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -100,7 +102,10 @@ class ReveHook(HttpHook):
             # HttpHook's adapter mounting gives us TCP keep-alive on long-lived connections.
             self._session = self._configure_session_from_mount_adapters(session)
         if headers:
-            self._session.headers.update(headers)
+            # Extra headers are welcome; replacing the Bearer key through them is not.
+            self._session.headers.update(
+                {k: v for k, v in headers.items() if str(k).lower() != "authorization"}
+            )
         return self._session
 
     @property
@@ -205,28 +210,48 @@ def _request_may_have_been_sent(error: requests.exceptions.RequestException) -> 
     return True
 
 
+@dataclass
+class _LoopSession:
+    session: aiohttp.ClientSession
+    users: int = 0
+
+
 # One aiohttp session per running event loop, shared by every trigger on that loop: the
 # triggerer runs all triggers on one loop, while dag.test() starts a new loop per trigger.
-_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-    weakref.WeakKeyDictionary()
-)
+# Sessions are reference-counted and closed when their last user leaves, so a loop that ends
+# (dag.test) leaves nothing behind, while the triggerer's busy loop keeps its connections alive.
+_SESSIONS: dict[asyncio.AbstractEventLoop, _LoopSession] = {}
 
 
-def shared_client_session() -> aiohttp.ClientSession:
-    """The ``aiohttp.ClientSession`` of the running loop, created on first use."""
+@asynccontextmanager
+async def shared_client_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """Borrow the running loop's shared ``aiohttp.ClientSession`` (created on first use)."""
     loop = asyncio.get_running_loop()
-    session = _SESSIONS.get(loop)
-    if session is None or session.closed:
+    entry = _SESSIONS.get(loop)
+    if entry is None or entry.session.closed:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
             headers={"User-Agent": USER_AGENT},
         )
-        _SESSIONS[loop] = session
-    return session
+        entry = _SESSIONS[loop] = _LoopSession(session)
+    entry.users += 1
+    try:
+        yield entry.session
+    finally:
+        entry.users -= 1
+        if entry.users == 0 and _SESSIONS.get(loop) is entry:
+            del _SESSIONS[loop]
+            await entry.session.close()
 
 
 class ReveAsyncHook(ReveHook):
     """Async status reads for triggers: never blocks the loop, shares the loop's HTTP session."""
+
+    @asynccontextmanager
+    async def keep_session(self) -> AsyncIterator[None]:
+        """Hold the loop's shared session open across many calls (a trigger's whole wait)."""
+        async with shared_client_session():
+            yield
 
     async def async_settings(self) -> ConnectionSettings:
         if self._settings is None:
@@ -257,12 +282,15 @@ class ReveAsyncHook(ReveHook):
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
         )
         try:
-            async with shared_client_session().get(
-                settings.base_url + STATUS_PATH,
-                params={"task_id": task_id},
-                headers=settings.auth_headers,
-                timeout=timeout,
-            ) as response:
+            async with (
+                shared_client_session() as session,
+                session.get(
+                    settings.base_url + STATUS_PATH,
+                    params={"task_id": task_id},
+                    headers=settings.auth_headers,
+                    timeout=timeout,
+                ) as response,
+            ):
                 body = await response.read()
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except aiohttp.ClientConnectorError as error:

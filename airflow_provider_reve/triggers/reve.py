@@ -74,10 +74,13 @@ class ReveTaskTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent(await self._wait())
-
-    async def _wait(self) -> dict[str, Any]:
         hook = ReveAsyncHook(self.reve_conn_id)
+        # One keep-alive session for the whole wait, shared with every other trigger on this loop.
+        async with hook.keep_session():
+            event = await self._wait(hook)
+        yield TriggerEvent(event)
+
+    async def _wait(self, hook: ReveAsyncHook) -> dict[str, Any]:
         last: ReveTask | None = None
         while True:
             remaining = self._remaining()
@@ -157,7 +160,7 @@ def read_event(event: Any, expected_task_id: str | None) -> ReveTaskEvent:
     if not isinstance(event, dict):
         raise ReveMalformedEventError(f"Reve trigger event is not a dict: {type(event).__name__}")
     outcome = event.get("outcome")
-    if outcome not in OUTCOMES:
+    if not isinstance(outcome, str) or outcome not in OUTCOMES:  # a list would raise TypeError
         raise ReveMalformedEventError(f"Reve trigger event has an unknown outcome: {outcome!r}")
     event_task_id = event.get("reve_task_id")
     if not expected_task_id or event_task_id != expected_task_id:
