@@ -182,12 +182,16 @@ class ReveGenerateOperator(BaseOperator):
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
+        memory = SubmittedTaskMemory(context, self.log)
+        if reve_task_id is None:
+            # Airflow 3.3's dag.test() drops defer()'s kwargs once the trigger fires
+            # (apache/airflow#69942); the state store still knows which task this try submitted.
+            reve_task_id = memory.recall(request_fingerprint(self.model, self._validated_params()))
         try:
             result = read_event(event, reve_task_id)
         except ReveMalformedEventError as error:
             # Not permanent: a retry re-attaches to the remembered task and reads its real state.
             raise AirflowException(f"{error} (the Reve task is remembered; a retry re-attaches)") from error
-        memory = SubmittedTaskMemory(context, self.log)
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
             return self._succeeded(result.task.with_model(self.model), memory)
         if result.outcome == OUTCOME_FAILED and result.task is not None:

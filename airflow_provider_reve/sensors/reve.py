@@ -114,6 +114,10 @@ class ReveTaskSensor(BaseSensorOperator):
     def execute_complete(
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
+        if reve_task_id is None:
+            # Airflow 3.3's dag.test() drops defer()'s kwargs once the trigger fires
+            # (apache/airflow#69942); the rendered template field names the same task.
+            reve_task_id = self.resolved_task_id
         try:
             result = read_event(event, reve_task_id)
         except ReveMalformedEventError as error:
