@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 STATE_KEY = "reve_submitted_task"
+BACKOFF_KEY = "reve_submit_backoff"
 
 _warned_unavailable = False
 
@@ -66,3 +67,23 @@ class SubmittedTaskMemory:
     def forget(self) -> None:
         if self._store is not None:
             self._store.delete(STATE_KEY)
+
+    # While the account answers TOO_MANY_TASKS the operator defers on a timer. Where defer()'s
+    # kwargs do not come back on resume (Airflow 3.3's dag.test()), the back-off state -- which
+    # attempt, since when -- is read from here instead, so max_submit_wait still holds.
+    def remember_backoff(self, attempt: int, first_refusal: float) -> None:
+        if self._store is not None:
+            self._store.set(BACKOFF_KEY, {"attempt": attempt, "first_refusal": first_refusal})
+
+    def recall_backoff(self) -> tuple[int, float] | None:
+        entry = self._store.get(BACKOFF_KEY) if self._store is not None else None
+        if not isinstance(entry, dict):
+            return None
+        attempt, first_refusal = entry.get("attempt"), entry.get("first_refusal")
+        if not isinstance(attempt, int) or not isinstance(first_refusal, (int, float)):
+            return None
+        return attempt, float(first_refusal)
+
+    def forget_backoff(self) -> None:
+        if self._store is not None:
+            self._store.delete(BACKOFF_KEY)

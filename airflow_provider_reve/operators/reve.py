@@ -171,11 +171,16 @@ class ReveGenerateOperator(BaseOperator):
         self,
         context: Context,
         event: Any = None,
-        submit_attempt: int = 1,
+        submit_attempt: int | None = None,
         first_refusal: float | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
+        if submit_attempt is None:  # defer() kwargs lost (dag.test): the state store has them
+            submit_attempt, first_refusal = SubmittedTaskMemory(context, self.log).recall_backoff() or (
+                1,
+                None,
+            )
         return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
 
     def execute_complete(
@@ -217,7 +222,7 @@ class ReveGenerateOperator(BaseOperator):
         task = self._reattach(memory, fingerprint)
         if task is None:
             self._check_budget(params)
-            task = self._submit(context, params, submit_attempt, first_refusal)
+            task = self._submit(memory, params, submit_attempt, first_refusal)
             memory.remember(task.task_id, fingerprint)
         return self._after_submit(task, memory)
 
@@ -264,7 +269,7 @@ class ReveGenerateOperator(BaseOperator):
             memory.forget()
             return None
         except ReveError as error:
-            raise_for_error(error, self.log)
+            raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
         if task.failed:
             self.log.warning(
                 "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
@@ -279,14 +284,16 @@ class ReveGenerateOperator(BaseOperator):
         return task
 
     def _submit(
-        self, context: Context, params: dict[str, Any], attempt: int, first_refusal: float | None
+        self, memory: SubmittedTaskMemory, params: dict[str, Any], attempt: int, first_refusal: float | None
     ) -> ReveTask:
         while True:
             try:
                 task = self.hook.generate(self.model, **params)
             except ReveRateLimitError as error:
                 if not error.too_many_tasks:
-                    raise_for_error(error, self.log)
+                    raise_for_error(
+                        error, self.log, on_content_policy_violation=self.on_content_policy_violation
+                    )
                 first_refusal = first_refusal or time.time()
                 wait = too_many_tasks_wait(attempt, error.retry_after)
                 waited = time.time() - first_refusal
@@ -302,6 +309,7 @@ class ReveGenerateOperator(BaseOperator):
                 )
                 attempt += 1
                 if self.deferrable:
+                    memory.remember_backoff(attempt, first_refusal)
                     self._defer_submission(wait, attempt, first_refusal)
                 time.sleep(wait)
                 continue
@@ -310,6 +318,8 @@ class ReveGenerateOperator(BaseOperator):
             except ReveError as error:
                 raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
             Stats.incr("reve.tasks_submitted", tags={"model": self.model})
+            if first_refusal is not None:
+                memory.forget_backoff()
             return task
 
     def _defer_submission(self, wait: float, attempt: int, first_refusal: float) -> None:
@@ -374,7 +384,7 @@ class ReveGenerateOperator(BaseOperator):
             try:
                 task = self.hook.get_status(task.task_id, model=self.model)
             except ReveError as error:
-                raise_for_error(error, self.log)
+                raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
         if task.failed:
             memory.forget()
             raise_for_failed_task(
