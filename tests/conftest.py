@@ -13,3 +13,31 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "example_dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
+
+
+# -- dag.test() support shared by the test modules ----------------------------------------------
+from collections.abc import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """``dag.test()`` needs the metadata DB of the tests' AIRFLOW_HOME, migrated once."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+@pytest.fixture
+def use_dags_folder(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Path]:
+    """Make a folder the DAGs folder: ``dag.test()`` registers a DAG by parsing that folder."""
+
+    def use(folder: Path) -> Path:
+        from airflow import settings
+
+        monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(folder))
+        monkeypatch.setattr(settings, "DAGS_FOLDER", str(folder))
+        return folder
+
+    return use

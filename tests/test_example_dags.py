@@ -3,10 +3,12 @@ fake Reve API: what a user copying it would see on their first run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dagrun_helpers import return_values
 
 from airflow_provider_reve.testing import FakeReveServer
 
@@ -16,41 +18,15 @@ GENERATE_TASKS = {"hero_image", "thumbnails", "submit_video", "social_variants"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    """``dag.test()`` needs the metadata DB of the tests' AIRFLOW_HOME."""
-    from airflow.utils.db import initdb
-
-    initdb()
-
-
 @pytest.fixture
-def example_dags(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The examples folder as the DAGs folder: ``dag.test()`` registers the DAG by parsing it."""
-    from airflow import settings
-
-    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(EXAMPLE_DAGS))
-    monkeypatch.setattr(settings, "DAGS_FOLDER", str(EXAMPLE_DAGS))
-    return EXAMPLE_DAGS
+def example_dags(use_dags_folder: Callable[[Path], Path]) -> Path:
+    return use_dags_folder(EXAMPLE_DAGS)
 
 
 def dag_bag() -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(EXAMPLE_DAGS))
-
-
-def return_value(dag_run: Any, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.scalars(
-            XComModel.get_many(
-                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
-            )
-        ).one()
-        return XComModel.deserialize_value(row)
 
 
 def test_the_example_dag_file_imports_without_errors():
@@ -88,7 +64,7 @@ def test_a_test_run_of_the_example_dag_succeeds_and_hands_on_real_files_and_thei
     assert fake_reve_server.submissions == len(generate_instances) == 5
     assert all(task["status"] == "SUCCESS" for task in served.values())
 
-    collected = return_value(dag_run, "collect_files")
+    collected = return_values(dag_run, "collect_files")[-1]
     files = [Path(name) for name in collected["files"]]
     assert len(files) == sum(len(task["result_urls"]) for task in served.values()) == 6
     for path in files:

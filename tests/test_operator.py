@@ -12,7 +12,7 @@ import asyncio
 import importlib.util
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from airflow.providers.common.compat.sdk import (
     AirflowSkipException,
     TaskDeferred,
 )
+from dagrun_helpers import return_values
 
 from airflow_provider_reve._reattach import STATE_KEY
 from airflow_provider_reve.models import ReveTask
@@ -355,22 +356,9 @@ def test_templated_fields_are_rendered_into_the_request_the_api_receives(server)
 # ------------------------------------------------------------------------------ in a DAG run
 
 
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    """``dag.test()`` needs the metadata DB of the tests' AIRFLOW_HOME."""
-    from airflow.utils.db import initdb
-
-    initdb()
-
-
 @pytest.fixture
-def test_dags(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Make ``tests/dags`` the DAGs folder: ``dag.test()`` registers a DAG by parsing that folder."""
-    from airflow import settings
-
-    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(TEST_DAGS))
-    monkeypatch.setattr(settings, "DAGS_FOLDER", str(TEST_DAGS))
-    yield TEST_DAGS
+def test_dags(use_dags_folder: Callable[[Path], Path]) -> Path:
+    return use_dags_folder(TEST_DAGS)
 
 
 def run_dag(folder: Path, dag_id: str) -> Any:
@@ -387,20 +375,6 @@ def dag_file_constant(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, name)
-
-
-def return_values(dag_run: Any, task_id: str) -> dict[int, Any]:
-    """map_index -> the task's XCom ``return_value`` in that DAG run."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = session.scalars(
-            XComModel.get_many(
-                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
-            )
-        ).all()
-        return {row.map_index: XComModel.deserialize_value(row) for row in rows}
 
 
 def test_a_mapped_deferrable_operator_creates_one_reve_task_per_prompt(server, test_dags):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
     TaskDeferred,
 )
+from dagrun_helpers import return_values
 
 from airflow_provider_reve._retry import NO_RETRIES
 from airflow_provider_reve.hooks.reve import ReveHook
@@ -291,35 +292,9 @@ def test_a_deferred_sensor_rejects_an_event_for_another_task(server, submitted):
 # ------------------------------------------------------------------------------ in a DAG run
 
 
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    """``dag.test()`` needs the metadata DB of the tests' AIRFLOW_HOME."""
-    from airflow.utils.db import initdb
-
-    initdb()
-
-
 @pytest.fixture
-def test_dags(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Make ``tests/dags`` the DAGs folder: ``dag.test()`` registers a DAG by parsing that folder."""
-    from airflow import settings
-
-    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(TEST_DAGS))
-    monkeypatch.setattr(settings, "DAGS_FOLDER", str(TEST_DAGS))
-    yield TEST_DAGS
-
-
-def return_value(dag_run: Any, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.scalars(
-            XComModel.get_many(
-                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
-            )
-        ).one()
-        return XComModel.deserialize_value(row)
+def test_dags(use_dags_folder: Callable[[Path], Path]) -> Path:
+    return use_dags_folder(TEST_DAGS)
 
 
 def test_in_a_dag_run_the_sensor_reads_a_dict_rendered_by_xcom_pull_and_an_xcom_arg(server, test_dags):
@@ -337,11 +312,11 @@ def test_in_a_dag_run_the_sensor_reads_a_dict_rendered_by_xcom_pull_and_an_xcom_
         "sense_rendered_dict": ("success", 1),
         "sense_deferred": ("success", 1),
     }
-    submitted = return_value(dag_run, "generate")
+    submitted = return_values(dag_run, "generate")[-1]
     assert submitted["status"] == "IN_PROGRESS"
     assert server.submissions == 1
     for sensor_id in ("sense_rendered_dict", "sense_deferred"):
-        finished = return_value(dag_run, sensor_id)
+        finished = return_values(dag_run, sensor_id)[-1]
         assert finished["task_id"] == submitted["task_id"]
         assert finished["status"] == "SUCCESS"
         assert finished["result_urls"] == server.tasks[submitted["task_id"]]["result_urls"]

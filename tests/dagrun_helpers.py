@@ -1,0 +1,19 @@
+"""Reading what a ``dag.test()`` run left in the metadata DB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def return_values(dag_run: Any, task_id: str) -> dict[int, Any]:
+    """The ``return_value`` XComs a task pushed in a ``dag.test()`` run, by map index."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key="return_value"
+            )
+        ).all()
+        return {row.map_index: XComModel.deserialize_value(row) for row in rows}
