@@ -397,3 +397,28 @@ def test_a_mapped_deferrable_operator_creates_one_reve_task_per_prompt(server, t
         assert results[index]["model"] == "nano-banana"
         assert results[index]["result_urls"] == task["result_urls"]
     assert server.requests_to("status") >= len(expected)  # each waited in its trigger
+
+
+# --------------------------------------------------------------------------- what it costs
+
+
+def test_consumed_credits_reach_the_xcom_the_task_log_and_a_metric_tagged_by_model(
+    server, monkeypatch, capfd
+):
+    from airflow_provider_reve.operators import reve as operator_module
+
+    metrics: list[tuple[str, int, dict[str, str] | None]] = []
+
+    def record(stat: str, count: int = 1, rate: int = 1, *, tags: dict[str, str] | None = None) -> None:
+        metrics.append((stat, count, tags))
+
+    # The metrics backend is Airflow's to configure; here we only read what the operator emits.
+    monkeypatch.setattr(operator_module.Stats, "incr", record)
+
+    result = operator(model=SYNC_MODEL, num_images=2).execute({})
+
+    assert result["consumed_credits"] == 24
+    assert ("reve.credits_consumed", 24, {"model": SYNC_MODEL}) in metrics
+    assert ("reve.tasks_submitted", 1, {"model": SYNC_MODEL}) in metrics
+    assert "24 credits" in capfd.readouterr().out
+    assert -sum(entry["delta"] for entry in server.ledger) == 24
