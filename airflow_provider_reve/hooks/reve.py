@@ -99,8 +99,12 @@ class ReveHook(HttpHook):
             self.base_url = settings.base_url
             session = requests.Session()
             session.headers.update({"User-Agent": USER_AGENT, **settings.auth_headers})
-            # HttpHook's adapter mounting gives us TCP keep-alive on long-lived connections.
-            self._session = self._configure_session_from_mount_adapters(session)
+            # HttpHook's TCP keep-alive adapter (or the caller's own adapter) serves both schemes.
+            adapter = self.adapter or self.keep_alive_adapter
+            if adapter is not None:
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+            self._session = session
         if headers:
             # Extra headers are welcome; replacing the Bearer key through them is not.
             self._session.headers.update(
