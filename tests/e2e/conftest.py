@@ -14,17 +14,21 @@ depends on that server::
         conn = {"conn_type": "reve", "host": session_fake_reve_server.url, "password": KEY}
         return {"AIRFLOW_CONN_REVE_DEFAULT": json.dumps(conn)}
 
+(That is what ``e2e_env`` below does for the fake Reve API.)
+
 When an e2e test fails, the tails of all component logs are attached to its report.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_reve.testing.cluster import LocalAirflow
+from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveServer
 
 E2E_DIR = Path(__file__).resolve().parent
 DAGS_FOLDER = E2E_DIR / "dags"
@@ -61,9 +65,14 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture(scope="session")
-def e2e_env() -> dict[str, str]:
-    """Extra environment for every process of the session's Airflow (see module docstring)."""
-    return {}
+def e2e_env(session_fake_reve_server: FakeReveServer) -> dict[str, str]:
+    """Environment for every process of the session's one Airflow: the fake Reve API connection.
+
+    Session-scoped and defined here, not per module: the first e2e test to run starts Airflow
+    with whatever this returns, for every test after it.
+    """
+    conn = {"conn_type": "reve", "host": session_fake_reve_server.url, "password": DEFAULT_API_KEY}
+    return {"AIRFLOW_CONN_REVE_DEFAULT": json.dumps(conn)}
 
 
 @pytest.fixture(scope="session")

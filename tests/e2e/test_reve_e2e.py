@@ -30,12 +30,6 @@ TRIGGER_KWARGS = {
 }
 
 
-@pytest.fixture(scope="session")
-def e2e_env(session_fake_reve_server: FakeReveServer) -> dict[str, str]:
-    conn = {"conn_type": "reve", "host": session_fake_reve_server.url, "password": DEFAULT_API_KEY}
-    return {"AIRFLOW_CONN_REVE_DEFAULT": json.dumps(conn)}
-
-
 @pytest.fixture
 def api(session_fake_reve_server: FakeReveServer) -> FakeReveServer:
     session_fake_reve_server.reset()
