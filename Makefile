@@ -7,14 +7,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# A second venv with the oldest versions pyproject.toml accepts (.ci/floor-constraints.txt).
+FLOOR_VENV ?= .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.installed-stamp
 # pip on some machines warns about absent local mirrors; those lines are noise, not errors.
 QUIET_PIP := grep -v "^WARNING: Location '" || true
 
-.PHONY: help venv lint typecheck unit e2e test demo bench clean
+.PHONY: help venv lint unit e2e test test-floor demo bench clean
 
 help:
 	@echo "make demo   - run the example pipeline through a real Airflow scheduler + triggerer against the fake Reve API"
-	@echo "make test   - ruff, mypy and every test (unit, loopback HTTP, dag.test and real-Airflow end-to-end)"
+	@echo "make test   - ruff, mypy and every test (unit, loopback HTTP, dag.test and real-Airflow end-to-end),"
+	@echo "              plus the non-E2E tests again on the oldest supported Airflow (.ci/floor-constraints.txt)"
 	@echo "make bench  - print the benchmark tables"
 
 $(STAMP): pyproject.toml
@@ -25,6 +29,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+$(FLOOR_STAMP): pyproject.toml .ci/floor-constraints.txt
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floor-constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	touch $@
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -37,7 +47,11 @@ unit: venv
 e2e: venv
 	$(VENV)/bin/pytest -m e2e
 
-test: lint
+# The floor run covers everything but the real-Airflow E2E tests, which run once, on the latest.
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/pytest -m "not e2e" -p no:cacheprovider
+
+test: lint test-floor
 	$(VENV)/bin/pytest
 
 demo: venv
@@ -47,4 +61,4 @@ bench: venv
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -11,10 +11,10 @@ from airflow_provider_reve.get_provider_info import get_provider_info
 
 def test_providers_manager_lists_the_provider_and_its_hook():
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    manager = ProvidersManager()
-    assert "airflow-provider-reve" in manager.providers
-    hook_info = manager.hooks["reve"]
+    assert "airflow-provider-reve" in ProvidersManager().providers
+    hook_info = ProvidersManagerTaskRuntime().hooks["reve"]
     assert hook_info is not None
     assert hook_info.hook_class_name == "airflow_provider_reve.hooks.reve.ReveHook"
     assert hook_info.connection_id_attribute_name == "reve_conn_id"
