@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 FLOOR_VENV ?= .venv-floor
 FLOOR_STAMP := $(FLOOR_VENV)/.installed-stamp
 # pip on some machines warns about absent local mirrors; those lines are noise, not errors.
-QUIET_PIP := grep -v "^WARNING: Location '" || true
+QUIET_PIP := { grep -v "^WARNING: Location '" || true; }
 
 .PHONY: help venv lint unit e2e test test-floor demo bench clean
 
@@ -34,6 +34,7 @@ $(FLOOR_STAMP): pyproject.toml .ci/floor-constraints.txt
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet -c .ci/floor-constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(FLOOR_VENV)/bin/python -c "import airflow_provider_reve, airflow.sdk"
 	touch $@
 
 lint: venv

@@ -156,3 +156,37 @@ def test_the_example_pipeline_runs_through_the_real_scheduler_and_triggerer(tmp_
     assert len(pngs) == 5 and len(mp4s) == 1
     assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     assert mp4s[0].read_bytes()[4:8] == b"ftyp"
+
+
+def test_too_many_tasks_is_waited_out_in_the_triggerer_without_failing_or_retrying(
+    local_airflow: LocalAirflow, api: FakeReveServer
+) -> None:
+    af = local_airflow
+    dag_id = "reve_e2e_back_pressure"
+    limit = 2
+    api.set_async_seconds(3)
+    api.set_max_in_flight(limit)
+    af.wait_for_dag(dag_id, timeout=90)
+    run_id = af.trigger(dag_id)
+
+    assert af.wait_for_run(dag_id, run_id, timeout=300) == "success"
+
+    tis = af.task_instances(dag_id, run_id)
+    assert len(tis) == 3 * limit
+    assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in tis)
+    assert api.submissions == 3 * limit  # one paid task per map index, none twice
+    refused = api.requests_to("generate") - api.submissions
+    assert refused > 0, "the in-flight limit was never hit, so back-pressure was not exercised"
+    # A refused task deferred on a timer (holding no worker slot), then again to wait for its result.
+    waited_out = [
+        ti
+        for ti in tis
+        if "TOO_MANY_TASKS" in af.task_log(dag_id, run_id, "fan_out", map_index=ti["map_index"])
+    ]
+    assert waited_out
+    for ti in waited_out:
+        evidence = af.deferral_evidence(dag_id, run_id, "fan_out", ti["map_index"])
+        assert len(evidence["deferred_events"]) >= 2
+    results = [af.xcom(dag_id, run_id, "fan_out", map_index=ti["map_index"]) for ti in tis]
+    assert len({result["task_id"] for result in results}) == 3 * limit
+    assert all(result["status"] == "SUCCESS" for result in results)

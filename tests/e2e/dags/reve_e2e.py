@@ -65,3 +65,22 @@ with DAG(
         deferrable=False,
         poll_interval=1,
     )
+
+
+with DAG(
+    dag_id="reve_e2e_back_pressure",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["e2e"],
+    max_active_tasks=16,
+):
+    # More mapped generations than the account may run at once: TOO_MANY_TASKS is waited out
+    # on timer deferrals, not with Airflow retries (there are none to spend here).
+    ReveGenerateOperator.partial(
+        task_id="fan_out",
+        model="nano-banana",
+        deferrable=True,
+        poll_interval=1,
+        retries=0,
+    ).expand(prompt=[f"variant {n}" for n in range(6)])
