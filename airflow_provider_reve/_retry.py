@@ -111,9 +111,11 @@ def is_permanent(error: BaseException) -> bool:
 def too_many_tasks_wait(attempt: int, retry_after: float | None = None) -> float:
     """Seconds to wait before submitting again after ``TOO_MANY_TASKS`` (other tasks must finish).
 
-    Slower than :func:`backoff_seconds`: from 5 s doubling to 60 s, or a sane ``Retry-After``.
+    Slower than :func:`backoff_seconds`: from 10 s doubling to 60 s, or a sane ``Retry-After``.
+    Other tasks have to finish first, which takes tens of seconds, and each round trip through
+    a timer deferral costs a worker start-up; a wait much shorter than that only adds churn.
     """
-    return backoff_seconds(attempt, retry_after, initial=5.0, cap=60.0)
+    return backoff_seconds(attempt, retry_after, initial=10.0, cap=60.0)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -726,7 +726,7 @@ def test_too_many_tasks_defers_on_a_timer_with_a_growing_backoff_instead_of_hold
     kwargs = first.value.kwargs or {}
     assert kwargs["submit_attempt"] == 2
     first_wait = (first.value.trigger.moment - datetime.now(timezone.utc)).total_seconds()
-    assert 3.0 <= first_wait <= 5.1
+    assert 7.5 <= first_wait <= 10.1
 
     # Resumed by the timer while the account is still full: defer again, longer.
     with pytest.raises(TaskDeferred) as second:
@@ -735,7 +735,7 @@ def test_too_many_tasks_defers_on_a_timer_with_a_growing_backoff_instead_of_hold
     assert second.value.kwargs["submit_attempt"] == 3
     assert second.value.kwargs["first_refusal"] == kwargs["first_refusal"]
     second_wait = (second.value.trigger.moment - datetime.now(timezone.utc)).total_seconds()
-    assert 6.5 <= second_wait <= 10.1
+    assert 15.0 <= second_wait <= 20.1
 
     server.finish_task(blocker)
     result = operator.execute_after_backoff(context, event=None, **second.value.kwargs)
@@ -797,9 +797,9 @@ def test_too_many_tasks_for_longer_than_max_submit_wait_fails_clearly_without_su
 def test_under_dag_test_too_many_tasks_beyond_max_submit_wait_fails_instead_of_deferring_on(
     dags: ModuleType, server: FakeReveServer
 ) -> None:
-    # max_submit_wait=6 s: the first back-off (3.75-5 s) fits, the second (7.5-10 s more) does not.
-    # The other DAG's task would free the account only after 12 s.
-    server.set_async_seconds(12)
+    # max_submit_wait=12 s: the first back-off (7.5-10 s) fits, the second (15-20 s more) does not.
+    # The other DAG's task would free the account only after 25 s.
+    server.set_async_seconds(25)
     server.set_max_in_flight(1)
     occupy_slots(server, 1)
 

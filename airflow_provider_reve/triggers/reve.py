@@ -82,6 +82,11 @@ class ReveTaskTrigger(BaseTrigger):
 
     async def _wait(self, hook: ReveAsyncHook) -> dict[str, Any]:
         last: ReveTask | None = None
+        # Wait one interval before the first poll: whoever deferred has just seen the task
+        # IN_PROGRESS, and a trigger that fires within moments of the deferral can race the
+        # executor's report of the deferring worker's exit, which Airflow 3.3 may answer by
+        # failing the task ("state changed externally", apache/airflow#66374 and #72716).
+        await asyncio.sleep(self._capped(self.poll_interval))
         while True:
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
@@ -114,8 +119,12 @@ class ReveTaskTrigger(BaseTrigger):
                     error_code=task.error_code,
                 )
             self.log.debug("Reve task %s still IN_PROGRESS", self.reve_task_id)
-            wait = self.poll_interval if remaining is None else min(self.poll_interval, remaining)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self._capped(self.poll_interval))
+
+    def _capped(self, seconds: float) -> float:
+        """``seconds``, or less if the deadline comes sooner (never negative)."""
+        remaining = self._remaining()
+        return max(0.0, seconds if remaining is None else min(seconds, remaining))
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()

@@ -153,7 +153,7 @@ with DAG(
     "npt_backpressure_deadline", schedule=None, start_date=START, catchup=False, default_args={"retries": 0}
 ) as backpressure_deadline:
     ReveGenerateOperator(
-        task_id="generate", model="reve-2.0", prompt="a red fox", deferrable=True, max_submit_wait=6
+        task_id="generate", model="reve-2.0", prompt="a red fox", deferrable=True, max_submit_wait=12
     )
 
 with _dag("npt_content_policy_fanout") as content_policy_fanout:
