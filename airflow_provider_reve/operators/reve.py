@@ -177,10 +177,8 @@ class ReveGenerateOperator(BaseOperator):
     ) -> dict[str, Any]:
         """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
         if submit_attempt is None:  # defer() kwargs lost (dag.test): the state store has them
-            submit_attempt, first_refusal = SubmittedTaskMemory(context, self.log).recall_backoff() or (
-                1,
-                None,
-            )
+            backoff = SubmittedTaskMemory(context, self.log).recall_backoff()
+            submit_attempt, first_refusal = backoff if backoff is not None else (1, None)
         return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
 
     def execute_complete(
