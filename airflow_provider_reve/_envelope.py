@@ -21,6 +21,8 @@ from airflow_provider_reve.exceptions import (
 from airflow_provider_reve.models import TASK_STATUSES, ReveTask
 
 _SNIPPET_CHARS = 160
+# A gateway's own "slow down" / "unavailable" page: the request was turned away, not processed.
+_REFUSED_WITHOUT_ENVELOPE = frozenset({429, 503})
 
 
 def parse_task_response(
@@ -47,6 +49,8 @@ def _parse(endpoint: str, http_status: int, body: bytes | str, retry_after_heade
     except ValueError:
         envelope = None
     if not isinstance(envelope, dict):
+        if http_status in _REFUSED_WITHOUT_ENVELOPE:
+            raise _refused(endpoint, http_status, text, retry_after_header)
         raise _malformed(endpoint, http_status, "the body is not a JSON object", text)
 
     body_code = envelope.get("code")
@@ -130,6 +134,16 @@ def _task_error(error: Any) -> tuple[str | None, str | None]:
     if isinstance(error, str):
         return None, error
     return None, None
+
+
+def _refused(endpoint: str, http_status: int, text: str, retry_after_header: str | None) -> ReveAPIError:
+    snippet = " ".join(text[:_SNIPPET_CHARS].split())
+    return api_error_class(http_status, None)(
+        f"Reve API {endpoint} answered HTTP {http_status} without the API's envelope: {snippet!r}",
+        endpoint=endpoint,
+        http_status=http_status,
+        retry_after=parse_retry_after(retry_after_header),
+    )
 
 
 def _malformed(endpoint: str, http_status: int, why: str, text: str) -> ReveAPIError:

@@ -73,7 +73,10 @@ def is_retryable(error: BaseException) -> bool:
             # Nothing was created, so re-sending is safe -- but the wait is for other tasks to
             # finish (minutes), which the operator handles by deferring, not the hook by sleeping.
             return True
-        return error.code in _SAFE_TO_RESUBMIT_CODES or (error.code is None and error.http_status == 503)
+        # Without a machine code (a gateway's page), only a refusal status proves nothing was made.
+        return error.code in _SAFE_TO_RESUBMIT_CODES or (
+            error.code is None and error.http_status in (429, 503)
+        )
     if isinstance(error, ReveMalformedResponseError):
         return True
     return error.http_status in _RETRYABLE_STATUS_FOR_READS

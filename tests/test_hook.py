@@ -317,6 +317,17 @@ def test_a_proxy_html_page_with_a_4xx_on_generate_is_malformed_but_not_ambiguous
     assert server.requests_to("generate") == 1
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_gateway_refusal_page_on_generate_is_retried_because_nothing_was_created(hook, server, status):
+    server.add_fault(kind="html", endpoint="generate", status=status, times=2)
+
+    task = hook.generate(SYNC_MODEL, PROMPT)
+
+    assert task.succeeded
+    assert server.requests_to("generate") == 3
+    assert server.submissions == 1
+
+
 # -- retries of status reads ----------------------------------------------------------------------
 
 TRANSIENT_STATUS_FAULTS = {
