@@ -41,3 +41,15 @@ def use_dags_folder(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Callab
         return folder
 
     return use
+
+
+@pytest.fixture(autouse=True)
+def no_defer_settle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let in-process triggers poll at once after a deferral.
+
+    In production the first poll waits for the deferring worker's exit to be recorded (see
+    ``triggers.reve.settle_time``); in-process runs have no such race and would only get
+    slower. The real delay is covered by its own tests and by every E2E run.
+    """
+    monkeypatch.setattr("airflow_provider_reve.operators.reve.settle_time", lambda: 0.0)
+    monkeypatch.setattr("airflow_provider_reve.sensors.reve.settle_time", lambda: 0.0)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.sdk import TaskDeferred
 from airflow.sdk.serde import deserialize, serialize
 
 from airflow_provider_reve.hooks.reve import ReveHook
@@ -290,3 +291,34 @@ async def test_a_trigger_rebuilt_after_its_deadline_does_not_start_a_new_wait(se
 
     assert restarted.deadline == original.deadline
     assert event["outcome"] == OUTCOME_TIMEOUT
+
+
+def test_a_deferring_operator_keeps_its_trigger_from_firing_before_the_worker_exit_is_recorded(
+    server, monkeypatch
+):
+    from airflow_provider_reve.operators import reve as operator_module
+    from airflow_provider_reve.operators.reve import ReveGenerateOperator
+    from airflow_provider_reve.triggers import reve as trigger_module
+
+    monkeypatch.setattr(operator_module, "settle_time", trigger_module.settle_time)
+    monkeypatch.setenv("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "5")
+    started = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        ReveGenerateOperator(task_id="t", model=ASYNC_MODEL, prompt=PROMPT, deferrable=True).execute({})
+
+    _, kwargs = deferred.value.trigger.serialize()
+    assert started + 6 <= kwargs["not_before"] <= time.time() + 6
+
+
+async def test_the_trigger_makes_no_poll_before_not_before(server):
+    server.set_async_seconds(0)
+    task_id = submit()
+    trigger = trigger_for(task_id, poll_interval=0.01, not_before=time.time() + 1.0)
+
+    run = asyncio.ensure_future(the_one_event(trigger))
+    await asyncio.sleep(0.5)
+    assert server.requests_to("status") == 0  # finished already, but not asked yet
+    event = await run
+
+    assert event["outcome"] == "success"
+    assert server.requests_to("status") == 1

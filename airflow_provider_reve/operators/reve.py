@@ -47,6 +47,7 @@ from airflow_provider_reve.triggers.reve import (
     ReveMalformedEventError,
     ReveTaskTrigger,
     read_event,
+    settle_time,
 )
 
 if TYPE_CHECKING:
@@ -362,6 +363,7 @@ class ReveGenerateOperator(BaseOperator):
                     reve_conn_id=self.reve_conn_id,
                     poll_interval=self.poll_interval,
                     deadline=deadline,
+                    not_before=settle_time(),
                     model=self.model,
                 ),
                 method_name="execute_complete",

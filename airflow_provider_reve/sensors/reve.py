@@ -31,6 +31,7 @@ from airflow_provider_reve.triggers.reve import (
     ReveMalformedEventError,
     ReveTaskTrigger,
     read_event,
+    settle_time,
 )
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class ReveTaskSensor(BaseSensorOperator):
                 reve_conn_id=self.reve_conn_id,
                 poll_interval=self.poke_interval,
                 deadline=time.time() + self.timeout,
+                not_before=settle_time(),
             ),
             method_name="execute_complete",
             kwargs={"reve_task_id": task_id},

@@ -30,6 +30,19 @@ DEFAULT_POLL_INTERVAL = 3.0  # the API asks for one poll every 2-5 s
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
 
 
+def settle_time() -> float:
+    """The earliest moment a just-deferred task's trigger should fire (an absolute UNIX time).
+
+    A trigger that fires before the executor has reported the deferring worker's exit races
+    that report, and Airflow 3.3 may then fail the task as "state changed externally"
+    (apache/airflow#66374, #72716). A worker supervisor notices its task's exit within
+    ``[workers] min_heartbeat_interval`` (5 s by default), so we wait that long plus a second.
+    """
+    from airflow.providers.common.compat.sdk import conf
+
+    return time.time() + conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0) + 1.0
+
+
 class ReveTaskTrigger(BaseTrigger):
     """Poll ``GET /api/v1/status`` until the task finishes or ``deadline`` passes; fire one event.
 
@@ -41,6 +54,8 @@ class ReveTaskTrigger(BaseTrigger):
     :param model: the model id, remembered in the event's task (the status endpoint omits it).
     :param max_consecutive_errors: transient errors in a row (429/5xx/connection) tolerated
         before the trigger gives up with outcome ``error``.
+    :param not_before: absolute UNIX time before which the first poll is not made (see
+        :func:`settle_time`); by default the first poll comes one ``poll_interval`` after start.
     """
 
     def __init__(
@@ -51,6 +66,7 @@ class ReveTaskTrigger(BaseTrigger):
         deadline: float | None = None,
         model: str | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.reve_task_id = reve_task_id
@@ -59,6 +75,7 @@ class ReveTaskTrigger(BaseTrigger):
         self.deadline = float(deadline) if deadline is not None else None
         self.model = model
         self.max_consecutive_errors = int(max_consecutive_errors)
+        self.not_before = float(not_before) if not_before is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -70,6 +87,7 @@ class ReveTaskTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "model": self.model,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                "not_before": self.not_before,
             },
         )
 
@@ -82,11 +100,12 @@ class ReveTaskTrigger(BaseTrigger):
 
     async def _wait(self, hook: ReveAsyncHook) -> dict[str, Any]:
         last: ReveTask | None = None
-        # Wait one interval before the first poll: whoever deferred has just seen the task
-        # IN_PROGRESS, and a trigger that fires within moments of the deferral can race the
-        # executor's report of the deferring worker's exit, which Airflow 3.3 may answer by
-        # failing the task ("state changed externally", apache/airflow#66374 and #72716).
-        await asyncio.sleep(self._capped(self.poll_interval))
+        # Whoever deferred has just seen the task IN_PROGRESS: wait one interval, and never fire
+        # before ``not_before`` (see settle_time) -- but never past the deadline either.
+        first_wait = self.poll_interval
+        if self.not_before is not None:
+            first_wait = max(first_wait, self.not_before - time.time())
+        await asyncio.sleep(self._capped(first_wait))
         while True:
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
