@@ -27,6 +27,7 @@ TRIGGER_KWARGS = {
     "deadline",
     "model",
     "max_consecutive_errors",
+    "not_before",
 }
 
 
