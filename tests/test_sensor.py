@@ -105,6 +105,7 @@ def test_poke_is_not_done_while_the_task_runs_and_returns_the_task_once_it_succe
             status="SUCCESS",
             result_urls=tuple(served["result_urls"]),
             consumed_credits=served["cost"],
+            model=ASYNC_MODEL,  # carried over from the operator's dict
         ).to_dict()
     )
     assert served["result_urls"]
@@ -320,3 +321,15 @@ def test_in_a_dag_run_the_sensor_reads_a_dict_rendered_by_xcom_pull_and_an_xcom_
         assert finished["task_id"] == submitted["task_id"]
         assert finished["status"] == "SUCCESS"
         assert finished["result_urls"] == server.tasks[submitted["task_id"]]["result_urls"]
+
+
+def test_the_sensor_result_names_the_model_when_it_was_handed_the_operators_dict(server, submitted):
+    server.finish_task(submitted["task_id"])
+
+    from_dict = sensor(submitted).poke({})
+    from_id = sensor(submitted["task_id"]).poke({})
+    deferred = deferral(sensor(submitted, deferrable=True))
+
+    assert from_dict.xcom_value["model"] == ASYNC_MODEL
+    assert from_id.xcom_value["model"] is None  # a bare id says nothing about the model
+    assert resume(sensor(submitted, deferrable=True), deferred)["model"] == ASYNC_MODEL

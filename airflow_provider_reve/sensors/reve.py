@@ -79,6 +79,15 @@ class ReveTaskSensor(BaseSensorOperator):
     def resolved_task_id(self) -> str:
         return resolve_reve_task_id(self.reve_task_id)
 
+    @property
+    def known_model(self) -> str | None:
+        """The model, when ``reve_task_id`` is the operator's dict (the status API omits it)."""
+        value = self.reve_task_id
+        if isinstance(value, str) and value.strip().startswith("{"):
+            value = _parse_rendered_dict(value.strip())
+        model = value.get("model") if isinstance(value, dict) else None
+        return model if isinstance(model, str) else None
+
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
@@ -90,6 +99,7 @@ class ReveTaskSensor(BaseSensorOperator):
                 poll_interval=self.poke_interval,
                 deadline=time.time() + self.timeout,
                 not_before=settle_time(),
+                model=self.known_model,
             ),
             method_name="execute_complete",
             kwargs={"reve_task_id": task_id},
@@ -99,7 +109,7 @@ class ReveTaskSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         task_id = self.resolved_task_id
         try:
-            task = self.hook.get_status(task_id)
+            task = self.hook.get_status(task_id, model=self.known_model)
         except ReveError as error:
             if is_permanent(error):
                 raise_for_error(error, self.log)
