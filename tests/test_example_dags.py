@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagrun_helpers import return_values
+from reve_test_helpers import return_values
 
 from airflow_provider_reve.testing import FakeReveServer
 

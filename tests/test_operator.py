@@ -8,7 +8,6 @@ Trigger events fed to ``execute_complete`` come from running the operator's own 
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import time
@@ -23,7 +22,7 @@ from airflow.providers.common.compat.sdk import (
     AirflowSkipException,
     TaskDeferred,
 )
-from dagrun_helpers import return_values
+from reve_test_helpers import fire, return_values
 
 from airflow_provider_reve._reattach import STATE_KEY
 from airflow_provider_reve.models import ReveTask
@@ -55,17 +54,6 @@ def deferral(op: ReveGenerateOperator, context: dict[str, Any] | None = None) ->
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context if context is not None else {})
     return deferred.value
-
-
-def fire(trigger: Any) -> dict[str, Any]:
-    """Run a trigger the way the triggerer does and return its one event's payload."""
-
-    async def run() -> list[dict[str, Any]]:
-        return [event.payload async for event in trigger.run()]
-
-    events = asyncio.run(run())
-    assert len(events) == 1
-    return events[0]
 
 
 def resume(op: ReveGenerateOperator, deferred: TaskDeferred, context: dict[str, Any] | None = None) -> Any:

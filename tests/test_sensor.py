@@ -7,7 +7,6 @@ with the API's own reason when the task fails.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
     TaskDeferred,
 )
-from dagrun_helpers import return_values
+from reve_test_helpers import fire, return_values
 
 from airflow_provider_reve._retry import NO_RETRIES
 from airflow_provider_reve.hooks.reve import ReveHook
@@ -58,17 +57,6 @@ def sensor(reve_task_id: Any, **kwargs: Any) -> ReveTaskSensor:
     kwargs.setdefault("poke_interval", 0.05)
     kwargs.setdefault("timeout", 30)
     return ReveTaskSensor(reve_task_id=reve_task_id, **kwargs)
-
-
-def fire(trigger: Any) -> dict[str, Any]:
-    """Run a trigger the way the triggerer does and return its one event's payload."""
-
-    async def run() -> list[dict[str, Any]]:
-        return [event.payload async for event in trigger.run()]
-
-    events = asyncio.run(run())
-    assert len(events) == 1
-    return events[0]
 
 
 def deferral(waiter: ReveTaskSensor) -> TaskDeferred:

@@ -1,7 +1,8 @@
-"""Reading what a ``dag.test()`` run left in the metadata DB."""
+"""Small helpers shared by the test modules: run a trigger, read a ``dag.test()`` run's XComs."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
@@ -17,3 +18,14 @@ def return_values(dag_run: Any, task_id: str) -> dict[int, Any]:
             )
         ).all()
         return {row.map_index: XComModel.deserialize_value(row) for row in rows}
+
+
+def fire(trigger: Any) -> dict[str, Any]:
+    """Run a trigger the way the triggerer does and return its one event's payload."""
+
+    async def run() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    events = asyncio.run(run())
+    assert len(events) == 1
+    return events[0]
