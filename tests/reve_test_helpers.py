@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
+
+import pytest
+
+from airflow_provider_reve.testing import DEFAULT_API_KEY
 
 
 def return_values(dag_run: Any, task_id: str) -> dict[int, Any]:
@@ -29,3 +34,21 @@ def fire(trigger: Any) -> dict[str, Any]:
     events = asyncio.run(run())
     assert len(events) == 1
     return events[0]
+
+
+def use_connection(
+    monkeypatch: pytest.MonkeyPatch,
+    host: str | None,
+    password: str | None = DEFAULT_API_KEY,
+    conn_id: str = "reve_default",
+    port: int | None = None,
+    **extra: Any,
+) -> str:
+    """Define the Airflow connection ``conn_id`` through its environment variable."""
+    connection: dict[str, Any] = {"conn_type": "reve", "host": host, "password": password}
+    if port is not None:
+        connection["port"] = port
+    if extra:
+        connection["extra"] = extra
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+    return conn_id

@@ -6,7 +6,6 @@ server saw (requests, submissions, charges, TCP connections) is read from its co
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from reve_test_helpers import use_connection
 
 from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
@@ -63,24 +63,6 @@ RESENDABLE = {
     "status": {"RATE_LIMITED", "TOO_MANY_TASKS", "GENERATION_FAILED", "SERVICE_UNAVAILABLE", "TIMEOUT"},
 }
 ENDPOINT_NAMES = {"generate": GENERATE_ENDPOINT, "status": STATUS_ENDPOINT}
-
-
-def use_connection(
-    monkeypatch: pytest.MonkeyPatch,
-    host: str | None,
-    password: str | None = DEFAULT_API_KEY,
-    conn_id: str = CONN_ID,
-    port: int | None = None,
-    **extra: Any,
-) -> str:
-    """Define the Airflow connection ``conn_id`` through its environment variable."""
-    connection: dict[str, Any] = {"conn_type": "reve", "host": host, "password": password}
-    if port is not None:
-        connection["port"] = port
-    if extra:
-        connection["extra"] = extra
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
-    return conn_id
 
 
 @pytest.fixture

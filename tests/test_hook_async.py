@@ -7,15 +7,14 @@ The connection comes from ``AIRFLOW_CONN_*`` environment variables through
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import aiohttp
 import pytest
+from reve_test_helpers import use_connection
 
 from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
@@ -36,15 +35,6 @@ from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer, Fault
 CONN_ID = "reve_default"
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 PROMPT = "a lighthouse at dusk"
-
-
-def use_connection(
-    monkeypatch: pytest.MonkeyPatch, host: str, password: str = DEFAULT_API_KEY, **extra: Any
-) -> None:
-    connection: dict[str, Any] = {"conn_type": "reve", "host": host, "password": password}
-    if extra:
-        connection["extra"] = extra
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(connection))
 
 
 @pytest.fixture
