@@ -1,4 +1,4 @@
-"""Small helpers shared by the test modules: run a trigger, read a ``dag.test()`` run's XComs."""
+"""Small helpers shared by the test modules: define a connection, run a trigger, read XComs."""
 
 from __future__ import annotations
 
