@@ -37,6 +37,13 @@ def server() -> Iterator[FakeReveServer]:
         yield fake
 
 
+def _headers(key: str | None, extra: dict[str, str] | None) -> dict[str, str]:
+    """Bearer auth for ``key`` (none without a key) plus any extra headers."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(extra or {})
+    return headers
+
+
 def generate(
     server: FakeReveServer,
     body: Any,
@@ -45,8 +52,7 @@ def generate(
     headers: dict[str, str] | None = None,
     **kw: Any,
 ) -> requests.Response:
-    all_headers = {"Authorization": f"Bearer {key}"} if key else {}
-    all_headers.update(headers or {})
+    all_headers = _headers(key, headers)
     kw.setdefault("timeout", 5)
     if isinstance(body, (bytes, str)):
         return requests.post(f"{server.url}/api/v1/generate", data=body, headers=all_headers, **kw)
@@ -61,8 +67,7 @@ def status(
     headers: dict[str, str] | None = None,
     **kw: Any,
 ) -> requests.Response:
-    all_headers = {"Authorization": f"Bearer {key}"} if key else {}
-    all_headers.update(headers or {})
+    all_headers = _headers(key, headers)
     kw.setdefault("timeout", 5)
     return requests.get(f"{server.url}/api/v1/status", params={"task_id": task_id}, headers=all_headers, **kw)
 
