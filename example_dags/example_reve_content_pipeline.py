@@ -8,17 +8,25 @@
 
 Prompts use ``{{ run_id }}``, which every run has (a run triggered from the UI/CLI/API without
 a logical date has no ``{{ ds }}``). Results are written below ``$REVE_EXAMPLE_OUTPUT_DIR``
-(default: ``<tmp>/reve-example-output``).
+(default: ``<tmp>/reve-example-output``), in one folder per run named by the run's date and a
+digest of its id (a run id may be ``..`` or contain ``/``, so it is never a path).
+
+Downloads are http(s) only, capped in size and time, and follow redirects only to public
+addresses: a result URL is untrusted input. Loopback and private addresses are allowed only
+when the ``reve_default`` connection itself points at loopback (the offline fake); delete that
+exception in production.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
-import re
 import tempfile
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import DAG, task
 
@@ -29,6 +37,16 @@ SOCIAL_PROMPTS = [
     "A lighthouse at dawn, flat illustration, square crop",
     "A lighthouse at dusk, watercolour, square crop",
 ]
+SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost``, ``127.0.0.0/8`` or ``::1``."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 with DAG(
     dag_id="example_reve_content_pipeline",
@@ -88,25 +106,33 @@ with DAG(
         video: dict[str, Any],
         variants: list[dict[str, Any]],
         run_id: str | None = None,
+        dag_run: Any = None,
     ) -> dict[str, Any]:
         """Download every result into one folder per run; return where the files are."""
-        import requests
+        # Until ReveDownloadResultsOperator lands, the provider's safe fetch does the downloading.
+        from airflow_provider_reve._download import download
+        from airflow_provider_reve.hooks.reve import ReveHook
 
         base = Path(
             os.environ.get("REVE_EXAMPLE_OUTPUT_DIR") or Path(tempfile.gettempdir(), "reve-example-output")
         )
-        out_dir = base / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "manual")
+        run_after = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+        digest = hashlib.sha256((run_id or "").encode()).hexdigest()[:12]
+        out_dir = base / f"{run_after:%Y%m%dT%H%M%S}-{digest}"
         out_dir.mkdir(parents=True, exist_ok=True)
+
+        # The offline fake serves results from loopback; a real API never should.
+        api_on_loopback = is_loopback(urlsplit(ReveHook().settings.base_url).hostname or "")
         files = []
         results = {"hero": [hero], "thumbnail": [thumbs], "video": [video], "social": list(variants)}
         for label, tasks in results.items():
             for task_number, result in enumerate(tasks):
                 for url_number, url in enumerate(result["result_urls"]):
-                    suffix = Path(url.split("?")[0]).suffix or ".bin"
-                    path = out_dir / f"{label}-{task_number}-{url_number}{suffix}"
-                    response = requests.get(url, timeout=60)
-                    response.raise_for_status()
-                    path.write_bytes(response.content)
+                    # Named by us; the suffix follows the Content-Type, never the URL.
+                    partial = out_dir / f"{label}-{task_number}-{url_number}.part"
+                    fetched = download(url, partial, allow_private_addresses=api_on_loopback)
+                    path = partial.with_suffix(SUFFIXES.get(fetched.content_type or "", ".bin"))
+                    partial.replace(path)
                     files.append(str(path))
         credits = sum((r.get("consumed_credits") or 0) for rs in results.values() for r in rs)
         return {"output_dir": str(out_dir), "files": files, "credits": credits}
