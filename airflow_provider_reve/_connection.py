@@ -7,6 +7,7 @@ the same way: base URL from ``host``, API key from ``password``, our options fro
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,40 +41,109 @@ def settings_from_connection(
     password: str | None,
     extra: Mapping[str, Any],
 ) -> ConnectionSettings:
-    """Validate a connection's fields; every error names the field to fix, never the key."""
-    if not password or not password.strip():
+    """Validate a connection's fields; every error names the field to fix, never its value.
+
+    Neither field is ever quoted back: a key pasted into the Base URL field, or a URL holding
+    ``user:password@``, would otherwise end up in an error message, a task log or the UI.
+    """
+    api_key = _api_key(conn_id, password)
+    base_url = _base_url(conn_id, host, port, _flag(extra.get("allow_insecure_http")))
+    return ConnectionSettings(
+        base_url=base_url,
+        api_key=api_key,
+        connect_timeout=_seconds(conn_id, extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        read_timeout=_seconds(conn_id, extra, "read_timeout", DEFAULT_READ_TIMEOUT),
+    )
+
+
+def _api_key(conn_id: str, password: str | None) -> str:
+    key = (password or "").strip()  # a trailing newline from a pasted file is harmless: dropped
+    field_name = f"Connection {conn_id!r}: the 'API key' (password) field"
+    if not key:
         raise ReveConfigurationError(
             f"Connection {conn_id!r} has no API key: put the Reve key in the connection's "
             "'API key' (password) field."
         )
-    base_url = _base_url(conn_id, host, port, _flag(extra.get("allow_insecure_http")))
-    return ConnectionSettings(
-        base_url=base_url,
-        api_key=password.strip(),
-        connect_timeout=_seconds(conn_id, extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-        read_timeout=_seconds(conn_id, extra, "read_timeout", DEFAULT_READ_TIMEOUT),
-    )
+    # An HTTP header holds visible ASCII only. Anything else is a paste error (a line break, a
+    # non-breaking space, a typographic dash) that requests/aiohttp would refuse -- or worse,
+    # fail on half-way -- only when the request is being sent.
+    if any(c in "\r\n" for c in key):
+        raise ReveConfigurationError(f"{field_name} contains a line break; an API key is one line.")
+    if any(c.isspace() for c in key):
+        raise ReveConfigurationError(
+            f"{field_name} contains a space or tab; put the key alone there (no 'Bearer ')."
+        )
+    if any(not " " < c < "\x7f" for c in key):
+        raise ReveConfigurationError(
+            f"{field_name} contains control or non-ASCII characters (e.g. a typographic quote or "
+            "dash from a copy-paste); an API key is plain ASCII. Paste it again."
+        )
+    if "://" in key:
+        raise ReveConfigurationError(
+            f"{field_name} holds a URL. Are the 'API key' and 'Base URL' fields swapped?"
+        )
+    return key
 
 
 def _base_url(conn_id: str, host: str | None, port: int | None, allow_insecure_http: bool) -> str:
     raw = (host or "").strip() or DEFAULT_BASE_URL
     if "://" not in raw:
         raw = f"https://{raw}"  # the API is https; a bare host name means https
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    field_name = f"Connection {conn_id!r}: the 'Base URL' (host) field"
+    try:
+        parts = urlsplit(raw)
+        hostname, url_port, has_userinfo = parts.hostname, parts.port, "@" in parts.netloc
+    except ValueError:  # e.g. "https://[not-an-ip]" or a port that is not a number
         raise ReveConfigurationError(
-            f"Connection {conn_id!r}: Base URL (host) {raw!r} is not an http(s) URL with a host name."
+            f"{field_name} is not a valid URL (expected e.g. https://reve2img.com)."
+        ) from None
+    if has_userinfo:
+        raise ReveConfigurationError(
+            f"{field_name} holds a user name or password (user:password@host); remove it: the "
+            "Reve key goes in the 'API key' (password) field only."
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
+    if parts.scheme not in ("http", "https") or not hostname:
         raise ReveConfigurationError(
-            f"Connection {conn_id!r}: refusing plain http:// to {parts.hostname!r}, which would send "
+            f"{field_name} is not an http:// or https:// URL with a host name "
+            "(expected e.g. https://reve2img.com)."
+        )
+    if not _plausible_host(hostname):
+        # Typically the API key, pasted into the wrong field: never echo it, never resolve it.
+        raise ReveConfigurationError(
+            f"{field_name} does not hold a host name (expected e.g. https://reve2img.com, a name "
+            "with a dot, localhost or an IP address). Are the 'API key' and 'Base URL' fields swapped?"
+        )
+    # From here on the host name is known to be one, so messages may name it.
+    if parts.scheme == "http" and not _is_loopback(hostname) and not allow_insecure_http:
+        raise ReveConfigurationError(
+            f"Connection {conn_id!r}: refusing plain http:// to {hostname!r}, which would send "
             "the API key unencrypted. Use https://, or set the connection extra "
             '"allow_insecure_http": true if you really mean it.'
         )
     netloc = parts.netloc
-    if port and not parts.port:
+    if port and not url_port:
         netloc = f"{netloc}:{port}"
+    # Query and fragment are dropped: the endpoints' paths are appended to what is kept.
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+_LABEL = re.compile(r"(?!-)[\w-]{1,63}(?<!-)")
+
+
+def _plausible_host(hostname: str) -> bool:
+    """``localhost``, an IP address, or a dotted name of valid labels (IDN letters allowed)."""
+    if hostname == "localhost" or _is_ip(hostname):
+        return True
+    labels = hostname.removesuffix(".").split(".")
+    return len(hostname) <= 253 and len(labels) >= 2 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def _is_ip(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(hostname: str) -> bool:

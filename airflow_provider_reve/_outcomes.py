@@ -14,7 +14,7 @@ Every decision is logged with its class and reason.
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
@@ -25,6 +25,9 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_reve._retry import is_permanent, is_permanent_code
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.models import ReveTask
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.triggers.reve import ReveTaskEvent
 
 CONTENT_POLICY_VIOLATION = "CONTENT_POLICY_VIOLATION"
 ON_CONTENT_POLICY_CHOICES = ("fail", "skip")
@@ -72,3 +75,29 @@ def raise_for_failed_task(
         error,
     )
     raise AirflowException(str(error)) from error
+
+
+def raise_for_trigger_error(event: ReveTaskEvent, log: logging.Logger | Any, *, what: str) -> NoReturn:
+    """An ``error`` event from :class:`ReveTaskTrigger`: trust its ``retryable`` flag first.
+
+    The trigger has already classified the error it saw (``retryable=False`` for permanent
+    ones, including configuration errors and gateway 401/403 pages that carry no code), so a
+    permanent error seen in the triggerer fails at once, as it would in the worker.
+    """
+    code = event.error_code
+    if event.retryable is False or is_permanent_code(code):
+        log.error(
+            "%s failed with a PERMANENT error (%s): no retry can succeed, failing without spending "
+            "Airflow retries. %s",
+            what,
+            code or "no code",
+            event.message,
+        )
+        raise AirflowFailException(f"{what} failed permanently ({code or 'no code'}): {event.message}")
+    log.warning(
+        "%s failed with a TRANSIENT error (%s): failing this try so that Airflow's retries apply. %s",
+        what,
+        code or "no code",
+        event.message,
+    )
+    raise AirflowException(f"{what} failed ({code or 'no code'}): {event.message}")

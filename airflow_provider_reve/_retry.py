@@ -5,8 +5,8 @@ Three questions, three answers:
 * :func:`is_retryable` -- may the *same HTTP request* be sent again? Status polls are reads and
   are retried on 408/409/429/5xx, garbled answers and connection errors. ``generate`` creates a
   paid task, so it is retried only when the request provably created nothing.
-* :func:`backoff_seconds` -- how long to wait before the next attempt: a sane ``Retry-After``
-  (<= 60 s) wins, else exponential backoff from 0.5 s capped at 8 s, with jitter.
+* :func:`backoff_seconds` -- how long to wait before the next attempt: exponential backoff from
+  0.5 s capped at 8 s, with jitter, lengthened (never shortened) by a sane ``Retry-After`` (<= 60 s).
 * :func:`is_permanent_code` -- will *trying the whole Airflow task again* never help?
 
 :func:`call_with_retries` / :func:`acall_with_retries` are the only retry loops in the codebase.
@@ -73,10 +73,10 @@ def is_retryable(error: BaseException) -> bool:
             # Nothing was created, so re-sending is safe -- but the wait is for other tasks to
             # finish (minutes), which the operator handles by deferring, not the hook by sleeping.
             return True
-        # Without a machine code (a gateway's page), only a refusal status proves nothing was made.
-        return error.code in _SAFE_TO_RESUBMIT_CODES or (
-            error.code is None and error.http_status in (429, 503)
-        )
+        # Without a documented machine code (a gateway's page), only a 429 proves nothing was
+        # made: rate limiters refuse before forwarding, while proxies also answer 503 after
+        # forwarding (an upstream reset or timeout), when the task may already exist.
+        return error.code in _SAFE_TO_RESUBMIT_CODES or (error.code is None and error.http_status == 429)
     if isinstance(error, ReveMalformedResponseError):
         return True
     return error.http_status in _RETRYABLE_STATUS_FOR_READS
@@ -114,7 +114,8 @@ def is_permanent(error: BaseException) -> bool:
 def too_many_tasks_wait(attempt: int, retry_after: float | None = None) -> float:
     """Seconds to wait before submitting again after ``TOO_MANY_TASKS`` (other tasks must finish).
 
-    Slower than :func:`backoff_seconds`: from 10 s doubling to 60 s, or a sane ``Retry-After``.
+    Slower than :func:`backoff_seconds`: from 10 s doubling to 60 s; a sane ``Retry-After`` may
+    lengthen a step but never brings it below that schedule.
     Other tasks have to finish first, which takes tens of seconds, and each round trip through
     a timer deferral costs a worker start-up; a wait much shorter than that only adds churn.
     """
@@ -147,12 +148,18 @@ def backoff_seconds(
     cap: float = 8.0,
     rng: Callable[[], float] = random.random,
 ) -> float:
-    """Seconds to wait before retry number ``attempt`` (1 = the first retry)."""
-    if retry_after is not None and 0 <= retry_after <= MAX_SANE_RETRY_AFTER:
-        return retry_after
-    base = min(cap, initial * 2 ** max(0, attempt - 1))
+    """Seconds to wait before retry number ``attempt`` (1 = the first retry).
+
+    A sane ``Retry-After`` (0-60 s) may lengthen the wait, never shorten it: ``Retry-After: 0``
+    from a busy server must not turn a back-off into a tight loop.
+    """
+    # The exponent is bounded: a long outage ridden out by a trigger reaches high attempt counts.
+    base = min(cap, initial * 2 ** min(max(0, attempt - 1), 32))
     # Jitter keeps many clients (a mapped fan-out) from retrying in lockstep.
-    return base * (0.75 + 0.25 * rng())
+    wait = base * (0.75 + 0.25 * rng())
+    if retry_after is not None and 0 <= retry_after <= MAX_SANE_RETRY_AFTER:
+        return max(wait, retry_after)
+    return wait
 
 
 @dataclass(frozen=True)

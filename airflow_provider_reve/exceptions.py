@@ -124,7 +124,24 @@ class ReveAmbiguousSubmissionError(ReveAPIError):
     """``generate`` was sent but no usable answer came back: a paid task may exist.
 
     The provider never re-sends such a request by itself, because that could pay twice.
+
+    :param task_id: the Reve task the answer named, when it named one (e.g. a ``SUCCESS``
+        without result URLs): the task exists and was likely paid for; read it with
+        ``ReveHook.get_status`` instead of submitting again. ``None`` when no id came back.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        http_status: int | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, http_status=http_status, code=code, detail=detail)
+        self.task_id = task_id
 
 
 class ReveTaskFailedError(ReveError):
@@ -161,6 +178,9 @@ _BY_CODE: dict[str, type[ReveAPIError]] = {
     "SERVICE_UNAVAILABLE": ReveServerError,
     "TIMEOUT": ReveServerError,
 }
+#: The machine codes the API reference documents. Any other ``message`` is not trusted as a
+#: code: it is free text from the server (it may even echo the key), scrubbed like any other.
+DOCUMENTED_CODES = frozenset(_BY_CODE)
 _BY_STATUS: dict[int, type[ReveAPIError]] = {
     400: ReveBadRequestError,
     401: ReveAuthenticationError,

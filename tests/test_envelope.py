@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_reve._envelope import parse_task_response
+from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,
@@ -72,11 +73,22 @@ def test_an_in_progress_answer_without_response_or_credits_is_a_task_with_no_url
 
 
 @pytest.mark.parametrize("response", [{"resultUrls": []}, {}, None])
-def test_a_success_with_empty_or_absent_result_urls_is_accepted_with_no_urls(response):
-    task = parse(envelope(success_data(response=response)))
+def test_a_status_success_without_any_result_url_is_malformed_and_read_again_never_done(response):
+    with pytest.raises(ReveMalformedResponseError, match="SUCCESS without any result URL") as raised:
+        parse(envelope(success_data(response=response)))
 
-    assert task.status == "SUCCESS"
-    assert task.result_urls == ()
+    assert not isinstance(raised.value, ReveAmbiguousSubmissionError)
+    assert raised.value.retryable
+
+
+@pytest.mark.parametrize("response", [{"resultUrls": []}, {}, None])
+def test_a_generate_success_without_any_result_url_is_ambiguous_and_names_the_paid_task(response):
+    with pytest.raises(ReveAmbiguousSubmissionError) as raised:
+        parse(envelope(success_data(response=response)), endpoint=GENERATE_ENDPOINT)
+
+    assert raised.value.task_id == "task-1"
+    assert "Reve task task-1 exists" in str(raised.value)
+    assert not raised.value.retryable
 
 
 def test_whole_number_float_credits_are_read_as_an_integer():
@@ -113,11 +125,18 @@ def test_a_failed_task_whose_error_is_a_bare_string_keeps_it_as_the_message():
     assert task.error_message == "upstream exploded"
 
 
-def test_a_failed_task_with_a_numeric_error_code_reads_it_as_text():
-    task = parse(envelope({"task_id": "task-1", "status": "FAILED", "error": {"code": 500}}))
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        ({"code": 500}, "500"),
+        ({"code": "UPSTREAM_OOM", "message": "out of memory"}, "UPSTREAM_OOM: out of memory"),
+    ],
+)
+def test_a_failed_task_with_an_undocumented_error_code_keeps_it_as_words_not_as_a_code(error, words):
+    task = parse(envelope({"task_id": "task-1", "status": "FAILED", "error": error}))
 
-    assert task.error_code == "500"
-    assert task.error_message is None
+    assert task.error_code is None
+    assert task.error_message == words
 
 
 def test_a_failed_task_without_error_details_is_still_a_failed_task():
@@ -164,12 +183,22 @@ def test_an_http_error_status_wins_over_a_body_that_claims_success():
     assert raised.value.retryable  # a status read may be re-sent
 
 
-def test_an_unknown_machine_code_is_classified_by_its_http_status():
+def test_an_unknown_machine_code_is_not_trusted_as_a_code_and_the_http_status_classifies():
     with pytest.raises(ReveBadRequestError) as raised:
         parse(envelope(code=400, message="SOMETHING_NEW"), http_status=400)
 
-    assert raised.value.code == "SOMETHING_NEW"
+    assert raised.value.code is None
+    assert "undocumented error code 'SOMETHING_NEW'" in str(raised.value)
     assert not raised.value.retryable
+
+
+def test_a_401_whose_code_is_garbled_is_a_permanent_authentication_error():
+    with pytest.raises(ReveAuthenticationError) as raised:
+        parse(envelope(code=401, message="INVALID_API_KEY sk-whatever"), http_status=401)
+
+    assert raised.value.code is None
+    assert not raised.value.retryable
+    assert is_permanent(raised.value)
 
 
 def test_an_error_whose_message_is_not_a_string_has_no_code_but_keeps_its_status():
@@ -186,7 +215,8 @@ def test_a_generate_gateway_error_is_ambiguous_because_a_task_may_exist_upstream
         parse(envelope(code=502, message="BAD_GATEWAY"), endpoint=GENERATE_ENDPOINT, http_status=502)
 
     assert raised.value.http_status == 502
-    assert raised.value.code == "BAD_GATEWAY"
+    assert raised.value.code is None  # not a documented code
+    assert "BAD_GATEWAY" in str(raised.value)
     assert not raised.value.retryable
 
 
@@ -196,6 +226,14 @@ def test_a_generate_service_unavailable_is_not_ambiguous_and_may_be_resent():
 
     assert not isinstance(raised.value, ReveAmbiguousSubmissionError)
     assert raised.value.retryable
+
+
+def test_a_proxy_503_page_on_generate_is_ambiguous_because_proxies_also_answer_so_after_forwarding():
+    with pytest.raises(ReveAmbiguousSubmissionError, match="paid task may have been created") as raised:
+        parse("<html>503 Service Temporarily Unavailable</html>", endpoint=GENERATE_ENDPOINT, http_status=503)
+
+    assert raised.value.http_status == 503
+    assert not raised.value.retryable
 
 
 def test_retry_after_in_seconds_is_kept_on_the_error():
@@ -270,6 +308,26 @@ def test_a_malformed_generate_answer_with_a_4xx_status_is_not_ambiguous():
     assert raised.value.http_status == 400
 
 
+def test_json_nested_too_deep_to_parse_is_a_malformed_answer_not_a_recursion_error():
+    with pytest.raises(ReveMalformedResponseError):
+        parse("[" * 200_000)
+
+
+@pytest.mark.parametrize("http_status", [200, 502])
+def test_an_over_long_generate_answer_is_ambiguous(http_status):
+    with pytest.raises(ReveAmbiguousSubmissionError, match="longer than 256 KiB"):
+        parse(envelope(success_data()), endpoint=GENERATE_ENDPOINT, http_status=http_status, truncated=True)
+
+
+@pytest.mark.parametrize("http_status", [200, 503])
+def test_an_over_long_status_answer_is_malformed_and_may_be_read_again(http_status):
+    # Even a complete-looking envelope: what came after it was never read.
+    with pytest.raises(ReveMalformedResponseError, match="longer than 256 KiB") as raised:
+        parse(envelope(success_data()), http_status=http_status, truncated=True)
+
+    assert raised.value.retryable
+
+
 def test_bytes_that_are_not_utf8_are_a_malformed_answer_not_a_decode_error():
     with pytest.raises(ReveMalformedResponseError):
         parse(b"\xff\xfe\x00garbage\x80")
@@ -323,6 +381,60 @@ def test_a_gateway_error_on_generate_is_scrubbed_too():
 
     assert SECRET not in str(raised.value)
     assert SECRET not in (raised.value.detail or "")
+
+
+def test_a_secret_echoed_in_the_machine_code_never_becomes_the_code_or_shows():
+    body = envelope(code=401, message=f"INVALID_API_KEY {SECRET}", detail=f"got Bearer {SECRET}")
+
+    with pytest.raises(ReveAuthenticationError) as raised:
+        parse(body, http_status=401, secrets=[SECRET])
+
+    error = raised.value
+    assert error.code is None
+    for text in (str(error), repr(error), repr(vars(error)), *map(str, error.args)):
+        assert SECRET[3:11] not in text
+
+
+def test_a_secret_echoed_in_a_task_is_scrubbed_from_its_error_and_result_urls():
+    data = success_data(
+        response={"resultUrls": [f"https://cdn.example/{SECRET}.png"]},
+        error={"code": SECRET.upper(), "message": f"key {SECRET[2:20]} seen"},
+    )
+
+    task = parse(envelope(data), secrets=[SECRET])
+
+    assert task.result_urls == ("https://cdn.example/***.png",)
+    assert task.error_code is None
+    assert task.error_message == "***: key *** seen"
+
+
+def test_a_task_id_holding_the_secret_is_refused_since_an_id_cannot_be_redacted():
+    body = envelope({"task_id": f"t-{SECRET}", "status": "IN_PROGRESS"})
+
+    with pytest.raises(ReveAmbiguousSubmissionError, match="task_id holds the API key") as raised:
+        parse(body, endpoint=GENERATE_ENDPOINT, secrets=[SECRET])
+
+    assert raised.value.task_id is None
+    assert SECRET not in repr(vars(raised.value))
+
+
+def test_a_secret_echoed_upper_cased_as_an_unknown_task_status_is_scrubbed():
+    with pytest.raises(ReveMalformedResponseError, match="unknown task status") as raised:
+        parse(envelope({"task_id": "task-1", "status": SECRET.upper()}), secrets=[SECRET])
+
+    assert SECRET.upper()[:8] not in str(raised.value)
+
+
+def test_a_huge_detail_is_cut_short_after_a_secret_straddling_the_cut_was_redacted_whole():
+    detail = "d" * 990 + SECRET + "e" * 250_000
+
+    with pytest.raises(ReveBadRequestError) as raised:
+        parse(
+            envelope(code=400, message="INVALID_PARAMETER", detail=detail), http_status=400, secrets=[SECRET]
+        )
+
+    assert raised.value.detail == "d" * 990 + "***" + "e" * 7 + "..."
+    assert len(str(raised.value)) < 1200
 
 
 def test_empty_secrets_do_not_mangle_the_message():

@@ -299,15 +299,25 @@ def test_a_proxy_html_page_with_a_4xx_on_generate_is_malformed_but_not_ambiguous
     assert server.requests_to("generate") == 1
 
 
-@pytest.mark.parametrize("status", [429, 503])
-def test_a_gateway_refusal_page_on_generate_is_retried_because_nothing_was_created(hook, server, status):
-    server.add_fault(kind="html", endpoint="generate", status=status, times=2)
+def test_a_rate_limiter_429_page_on_generate_is_retried_because_nothing_was_created(hook, server):
+    server.add_fault(kind="html", endpoint="generate", status=429, times=2)
 
     task = hook.generate(SYNC_MODEL, PROMPT)
 
     assert task.succeeded
     assert server.requests_to("generate") == 3
     assert server.submissions == 1
+
+
+def test_a_proxy_503_page_on_generate_is_ambiguous_and_not_resent(hook, server):
+    # Proxies answer 503 after forwarding too (an upstream reset or timeout): a task may exist.
+    server.add_fault(kind="html", endpoint="generate", status=503, times=None)
+
+    with pytest.raises(ReveAmbiguousSubmissionError, match="paid task may") as raised:
+        hook.generate(SYNC_MODEL, PROMPT)
+
+    assert raised.value.http_status == 503
+    assert server.requests_to("generate") == 1
 
 
 # -- retries of status reads ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 from reve_test_helpers import use_connection
+from trickle_stub import trickling_status_server
 
 from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
@@ -238,6 +239,46 @@ async def test_a_read_timeout_raises_connection_error_saying_the_request_was_sen
     assert raised.value.request_sent is True
     assert (await hook.async_settings()).read_timeout == 0.3
     assert server.requests_to("status") == 1
+
+
+async def test_the_hooks_own_timeout_overrides_the_connections_read_timeout(
+    server, finished_task, loop_session_closed_afterwards
+):
+    hook = ReveAsyncHook(CONN_ID, timeout=(1, 1), retry_policy=NO_RETRIES)
+    server.add_fault(kind="slow", endpoint="status", delay=4.0)  # the connection allows 60 s
+
+    with pytest.raises(ReveConnectionError) as raised:
+        await hook.aget_status(finished_task.task_id)
+
+    assert raised.value.request_sent is True
+    assert server.requests_to("status") == 1
+
+
+async def test_an_answer_trickling_in_is_cut_at_connect_plus_read_timeout(
+    monkeypatch, loop_session_closed_afterwards
+):
+    # A byte every 0.1 s for two minutes: a per-read timeout alone would wait it all out.
+    async with trickling_status_server(byte_every=0.1, for_seconds=120) as stub:
+        use_connection(monkeypatch, stub.url, connect_timeout=0.5, read_timeout=0.5)
+        hook = ReveAsyncHook(CONN_ID, retry_policy=NO_RETRIES)
+
+        with pytest.raises(ReveConnectionError) as raised:
+            await asyncio.wait_for(hook.aget_status("trickled-task"), timeout=20)
+
+    assert raised.value.request_sent is True
+    assert stub.requests == 1
+
+
+async def test_within_bounds_the_whole_call_retries_included(
+    server, finished_task, loop_session_closed_afterwards
+):
+    hook = ReveAsyncHook(CONN_ID, retry_policy=RetryPolicy(max_attempts=10, initial_backoff=0.01))
+    server.add_fault(kind="slow", endpoint="status", delay=3.0, times=None)
+
+    with pytest.raises(ReveConnectionError):
+        await hook.aget_status(finished_task.task_id, within=0.5)
+
+    assert server.requests_to("status") == 1  # no retry fits in what was left
 
 
 # -- the connection, resolved without blocking the loop ----------------------------------------

@@ -12,10 +12,11 @@ event loop and shares one ``aiohttp`` session per running loop among all trigger
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,7 @@ from urllib3.exceptions import ConnectTimeoutError
 from airflow_provider_reve import __version__
 from airflow_provider_reve._catalog import validate_request
 from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
-from airflow_provider_reve._envelope import parse_task_response
+from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
 from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
@@ -44,12 +45,39 @@ from airflow_provider_reve.models import ReveTask
 GENERATE_PATH = "/api/v1/generate"
 STATUS_PATH = "/api/v1/status"
 USER_AGENT = f"airflow-provider-reve/{__version__}"
+# The shortest bound given to one status request, even when its caller's time is up.
+_MIN_REQUEST_SECONDS = 0.05
 
 
 def _check_task_id(task_id: Any) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise ReveValidationError(f"a Reve task id must be a non-empty string, got {task_id!r}")
     return task_id.strip()
+
+
+def _read_capped(response: requests.Response) -> tuple[bytes, bool]:
+    """At most ``MAX_RESPONSE_BYTES`` of the (decoded) body, and whether there was more.
+
+    An API answer is tiny; a proxy's error page may be hundreds of MiB. Reading stops at the
+    cap, and closing the response then drops the connection instead of draining the rest.
+    """
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=64 * 1024):
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            return bytes(body[:MAX_RESPONSE_BYTES]), True
+    return bytes(body), False
+
+
+async def _aread_capped(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Async twin of :func:`_read_capped`; leaving the response unread closes its connection."""
+    body = bytearray()
+    while len(body) <= MAX_RESPONSE_BYTES:
+        chunk = await response.content.read(MAX_RESPONSE_BYTES + 1 - len(body))
+        if not chunk:
+            return bytes(body), False
+        body += chunk
+    return bytes(body[:MAX_RESPONSE_BYTES]), True
 
 
 class ReveHook(HttpHook):
@@ -171,15 +199,19 @@ class ReveHook(HttpHook):
         session = self.get_conn()
         url = self.settings.base_url + path
         try:
-            response = session.request(method, url, timeout=self._timeouts, **kwargs)
+            # Streamed, so that no more than MAX_RESPONSE_BYTES of an answer is ever held.
+            response = session.request(method, url, timeout=self._timeouts, stream=True, **kwargs)
+            with response:
+                body, truncated = _read_capped(response)
         except requests.exceptions.RequestException as error:
             raise self._transport_error(endpoint, error) from None
         return parse_task_response(
             endpoint,
             response.status_code,
-            response.content,
+            body,
             retry_after_header=response.headers.get("Retry-After"),
             secrets=[self.settings.api_key],
+            truncated=truncated,
         )
 
     def _transport_error(self, endpoint: str, error: requests.exceptions.RequestException) -> ReveAPIError:
@@ -271,20 +303,46 @@ class ReveAsyncHook(ReveHook):
             )
         return self._settings
 
-    async def aget_status(self, task_id: str, *, model: str | None = None) -> ReveTask:
+    async def aget_status(
+        self, task_id: str, *, model: str | None = None, within: float | None = None
+    ) -> ReveTask:
+        """Read a task's current state; transient errors are retried within the retry policy.
+
+        :param within: seconds the whole call may take, retries included (a trigger passes the
+            time left to its deadline). Each request is also bounded on its own: see
+            :meth:`_request_timeout`.
+        """
         task_id = _check_task_id(task_id)
         settings = await self.async_settings()
+        ends_at = None if within is None else time.monotonic() + max(0.0, within)
+        policy = self.retry_policy
+        if within is not None:
+            policy = replace(policy, max_elapsed_seconds=min(policy.max_elapsed_seconds, within))
         task = await acall_with_retries(
-            lambda: self._aget_status_once(settings, task_id),
-            self.retry_policy,
+            lambda: self._aget_status_once(settings, task_id, ends_at),
+            policy,
             what=f"Reve {STATUS_ENDPOINT}",
         )
         return task.with_model(model)
 
-    async def _aget_status_once(self, settings: ConnectionSettings, task_id: str) -> ReveTask:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
-        )
+    def _request_timeout(self, settings: ConnectionSettings, ends_at: float | None) -> aiohttp.ClientTimeout:
+        """``(connect, read)`` from the hook's ``timeout`` or else the connection, plus a total bound.
+
+        aiohttp's ``sock_read`` restarts with every chunk, so a server trickling its answer could
+        hold one request -- and a trigger's deadline -- for ever. ``total`` caps the whole
+        request at ``connect + read`` seconds, and at ``ends_at`` (monotonic) when given.
+        """
+        connect, read = self.timeout or (settings.connect_timeout, settings.read_timeout)
+        total = connect + read
+        if ends_at is not None:
+            # Never zero: aiohttp reads a total of 0 as "no limit".
+            total = min(total, max(ends_at - time.monotonic(), _MIN_REQUEST_SECONDS))
+        return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
+
+    async def _aget_status_once(
+        self, settings: ConnectionSettings, task_id: str, ends_at: float | None = None
+    ) -> ReveTask:
+        timeout = self._request_timeout(settings, ends_at)
         try:
             async with (
                 shared_client_session() as session,
@@ -295,7 +353,7 @@ class ReveAsyncHook(ReveHook):
                     timeout=timeout,
                 ) as response,
             ):
-                body = await response.read()
+                body, truncated = await _aread_capped(response)
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except aiohttp.ClientConnectorError as error:
             raise ReveConnectionError(
@@ -310,5 +368,10 @@ class ReveAsyncHook(ReveHook):
                 request_sent=True,
             ) from None
         return parse_task_response(
-            STATUS_ENDPOINT, status, body, retry_after_header=retry_after, secrets=[settings.api_key]
+            STATUS_ENDPOINT,
+            status,
+            body,
+            retry_after_header=retry_after,
+            secrets=[settings.api_key],
+            truncated=truncated,
         )

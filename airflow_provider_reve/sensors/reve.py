@@ -8,19 +8,21 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
     AirflowSensorTimeout,
+    AirflowTaskTimeout,
     BaseSensorOperator,
     PokeReturnValue,
     conf,
 )
 
-from airflow_provider_reve._outcomes import raise_for_error
-from airflow_provider_reve._retry import is_permanent, is_permanent_code
+from airflow_provider_reve._deadline import deferral_budget
+from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
+from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.models import ReveTask
@@ -37,6 +39,10 @@ from airflow_provider_reve.triggers.reve import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+# The trigger ends the wait at its deadline; Airflow's deferral timeout is only a safety net for
+# a triggerer that is down, so it fires a little later.
+_DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
+
 
 class ReveTaskSensor(BaseSensorOperator):
     """Wait until a Reve task finishes; push its ``ReveTask.to_dict()`` as XCom ``return_value``.
@@ -44,10 +50,13 @@ class ReveTaskSensor(BaseSensorOperator):
     :param reve_task_id: the Reve task id (templated), or the whole dict the
         ``ReveGenerateOperator`` returned (an ``XComArg`` works).
     :param reve_conn_id: the ``reve`` connection.
-    :param deferrable: wait in the triggerer (no worker slot while waiting).
+    :param deferrable: wait in the triggerer (no worker slot while waiting). The sensor still
+        looks once in the worker first: a task that is already finished returns at once.
     :param poke_interval: seconds between polls (default 5; the API asks for 2-5 s).
     :param timeout: seconds before the sensor times out (default 1 hour); ``soft_fail``,
-        ``mode="reschedule"`` and the rest behave as for every Airflow sensor.
+        ``never_fail``, ``mode="reschedule"`` and the rest behave as for every Airflow sensor.
+        A deferred wait also ends when ``execution_timeout`` (counted from the start of the
+        try) runs out, whichever comes first.
 
     A task that ends ``FAILED`` fails the sensor with the API's error code and message
     (skipped instead with ``soft_fail=True``).
@@ -88,26 +97,19 @@ class ReveTaskSensor(BaseSensorOperator):
         model = value.get("model") if isinstance(value, dict) else None
         return model if isinstance(model, str) else None
 
-    def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
-        task_id = self.resolved_task_id
-        self.defer(
-            trigger=ReveTaskTrigger(
-                reve_task_id=task_id,
-                reve_conn_id=self.reve_conn_id,
-                poll_interval=self.poke_interval,
-                deadline=time.time() + self.timeout,
-                not_before=settle_time(),
-                model=self.known_model,
-            ),
-            method_name="execute_complete",
-            kwargs={"reve_task_id": task_id},
-            timeout=timedelta(seconds=self.timeout) + timedelta(minutes=2),
-        )
+    # ``execute`` is BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable
+    # sensor makes before deferring included -- goes through its soft_fail / never_fail /
+    # silent_fail handling, so a bad ``reve_task_id`` is skipped with ``soft_fail`` in both modes.
 
     def poke(self, context: Context) -> PokeReturnValue:
         task_id = self.resolved_task_id
+        result = self._look(task_id)
+        if not result.is_done and self.deferrable:
+            # Not finished yet: wait in the triggerer instead of sleeping in this worker.
+            self._defer(context, task_id)
+        return result
+
+    def _look(self, task_id: str) -> PokeReturnValue:
         try:
             task = self.hook.get_status(task_id, model=self.known_model)
         except ReveError as error:
@@ -123,8 +125,38 @@ class ReveTaskSensor(BaseSensorOperator):
         self.log.info("Reve task %s still IN_PROGRESS", task_id)
         return PokeReturnValue(is_done=False)
 
+    def _defer(self, context: Context, task_id: str) -> NoReturn:
+        ti = context.get("ti") if context else None
+        budget = deferral_budget(self.timeout, self.execution_timeout, getattr(ti, "start_date", None))
+        by_execution_timeout = budget < self.timeout
+        if budget <= 0:
+            # Nothing left to wait for: we have just looked, a trigger would only look again.
+            raise _timed_out(by_execution_timeout, self, "the task was still IN_PROGRESS")
+        kwargs: dict[str, Any] = {"reve_task_id": task_id}
+        if by_execution_timeout:
+            kwargs["ends_at_execution_timeout"] = True
+        self.defer(
+            trigger=ReveTaskTrigger(
+                reve_task_id=task_id,
+                reve_conn_id=self.reve_conn_id,
+                poll_interval=self.poke_interval,
+                deadline=time.time() + budget,
+                not_before=settle_time(),
+                model=self.known_model,
+            ),
+            method_name="execute_complete",
+            kwargs=kwargs,
+            # Only a safety net for a triggerer that is down: the trigger ends the wait itself.
+            timeout=timedelta(seconds=budget) + _DEFER_TIMEOUT_GRACE,
+        )
+
     def execute_complete(
-        self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
+        self,
+        context: Context,
+        event: Any = None,
+        reve_task_id: str | None = None,
+        ends_at_execution_timeout: bool = False,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         if reve_task_id is None:
             # Airflow 3.3's dag.test() drops defer()'s kwargs once the trigger fires
@@ -139,10 +171,15 @@ class ReveTaskSensor(BaseSensorOperator):
         if result.outcome == OUTCOME_FAILED and result.task is not None:
             raise _failed(result.task)
         if result.outcome == OUTCOME_ERROR:
-            if is_permanent_code(result.error_code):
-                raise AirflowFailException(result.message)
-            raise AirflowException(result.message)
-        raise AirflowSensorTimeout(f"Sensor has timed out after {self.timeout:g}s: {result.message}")
+            raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
+        raise _timed_out(ends_at_execution_timeout, self, result.message)
+
+
+def _timed_out(by_execution_timeout: bool, sensor: ReveTaskSensor, why: str) -> BaseException:
+    if by_execution_timeout:
+        # As when Airflow enforces execution_timeout itself: the try fails, retries apply.
+        return AirflowTaskTimeout(f"execution_timeout of {sensor.execution_timeout} reached: {why}")
+    return AirflowSensorTimeout(f"Sensor has timed out after {sensor.timeout:g}s: {why}")
 
 
 def _failed(task: ReveTask) -> AirflowFailException:

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve._retry import NO_RETRIES, backoff_seconds, is_permanent
 from airflow_provider_reve.exceptions import ReveAPIError, ReveError
 from airflow_provider_reve.hooks.reve import ReveAsyncHook
 from airflow_provider_reve.models import ReveTask
@@ -28,6 +28,11 @@ OUTCOMES = frozenset({OUTCOME_SUCCESS, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_
 
 DEFAULT_POLL_INTERVAL = 3.0  # the API asks for one poll every 2-5 s
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
+# Transient errors back off from one poll interval up to a few of them, but never past this.
+MAX_ERROR_BACKOFF = 30.0
+_ERROR_BACKOFF_INTERVALS = 4
+# The one look after the deadline gets its own bound: the connection's read timeout, at most this.
+FINAL_READ_MAX_SECONDS = 30.0
 
 
 def settle_time() -> float:
@@ -50,12 +55,17 @@ class ReveTaskTrigger(BaseTrigger):
     :param reve_conn_id: the ``reve`` connection to use (resolved in the triggerer).
     :param poll_interval: seconds between status polls.
     :param deadline: absolute UNIX time after which the wait ends with outcome ``timeout``;
-        absolute so that a triggerer restart does not extend the wait.
+        absolute so that a triggerer restart does not extend the wait. The task is always read
+        once at or after the deadline before ``timeout`` is reported, so a task that finished
+        while the triggerer was down is not reported as timed out.
     :param model: the model id, remembered in the event's task (the status endpoint omits it).
-    :param max_consecutive_errors: transient errors in a row (429/5xx/connection) tolerated
-        before the trigger gives up with outcome ``error``.
+    :param max_consecutive_errors: deprecated meaning, kept so stored triggers still load:
+        transient errors (429/5xx/connection) no longer end the wait -- they are logged, backed
+        off and ridden out until the deadline, as a poking sensor does. After this many in a
+        row the log says so at ERROR level, once per streak.
     :param not_before: absolute UNIX time before which the first poll is not made (see
-        :func:`settle_time`); by default the first poll comes one ``poll_interval`` after start.
+        :func:`settle_time`), even when the deadline has already passed; by default the first
+        poll comes one ``poll_interval`` after start.
     """
 
     def __init__(
@@ -92,7 +102,9 @@ class ReveTaskTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = ReveAsyncHook(self.reve_conn_id)
+        # This loop is the retry loop: it backs off, logs and keeps waiting on transient errors,
+        # so the hook makes one attempt per poll.
+        hook = ReveAsyncHook(self.reve_conn_id, retry_policy=NO_RETRIES)
         # One keep-alive session for the whole wait, shared with every other trigger on this loop.
         async with hook.keep_session():
             event = await self._wait(hook)
@@ -100,34 +112,32 @@ class ReveTaskTrigger(BaseTrigger):
 
     async def _wait(self, hook: ReveAsyncHook) -> dict[str, Any]:
         last: ReveTask | None = None
-        # Whoever deferred has just seen the task IN_PROGRESS: wait one interval, and never fire
-        # before ``not_before`` (see settle_time) -- but never past the deadline either.
-        first_wait = self.poll_interval
-        if self.not_before is not None:
-            first_wait = max(first_wait, self.not_before - time.time())
-        await asyncio.sleep(self._capped(first_wait))
+        last_error: ReveError | None = None
+        errors_in_a_row = 0
+        await asyncio.sleep(self._first_wait())
         while True:
             remaining = self._remaining()
-            if remaining is not None and remaining <= 0:
-                return self._event(
-                    OUTCOME_TIMEOUT,
-                    last,
-                    f"Reve task {self.reve_task_id} was still IN_PROGRESS when the wait's deadline passed.",
-                )
-            # The hook retries transient errors with backoff, but never past our deadline.
-            hook.retry_policy = RetryPolicy(
-                max_attempts=self.max_consecutive_errors + 1,
-                max_elapsed_seconds=remaining if remaining is not None else 300.0,
-            )
+            # Past the deadline we still look once, so a task that finished while nobody
+            # looked (triggerer down, deadline shorter than the first wait) is not reported as
+            # timed out -- a paid result would otherwise be thrown away.
+            final = remaining is not None and remaining <= 0
             try:
-                task = await hook.aget_status(self.reve_task_id, model=self.model)
-            except ReveAPIError as error:
-                return self._event(
-                    OUTCOME_ERROR, last, str(error), error_code=error.code, retryable=error.retryable
-                )
-            except ReveError as error:  # configuration problems: no key, insecure URL...
-                return self._event(OUTCOME_ERROR, last, str(error), retryable=False)
-            last = task
+                within = await self._final_read_seconds(hook) if final else remaining
+                task = await hook.aget_status(self.reve_task_id, model=self.model, within=within)
+            except ReveError as error:
+                if not isinstance(error, ReveAPIError) or is_permanent(error):
+                    # Bad key, unknown task, insecure URL...: no amount of waiting helps.
+                    code = error.code if isinstance(error, ReveAPIError) else None
+                    return self._event(OUTCOME_ERROR, last, str(error), error_code=code, retryable=False)
+                errors_in_a_row += 1
+                last_error = error
+                if final:
+                    return self._timeout(last, last_error)
+                wait = self._capped(self._error_backoff(errors_in_a_row, error))
+                self._log_transient(error, errors_in_a_row, wait)
+                await asyncio.sleep(wait)
+                continue
+            errors_in_a_row, last_error, last = 0, None, task
             if task.succeeded:
                 return self._event(OUTCOME_SUCCESS, task, f"Reve task {task.task_id} succeeded.")
             if task.failed:
@@ -137,8 +147,56 @@ class ReveTaskTrigger(BaseTrigger):
                     f"Reve task {task.task_id} FAILED: {task.error_code}: {task.error_message}",
                     error_code=task.error_code,
                 )
+            if final:
+                return self._timeout(task, None)
             self.log.debug("Reve task %s still IN_PROGRESS", self.reve_task_id)
             await asyncio.sleep(self._capped(self.poll_interval))
+
+    def _first_wait(self) -> float:
+        # Whoever deferred has just seen the task IN_PROGRESS: wait one interval, but not past
+        # the deadline. ``not_before`` wins over the deadline: firing sooner races the worker's
+        # exit record (see settle_time), and the final look must come after it too.
+        wait = self._capped(self.poll_interval)
+        if self.not_before is not None:
+            wait = max(wait, self.not_before - time.time())
+        return wait
+
+    async def _final_read_seconds(self, hook: ReveAsyncHook) -> float:
+        settings = await hook.async_settings()
+        return min(settings.read_timeout, FINAL_READ_MAX_SECONDS)
+
+    def _error_backoff(self, errors_in_a_row: int, error: ReveAPIError) -> float:
+        """From one poll interval, growing to a few of them (at most 30 s); a sane Retry-After wins."""
+        cap = max(self.poll_interval, min(self.poll_interval * _ERROR_BACKOFF_INTERVALS, MAX_ERROR_BACKOFF))
+        wait = backoff_seconds(errors_in_a_row, error.retry_after, initial=self.poll_interval, cap=cap)
+        # Never poll faster than the interval the user chose, whatever Retry-After says.
+        return max(self.poll_interval, wait)
+
+    def _log_transient(self, error: ReveAPIError, errors_in_a_row: int, wait: float) -> None:
+        self.log.warning(
+            "Transient error reading Reve task %s (%s, %d in a row); reading again in %.1fs: %s",
+            self.reve_task_id,
+            error.code or error.http_status or type(error).__name__,
+            errors_in_a_row,
+            wait,
+            error,
+        )
+        if errors_in_a_row == self.max_consecutive_errors:
+            self.log.error(
+                "Reve API failed %d times in a row for task %s; still waiting until the deadline.",
+                errors_in_a_row,
+                self.reve_task_id,
+            )
+
+    def _timeout(self, last: ReveTask | None, last_error: ReveError | None) -> dict[str, Any]:
+        if last_error is None:
+            message = f"Reve task {self.reve_task_id} was still IN_PROGRESS when the wait's deadline passed."
+        else:
+            message = (
+                f"The wait for Reve task {self.reve_task_id} reached its deadline while its status "
+                f"could not be read ({last_error})."
+            )
+        return self._event(OUTCOME_TIMEOUT, last, message)
 
     def _capped(self, seconds: float) -> float:
         """``seconds``, or less if the deadline comes sooner (never negative)."""
