@@ -1,9 +1,21 @@
-"""Remembers which Reve task a task instance submitted, so a retry re-attaches instead of paying again.
+"""Remembers what a task instance submitted, so a retry re-attaches instead of paying again.
 
-XCom is cleared before a retry, so the id lives in ``context["task_state_store"]`` (Airflow
-3.3+), which is scoped to (dag, run, task, map index) and survives retries. The entry is
-removed once the operator has handed its result on: a task the user *clears* to run again
-then generates afresh, while a task that *crashed* finds its paid task again.
+XCom is cleared before a retry, so the memory lives in ``context["task_state_store"]`` (Airflow
+3.3+), which is scoped to (dag, run, task, map index) and survives retries. One entry per task
+instance, written at three moments, each one store call:
+
+* ``submitting`` -- written *before* the paid request is sent. A later try that finds it knows a
+  request may have been paid for without an answer (a kill or ``execution_timeout`` mid-request).
+* ``refused`` -- the account answered ``TOO_MANY_TASKS`` (nothing was created); the entry keeps
+  the back-off's attempt and first refusal so ``max_submit_wait`` holds across deferrals.
+* ``submitted`` -- a paid task exists: its id.
+
+The entry is never deleted after success: Airflow may still fail the try after ``execute()``
+returned (``post_execute``, the XCom push, the success report), and the retry must find the task
+again. A *clear* must generate afresh, and the try number cannot tell a clear from a retry, so
+every entry records the try that began the current run of retries -- ``max_tries - retries + 1``,
+the same rule Airflow itself uses -- which a clear moves forward. ``[state_store]
+clear_on_success = True`` removes entries atomically when success is recorded; either way works.
 """
 
 from __future__ import annotations
@@ -12,26 +24,54 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 STATE_KEY = "reve_submitted_task"
-BACKOFF_KEY = "reve_submit_backoff"
+
+SUBMITTING = "submitting"
+REFUSED = "refused"
+SUBMITTED = "submitted"
 
 _warned_unavailable = False
 
 
 def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
     """A short hash of the request, so a retry re-attaches only to the request it would send."""
-    canonical = json.dumps({"model": model, **params}, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps({"model": model, **params}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-class SubmittedTaskMemory:
-    """Reads and writes the submitted Reve task id in the task instance's state store."""
+@dataclass(frozen=True)
+class Recalled:
+    """What an earlier try of this run left behind for the same request."""
 
-    def __init__(self, context: Mapping[str, Any], log: logging.Logger | Any) -> None:
+    phase: str
+    task_id: str | None = None
+    attempt: int | None = None
+    first_refusal: float | None = None
+
+
+def _first_try_of_this_run(context: Mapping[str, Any], retries: int | None) -> int | None:
+    """The try number that started the current run of retries; a clear moves it forward."""
+    ti = context.get("ti")
+    max_tries = getattr(ti, "max_tries", None)
+    if not isinstance(max_tries, int) or isinstance(max_tries, bool) or retries is None:
+        return None
+    return max_tries - retries + 1
+
+
+class SubmittedTaskMemory:
+    """Reads and writes the task instance's submission entry in its state store."""
+
+    def __init__(
+        self, context: Mapping[str, Any], log: logging.Logger | Any, *, retries: int | None = None
+    ) -> None:
         self._store = context.get("task_state_store")
         self._log = log
+        self._run_marker = _first_try_of_this_run(context, retries)
+        ti = context.get("ti")
+        self._try_number = getattr(ti, "try_number", None)
         if self._store is None:
             global _warned_unavailable
             if not _warned_unavailable:
@@ -45,45 +85,67 @@ class SubmittedTaskMemory:
     def available(self) -> bool:
         return self._store is not None
 
-    def recall(self, fingerprint: str) -> str | None:
-        """The Reve task id submitted by an earlier try of this task instance, if any."""
+    def recall(self, fingerprint: str) -> Recalled | None:
+        """What an earlier try of *this run* left for this request; ``None`` after a clear."""
         if self._store is None:
             return None
         entry = self._store.get(STATE_KEY)
-        if not isinstance(entry, dict) or not isinstance(entry.get("task_id"), str):
-            return None
-        if entry.get("fingerprint") != fingerprint:
-            self._log.warning(
-                "An earlier try submitted Reve task %s for a different request; not re-attaching.",
-                entry["task_id"],
-            )
-            return None
-        return entry["task_id"]
-
-    def remember(self, task_id: str, fingerprint: str) -> None:
-        if self._store is not None:
-            self._store.set(STATE_KEY, {"task_id": task_id, "fingerprint": fingerprint})
-
-    def forget(self) -> None:
-        if self._store is not None:
-            self._store.delete(STATE_KEY)
-
-    # While the account answers TOO_MANY_TASKS the operator defers on a timer. Where defer()'s
-    # kwargs do not come back on resume (Airflow 3.3's dag.test()), the back-off state -- which
-    # attempt, since when -- is read from here instead, so max_submit_wait still holds.
-    def remember_backoff(self, attempt: int, first_refusal: float) -> None:
-        if self._store is not None:
-            self._store.set(BACKOFF_KEY, {"attempt": attempt, "first_refusal": first_refusal})
-
-    def recall_backoff(self) -> tuple[int, float] | None:
-        entry = self._store.get(BACKOFF_KEY) if self._store is not None else None
         if not isinstance(entry, dict):
             return None
-        attempt, first_refusal = entry.get("attempt"), entry.get("first_refusal")
-        if not isinstance(attempt, int) or not isinstance(first_refusal, (int, float)):
+        run = entry.get("run")
+        if run is not None and self._run_marker is not None and run != self._run_marker:
+            self._log.info(
+                "The task was cleared since Reve task %s was submitted (try %s): generating afresh.",
+                entry.get("task_id") or "(none)",
+                entry.get("try"),
+            )
             return None
-        return attempt, float(first_refusal)
+        if entry.get("fingerprint") != fingerprint:
+            if entry.get("task_id"):
+                self._log.warning(
+                    "An earlier try submitted Reve task %s for a different request; not re-attaching.",
+                    entry["task_id"],
+                )
+            return None
+        # Entries written before phases existed hold just the task id and fingerprint.
+        phase = entry.get("phase", SUBMITTED)
+        task_id = entry.get("task_id") if isinstance(entry.get("task_id"), str) else None
+        if phase == SUBMITTED and task_id:
+            return Recalled(SUBMITTED, task_id=task_id)
+        if phase == REFUSED:
+            attempt, first = entry.get("attempt"), entry.get("first_refusal")
+            if isinstance(attempt, int) and isinstance(first, (int, float)):
+                return Recalled(REFUSED, attempt=attempt, first_refusal=float(first))
+            return Recalled(REFUSED)
+        return Recalled(SUBMITTING)
 
-    def forget_backoff(self) -> None:
-        if self._store is not None:
-            self._store.delete(BACKOFF_KEY)
+    def begin_submission(self, fingerprint: str) -> None:
+        """Before the paid request leaves: a later try that finds this knows it may exist."""
+        self._write(fingerprint, phase=SUBMITTING)
+
+    def remember(self, task_id: str, fingerprint: str) -> None:
+        """A paid task exists. One write replaces the in-flight or back-off entry."""
+        self._write(fingerprint, phase=SUBMITTED, task_id=task_id)
+
+    def remember_refusal(self, fingerprint: str, attempt: int, first_refusal: float) -> None:
+        """``TOO_MANY_TASKS``: nothing was created; keep the back-off's progress."""
+        self._write(fingerprint, phase=REFUSED, attempt=attempt, first_refusal=first_refusal)
+
+    def submission_created_nothing(self) -> None:
+        """The request provably created nothing: a later try may submit without doubt."""
+        if self._store is None:
+            return
+        try:
+            self._store.delete(STATE_KEY)
+        except Exception as error:  # the original error matters more; the entry only makes a retry careful
+            self._log.warning(
+                "Could not clear the submission marker (%s); a retry will treat the earlier "
+                "submission as of unknown outcome.",
+                type(error).__name__,
+            )
+
+    def _write(self, fingerprint: str, **fields: Any) -> None:
+        if self._store is None:
+            return
+        entry = {"fingerprint": fingerprint, "run": self._run_marker, "try": self._try_number, **fields}
+        self._store.set(STATE_KEY, {k: v for k, v in entry.items() if v is not None})

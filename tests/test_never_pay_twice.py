@@ -16,37 +16,42 @@ Two kinds of tests:
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import importlib.util
 import json
-import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import pytest
-import requests
 from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
     AirflowSkipException,
 )
 from airflow.sdk.exceptions import TaskDeferred
+from never_pay_twice_support import (  # server and dags are fixtures
+    ASYNC_MODEL,
+    FAST_RETRIES,
+    START_BALANCE,
+    SYNC_MODEL,
+    InMemoryTaskStateStore,
+    Run,
+    api_result,
+    dags,  # noqa: F401 -- fixture
+    execute_to_the_end,
+    make_context,
+    make_operator,
+    net_charged,
+    occupy_slots,
+    resume,
+    server,  # noqa: F401 -- fixture
+)
 
 from airflow_provider_reve import _reattach
 from airflow_provider_reve._catalog import estimate_credits
 from airflow_provider_reve._retry import RetryPolicy
-from airflow_provider_reve.operators.reve import ReveGenerateOperator
-from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
+from airflow_provider_reve.testing import FakeReveServer
 from airflow_provider_reve.triggers.reve import ReveTaskTrigger
-
-DAGS_DIR = Path(__file__).resolve().parent / "dags_never_pay_twice"
-DAG_FILE = DAGS_DIR / "never_pay_twice_dags.py"
-DAG_MODULE = "never_pay_twice_dags"
 
 PERMANENT_CODES = [
     "INVALID_PROMPT",
@@ -64,204 +69,6 @@ UNKNOWN_CODE = "SOMETHING_NEW_AND_ODD"  # served as HTTP 500
 TRANSIENT_STATUS_CODES = ["RATE_LIMITED", "GENERATION_FAILED", "SERVICE_UNAVAILABLE", "TIMEOUT", UNKNOWN_CODE]
 # Error codes of a FAILED generation that one more try may fix (failed tasks are refunded).
 TRANSIENT_FAILURE_CODES = ["GENERATION_FAILED", "TIMEOUT", "SERVICE_UNAVAILABLE", UNKNOWN_CODE]
-
-# The hook's own retries, kept short so that a test per code stays fast.
-FAST_RETRIES = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
-START_BALANCE = 1_000_000  # the fake server's default balance for DEFAULT_API_KEY
-SYNC_MODEL, ASYNC_MODEL = "reve-2.0", "seedream-5"  # 12 and 25 credits
-
-
-# -------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def server(fake_reve_server: FakeReveServer, reve_connection_env: str) -> FakeReveServer:
-    """The fake Reve API, with the ``reve_default`` connection pointing at it."""
-    fake_reve_server.set_async_seconds(0.3)
-    return fake_reve_server
-
-
-@pytest.fixture(scope="module")
-def dags() -> Iterator[ModuleType]:
-    """The test DAG file, in a DAGs folder of its own, with the metadata DB migrated."""
-    from airflow import settings
-    from airflow.utils.db import initdb
-
-    with pytest.MonkeyPatch.context() as patch:
-        # dag.test() syncs the DAGs-folder bundle to the DB and runs the DAG from there.
-        patch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS_DIR))
-        patch.setattr(settings, "DAGS_FOLDER", str(DAGS_DIR))
-        initdb()
-        spec = importlib.util.spec_from_file_location(DAG_MODULE, DAG_FILE)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[DAG_MODULE] = module
-        spec.loader.exec_module(module)
-        try:
-            yield module
-        finally:
-            sys.modules.pop(DAG_MODULE, None)
-
-
-# -------------------------------------------------------------------------------------- helpers
-
-
-class InMemoryTaskStateStore:
-    """The part of ``context["task_state_store"]`` the operator uses: JSON values by key."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return copy.deepcopy(self.data.get(key, default))
-
-    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
-        if value is None:
-            raise ValueError("Cannot set value as None")
-        self.data[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-def make_context(store: InMemoryTaskStateStore | None, try_number: int = 1) -> dict[str, Any]:
-    context: dict[str, Any] = {"ti": SimpleNamespace(try_number=try_number, map_index=-1)}
-    if store is not None:
-        context["task_state_store"] = store
-    return context
-
-
-def make_operator(**kwargs: Any) -> ReveGenerateOperator:
-    kwargs.setdefault("model", SYNC_MODEL)
-    kwargs.setdefault("prompt", "a red fox")
-    kwargs.setdefault("poll_interval", 0.05)
-    operator = ReveGenerateOperator(task_id="generate", **kwargs)
-    operator.hook.retry_policy = FAST_RETRIES
-    return operator
-
-
-def run_trigger(trigger: Any) -> Any:
-    """Run a trigger to its first event, as the triggerer would; returns the event payload."""
-
-    async def first_event() -> Any:
-        events = trigger.run()
-        try:
-            event = await anext(events)
-        finally:
-            await events.aclose()
-        return event.payload
-
-    return asyncio.run(first_event())
-
-
-def resume(operator: ReveGenerateOperator, context: dict[str, Any], deferred: TaskDeferred) -> Any:
-    """What the triggerer + a worker do with a deferral: fire the trigger, call the next method."""
-    payload = run_trigger(deferred.trigger)
-    return getattr(operator, deferred.method_name)(context, event=payload, **(deferred.kwargs or {}))
-
-
-def execute_to_the_end(operator: ReveGenerateOperator, context: dict[str, Any]) -> Any:
-    """``execute`` and, for a deferrable operator, every resumption, until a result or an error."""
-    try:
-        return operator.execute(context)
-    except TaskDeferred as deferred:
-        step = deferred
-    while True:
-        try:
-            return resume(operator, context, step)
-        except TaskDeferred as deferred:
-            step = deferred
-
-
-def occupy_slots(server: FakeReveServer, count: int) -> list[str]:
-    """Submit ``count`` slow tasks for the same account, as another DAG would."""
-    ids = []
-    for _ in range(count):
-        response = requests.post(
-            f"{server.url}/api/v1/generate",
-            json={"model": ASYNC_MODEL, "prompt": "another DAG's task"},
-            headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
-            timeout=5,
-        )
-        assert response.status_code == 200, response.text
-        ids.append(response.json()["data"]["task_id"])
-    return ids
-
-
-def api_result(server: FakeReveServer, task_id: str) -> dict[str, Any]:
-    """The XCom dict a successful Reve task must produce, built from the server's own record."""
-    info = server.tasks[task_id]
-    assert info["status"] == "SUCCESS", info
-    return {
-        "task_id": task_id,
-        "status": "SUCCESS",
-        "result_urls": info["result_urls"],
-        "consumed_credits": info["consumed_credits"],
-        "error_code": None,
-        "error_message": None,
-        "model": info["model"],
-    }
-
-
-def net_charged(server: FakeReveServer) -> int:
-    return -sum(entry["delta"] for entry in server.ledger)
-
-
-# -- dag.test() runs
-
-
-class Run:
-    """One finished ``dag.test()`` run, read back from the metadata DB."""
-
-    def __init__(self, dag: Any) -> None:
-        dag_run = dag.test()
-        self.dag_id: str = dag_run.dag_id
-        self.run_id: str = dag_run.run_id
-        self.state: str = str(dag_run.state)
-
-    def task_instances(self) -> dict[int, Any]:
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        with create_session() as session:
-            rows = session.scalars(
-                select(TaskInstance).where(
-                    TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == self.run_id
-                )
-            ).all()
-            return {
-                ti.map_index: SimpleNamespace(state=str(ti.state), try_number=ti.try_number) for ti in rows
-            }
-
-    def earlier_tries(self) -> dict[int, list[tuple[int, str]]]:
-        """map index -> [(try_number, state)] of the tries that came before the final one."""
-        from airflow.models.taskinstancehistory import TaskInstanceHistory
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        with create_session() as session:
-            rows = session.scalars(
-                select(TaskInstanceHistory).where(
-                    TaskInstanceHistory.dag_id == self.dag_id, TaskInstanceHistory.run_id == self.run_id
-                )
-            ).all()
-            tries: dict[int, list[tuple[int, str]]] = {}
-            for row in rows:
-                tries.setdefault(row.map_index, []).append((row.try_number, str(row.state)))
-            return {index: sorted(found) for index, found in tries.items()}
-
-    def xcom(self) -> dict[int, Any]:
-        """map index -> XCom ``return_value``."""
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            rows = session.scalars(
-                XComModel.get_many(run_id=self.run_id, dag_ids=self.dag_id, key="return_value")
-            ).all()
-            return {row.map_index: XComModel.deserialize_value(row) for row in rows}
 
 
 # ============================================================================================
@@ -317,7 +124,9 @@ def test_a_permanent_api_error_while_waiting_fails_the_task_without_spending_a_r
     server: FakeReveServer, code: str, deferrable: bool
 ) -> None:
     server.set_async_seconds(30)
-    server.add_fault(kind="error", endpoint="status", code=code, times=None)
+    server.add_fault(
+        kind="error", endpoint="status", code=code, status=500 if code == UNKNOWN_CODE else None, times=None
+    )
     operator = make_operator(model=ASYNC_MODEL, deferrable=deferrable)
 
     with pytest.raises(AirflowFailException, match=code):
@@ -333,7 +142,9 @@ def test_a_transient_api_error_while_waiting_fails_only_this_try_and_the_retry_r
     server: FakeReveServer, code: str, deferrable: bool
 ) -> None:
     server.set_async_seconds(30)
-    server.add_fault(kind="error", endpoint="status", code=code, times=None)
+    server.add_fault(
+        kind="error", endpoint="status", code=code, status=500 if code == UNKNOWN_CODE else None, times=None
+    )
     operator = make_operator(model=ASYNC_MODEL, deferrable=deferrable)
     store = InMemoryTaskStateStore()
     context = make_context(store)
@@ -342,11 +153,16 @@ def test_a_transient_api_error_while_waiting_fails_only_this_try_and_the_retry_r
         try:
             operator.execute(context)
         except TaskDeferred as deferred:
-            deferred.trigger.max_consecutive_errors = 1  # the trigger's bounded retries, kept short
+            # The trigger rides transient errors out until its deadline, kept short here.
+            deferred.trigger.deadline = time.time() + 1.0
             resume(operator, context, deferred)
 
     assert not isinstance(raised.value, (AirflowFailException, AirflowSkipException)), raised.value
-    assert server.requests_to("status") == 2, "bounded retries of the status read, then give up"
+    assert code in str(raised.value), "the error that kept the wait from ending is named"
+    if deferrable:
+        assert server.requests_to("status") >= 2, "the trigger kept reading through the errors"
+    else:
+        assert server.requests_to("status") == 2, "bounded retries of the status read, then give up"
     (task_id,) = server.tasks
 
     # The next Airflow try, once the API is healthy again, re-attaches instead of paying again.
@@ -392,7 +208,9 @@ def test_a_failed_generation_is_permanent_or_transient_by_its_error_code(
     assert ("PERMANENT" if code in PERMANENT_CODES else "TRANSIENT") in capsys.readouterr().out
     assert server.submissions == 1
     assert server.balance() == START_BALANCE, "a failed task is refunded"
-    assert store.data == {}, "a FAILED task is not remembered: the next try submits afresh"
+    server.clear_faults()
+    assert make_operator().execute(make_context(store, try_number=2))["status"] == "SUCCESS"
+    assert server.submissions == 2, "a FAILED (refunded) task is not re-attached: the next try submits afresh"
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["in the worker", "in the triggerer"])
@@ -410,7 +228,10 @@ def test_a_generation_that_fails_while_waiting_is_classified_by_its_error_code(
     assert type(raised.value) is expected
     assert server.submissions == 1
     assert server.balance() == START_BALANCE
-    assert store.data == {}
+    server.clear_faults()
+    retry = make_operator(model=ASYNC_MODEL, deferrable=deferrable)
+    assert execute_to_the_end(retry, make_context(store, try_number=2))["status"] == "SUCCESS"
+    assert server.submissions == 2, "a FAILED (refunded) task is not re-attached: the next try submits afresh"
 
 
 @pytest.mark.parametrize(
@@ -603,7 +424,11 @@ def test_a_retry_reattaches_in_the_triggerer_to_the_task_an_earlier_try_submitte
     operator = make_operator(model=ASYNC_MODEL, deferrable=True)
     assert resume(operator, make_context(store, 2), deferred.value) == api_result(server, task_id)
     assert server.submissions == 1
-    assert store.data == {}, "once the result is handed on, a cleared task generates afresh"
+    # Airflow may still fail the try after the result was returned: the next try hands on the
+    # same result instead of paying again.
+    again = make_operator(model=ASYNC_MODEL, deferrable=True).execute(make_context(store, try_number=3))
+    assert again == api_result(server, task_id)
+    assert server.submissions == 1
 
 
 def test_without_task_state_store_the_operator_warns_once_and_still_generates(
@@ -744,8 +569,10 @@ def test_too_many_tasks_defers_on_a_timer_with_a_growing_backoff_instead_of_hold
     assert server.requests_to("generate") == 1 + 3
 
 
-def test_a_sane_retry_after_on_too_many_tasks_sets_the_timer(server: FakeReveServer) -> None:
-    server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS", retry_after=1)
+def test_a_sane_retry_after_longer_than_the_backoff_on_too_many_tasks_sets_the_timer(
+    server: FakeReveServer,
+) -> None:
+    server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS", retry_after=25)
     operator = make_operator(deferrable=True)
     context = make_context(InMemoryTaskStateStore())
 
@@ -753,10 +580,50 @@ def test_a_sane_retry_after_on_too_many_tasks_sets_the_timer(server: FakeReveSer
         operator.execute(context)
 
     wait = (deferred.value.trigger.moment - datetime.now(timezone.utc)).total_seconds()
-    assert 0 < wait <= 1.05
+    assert 24 < wait <= 25.05
     assert server.submissions == 0
-    assert resume(operator, context, deferred.value)["status"] == "SUCCESS"
+    # The timer fired: resumed as the triggerer would.
+    result = operator.execute_after_backoff(context, event=None, **(deferred.value.kwargs or {}))
+    assert result["status"] == "SUCCESS"
     assert server.submissions == 1
+
+
+@pytest.mark.parametrize("retry_after", [0, 1, "Thu, 01 Jan 1970 00:00:00 GMT"])
+def test_a_retry_after_shorter_than_the_documented_backoff_never_shortens_the_timer(
+    server: FakeReveServer, retry_after: Any
+) -> None:
+    server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS", retry_after=retry_after)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        make_operator(deferrable=True).execute(make_context(InMemoryTaskStateStore()))
+
+    wait = (deferred.value.trigger.moment - datetime.now(timezone.utc)).total_seconds()
+    assert wait >= 7.4, "the 10 s (-25% jitter) floor holds whatever Retry-After says"
+
+
+def test_retry_after_zero_on_too_many_tasks_does_not_spin_in_the_worker(server: FakeReveServer) -> None:
+    server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS", retry_after=0, times=None)
+
+    with pytest.raises(AirflowException, match=r"TOO_MANY_TASKS.*max_submit_wait"):
+        make_operator(deferrable=False, max_submit_wait=5).execute(make_context(InMemoryTaskStateStore()))
+
+    # The first back-off (>= 7.5 s) is already longer than max_submit_wait: one request, no loop.
+    assert server.requests_to("generate") == 1
+
+
+def test_a_too_many_tasks_timer_never_fires_before_the_deferring_worker_has_settled(
+    server: FakeReveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The triggerer must not resume a task before the executor recorded the deferring worker's
+    # exit (Airflow 3.3's defer/executor-event race); here "settled" is 40 s away.
+    monkeypatch.setattr("airflow_provider_reve.operators.reve.settle_time", lambda: time.time() + 40)
+    server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS")
+
+    with pytest.raises(TaskDeferred) as deferred:
+        make_operator(deferrable=True).execute(make_context(InMemoryTaskStateStore()))
+
+    wait = (deferred.value.trigger.moment - datetime.now(timezone.utc)).total_seconds()
+    assert wait >= 39
 
 
 def test_without_deferral_too_many_tasks_waits_in_the_worker_and_then_submits_once(

@@ -22,13 +22,13 @@ from typing import Any
 import aiohttp
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from urllib3.exceptions import ConnectTimeoutError
 
 from airflow_provider_reve import __version__
-from airflow_provider_reve._catalog import validate_request
+from airflow_provider_reve._catalog import is_synchronous, validate_request
 from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
 from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
 from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
+from airflow_provider_reve._transport import request_may_have_been_sent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,
@@ -45,6 +45,8 @@ from airflow_provider_reve.models import ReveTask
 GENERATE_PATH = "/api/v1/generate"
 STATUS_PATH = "/api/v1/status"
 USER_AGENT = f"airflow-provider-reve/{__version__}"
+# How long a synchronous model's submission may take to answer (the image is made meanwhile).
+SYNC_GENERATE_READ_TIMEOUT = 300.0
 # The shortest bound given to one status request, even when its caller's time is up.
 _MIN_REQUEST_SECONDS = 0.05
 
@@ -157,8 +159,16 @@ class ReveHook(HttpHook):
         body = {"model": model, "prompt": prompt, **params}
         body = {name: value for name, value in body.items() if value is not None}
         validate_request(model, body)
+        connect, read = self._timeouts
+        if is_synchronous(model) and self.timeout is None:
+            # A synchronous model answers only when the image is done (upscaling and high
+            # test_time_scaling take minutes); a read timeout then would leave a paid task
+            # ambiguous, so its submission waits longer than a status read.
+            read = max(read, SYNC_GENERATE_READ_TIMEOUT)
         task = call_with_retries(
-            lambda: self._request("POST", GENERATE_PATH, GENERATE_ENDPOINT, json=body),
+            lambda: self._request(
+                "POST", GENERATE_PATH, GENERATE_ENDPOINT, json=body, timeout=(connect, read)
+            ),
             self.retry_policy,
             what=f"Reve {GENERATE_ENDPOINT}",
         )
@@ -195,12 +205,19 @@ class ReveHook(HttpHook):
             return False, str(error)
         return True, "Connection successful: the API answered (no credits spent)."
 
-    def _request(self, method: str, path: str, endpoint: str, **kwargs: Any) -> ReveTask:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        timeout: tuple[float, float] | None = None,
+        **kwargs: Any,
+    ) -> ReveTask:
         session = self.get_conn()
         url = self.settings.base_url + path
         try:
             # Streamed, so that no more than MAX_RESPONSE_BYTES of an answer is ever held.
-            response = session.request(method, url, timeout=self._timeouts, stream=True, **kwargs)
+            response = session.request(method, url, timeout=timeout or self._timeouts, stream=True, **kwargs)
             with response:
                 body, truncated = _read_capped(response)
         except requests.exceptions.RequestException as error:
@@ -215,7 +232,7 @@ class ReveHook(HttpHook):
         )
 
     def _transport_error(self, endpoint: str, error: requests.exceptions.RequestException) -> ReveAPIError:
-        sent = _request_may_have_been_sent(error)
+        sent = request_may_have_been_sent(error)
         what = f"{type(error).__name__} talking to {self.settings.base_url}"
         if endpoint == GENERATE_ENDPOINT and sent:
             return ReveAmbiguousSubmissionError(
@@ -229,21 +246,6 @@ class ReveHook(HttpHook):
         if self._session is not None:
             self._session.close()
             self._session = None
-
-
-def _request_may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
-    """False only when ``requests`` failed before the request could leave this machine."""
-    if isinstance(error, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
-        return False
-    if isinstance(error, requests.exceptions.InvalidURL):
-        return False
-    if isinstance(error, requests.exceptions.ConnectionError) and error.args:
-        # urllib3 wraps "refused", "no route", DNS failures as NewConnectionError, a
-        # ConnectTimeoutError subclass: the TCP connection never existed.
-        reason = getattr(error.args[0], "reason", error.args[0])
-        if isinstance(reason, ConnectTimeoutError):
-            return False
-    return True
 
 
 @dataclass

@@ -23,13 +23,21 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
+from airflow_provider_reve._deadline import deferral_budget
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
     raise_for_error,
     raise_for_failed_task,
+    raise_for_trigger_error,
 )
-from airflow_provider_reve._reattach import SubmittedTaskMemory, request_fingerprint
-from airflow_provider_reve._retry import is_permanent_code, too_many_tasks_wait
+from airflow_provider_reve._reattach import (
+    REFUSED,
+    SUBMITTING,
+    SubmittedTaskMemory,
+    request_fingerprint,
+)
+from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
+from airflow_provider_reve._retry import too_many_tasks_wait
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -69,6 +77,10 @@ REQUEST_FIELDS = (
     "duration",
     "generate_audio",
 )
+
+
+# Fields the operator sets itself: in extra_params they would clash with its own arguments.
+_NOT_IN_EXTRA_PARAMS = frozenset({"model", "prompt"})
 
 
 def _seconds(value: float | timedelta, name: str) -> float:
@@ -178,63 +190,82 @@ class ReveGenerateOperator(BaseOperator):
     ) -> dict[str, Any]:
         """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
         if submit_attempt is None:  # defer() kwargs lost (dag.test): the state store has them
-            backoff = SubmittedTaskMemory(context, self.log).recall_backoff()
-            submit_attempt, first_refusal = backoff if backoff is not None else (1, None)
+            params = self._validated_params()
+            recalled = self._memory(context).recall(request_fingerprint(self.model, params))
+            if recalled is not None and recalled.phase == REFUSED and recalled.attempt is not None:
+                submit_attempt, first_refusal = recalled.attempt, recalled.first_refusal
+            else:
+                submit_attempt, first_refusal = 1, None
         return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
 
     def execute_complete(
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
-        memory = SubmittedTaskMemory(context, self.log)
         if reve_task_id is None:
             # Airflow 3.3's dag.test() drops defer()'s kwargs once the trigger fires
             # (apache/airflow#69942); the state store still knows which task this try submitted.
-            reve_task_id = memory.recall(request_fingerprint(self.model, self._validated_params()))
+            params = self._validated_params()
+            recalled = self._memory(context).recall(request_fingerprint(self.model, params))
+            reve_task_id = recalled.task_id if recalled is not None else None
         try:
             result = read_event(event, reve_task_id)
         except ReveMalformedEventError as error:
             # Not permanent: a retry re-attaches to the remembered task and reads its real state.
             raise AirflowException(f"{error} (the Reve task is remembered; a retry re-attaches)") from error
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
-            return self._succeeded(result.task.with_model(self.model), memory)
+            return self._succeeded(result.task.with_model(self.model))
         if result.outcome == OUTCOME_FAILED and result.task is not None:
-            memory.forget()
             raise_for_failed_task(
                 result.task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
         if result.outcome == OUTCOME_ERROR:
-            if result.error_code == "TASK_NOT_FOUND":
-                memory.forget()
-            self._raise_trigger_error(result.message, result.error_code)
+            raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
         # OUTCOME_TIMEOUT
         raise AirflowException(
             f"Timed out after {self.timeout:g}s waiting for Reve task {reve_task_id}: {result.message} "
             "The task stays remembered, so an Airflow retry re-attaches to it without paying again."
         )
 
+    def on_kill(self) -> None:
+        # There is no cancel endpoint: a killed try leaves its Reve task running (and paid).
+        # The state store remembers it, so a retry of this run re-attaches instead of paying again.
+        self.log.warning(
+            "Killed while working on a Reve request; a task already submitted keeps running and is "
+            "remembered: a retry re-attaches to it, a clear generates afresh."
+        )
+
     # -- the flow ----------------------------------------------------------------------------
+    def _memory(self, context: Context) -> SubmittedTaskMemory:
+        return SubmittedTaskMemory(context, self.log, retries=self.retries)
+
     def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
         params = self._validated_params()
-        memory = SubmittedTaskMemory(context, self.log)
+        memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
         task = self._reattach(memory, fingerprint)
         if task is None:
             self._check_budget(params)
-            task = self._submit(memory, params, submit_attempt, first_refusal)
-            memory.remember(task.task_id, fingerprint)
-        return self._after_submit(task, memory)
+            task = self._submit(memory, fingerprint, params, submit_attempt, first_refusal)
+        return self._after_submit(task, context)
 
     def _validated_params(self) -> dict[str, Any]:
-        fields = {name: getattr(self, name) for name in REQUEST_FIELDS}
-        extra = self.extra_params or {}
         try:
+            fields = coerce_rendered({name: getattr(self, name) for name in REQUEST_FIELDS})
+            extra = coerce_extra_params(self.extra_params) or {}
             if not isinstance(extra, dict):
                 raise ReveValidationError(f"extra_params must be a dict, got {type(extra).__name__}")
+            reserved = sorted(name for name in extra if name in _NOT_IN_EXTRA_PARAMS)
+            if reserved:
+                raise ReveValidationError(
+                    f"extra_params may not set {reserved}: pass them as the operator's own arguments"
+                )
             clash = sorted(name for name in extra if fields.get(name) is not None)
             if clash:
                 raise ReveValidationError(f"{clash} given both as arguments and in extra_params")
-            params = {k: v for k, v in {**extra, **fields}.items() if v is not None}
+            # Arguments left at None must not erase the same field given in extra_params.
+            given = {name: value for name, value in fields.items() if value is not None}
+            params = {k: v for k, v in {**coerce_rendered(extra), **given}.items() if v is not None}
             validate_request(self.model, params)
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
@@ -258,14 +289,26 @@ class ReveGenerateOperator(BaseOperator):
         self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
 
     def _reattach(self, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
-        task_id = memory.recall(fingerprint)
-        if task_id is None:
+        recalled = memory.recall(fingerprint)
+        if recalled is None or recalled.phase == REFUSED:
             return None
+        if recalled.phase == SUBMITTING:
+            self._raise_interrupted_submission()
+            return None  # on_ambiguous_submit="retry": submit again, as the user accepted
+        assert recalled.task_id is not None
+        task_id = recalled.task_id
         try:
             task = self.hook.get_status(task_id, model=self.model)
-        except ReveNotFoundError:
-            self.log.warning("Remembered Reve task %s no longer exists; submitting afresh.", task_id)
-            memory.forget()
+        except ReveNotFoundError as error:
+            if error.code != "TASK_NOT_FOUND":
+                # A gateway's bare 404 says nothing about the task: treat it as a transient read.
+                raise AirflowException(
+                    f"Could not read remembered Reve task {task_id} ({error}); not submitting again. "
+                    "Airflow's retries apply."
+                ) from error
+            self.log.warning(
+                "Remembered Reve task %s no longer exists (TASK_NOT_FOUND); submitting afresh.", task_id
+            )
             return None
         except ReveError as error:
             raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
@@ -273,7 +316,6 @@ class ReveGenerateOperator(BaseOperator):
             self.log.warning(
                 "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
             )
-            memory.forget()
             return None
         self.log.info(
             "Re-attaching to Reve task %s (%s) submitted by an earlier try: not submitting again.",
@@ -282,19 +324,45 @@ class ReveGenerateOperator(BaseOperator):
         )
         return task
 
+    def _raise_interrupted_submission(self) -> None:
+        message = (
+            "An earlier try of this task was interrupted while submitting this request (killed, or "
+            "execution_timeout, before the API answered): a paid Reve task may exist."
+        )
+        if self.on_ambiguous_submit == "retry":
+            self.log.warning(
+                "%s on_ambiguous_submit='retry': submitting again (possible second charge).", message
+            )
+            return
+        raise AirflowFailException(
+            f"{message} Nothing was submitted again. Check the Reve dashboard; clear the task to "
+            "generate afresh, or set on_ambiguous_submit='retry' to let retries resubmit."
+        )
+
     def _submit(
-        self, memory: SubmittedTaskMemory, params: dict[str, Any], attempt: int, first_refusal: float | None
+        self,
+        memory: SubmittedTaskMemory,
+        fingerprint: str,
+        params: dict[str, Any],
+        attempt: int,
+        first_refusal: float | None,
     ) -> ReveTask:
         while True:
+            # Written before the request leaves: if this try dies mid-request (a kill,
+            # execution_timeout), the retry knows the outcome is unknown instead of paying again.
+            memory.begin_submission(fingerprint)
             try:
                 task = self.hook.generate(self.model, **params)
             except ReveRateLimitError as error:
+                memory.submission_created_nothing()
                 if not error.too_many_tasks:
                     raise_for_error(
                         error, self.log, on_content_policy_violation=self.on_content_policy_violation
                     )
                 first_refusal = first_refusal or time.time()
-                wait = too_many_tasks_wait(attempt, error.retry_after)
+                # Never shorter than the settle time: a timer deferral that fires before the
+                # executor recorded this worker's exit races it (see triggers.reve.settle_time).
+                wait = max(too_many_tasks_wait(attempt, error.retry_after), settle_time() - time.time())
                 waited = time.time() - first_refusal
                 if waited + wait > self.max_submit_wait:
                     raise AirflowException(
@@ -307,19 +375,37 @@ class ReveGenerateOperator(BaseOperator):
                     attempt,
                 )
                 attempt += 1
+                memory.remember_refusal(fingerprint, attempt, first_refusal)
                 if self.deferrable:
-                    memory.remember_backoff(attempt, first_refusal)
                     self._defer_submission(wait, attempt, first_refusal)
                 time.sleep(wait)
                 continue
             except ReveAmbiguousSubmissionError as error:
-                self._raise_ambiguous(error)
+                if error.task_id is None:
+                    self._raise_ambiguous(error)
+                # The answer named the task (e.g. SUCCESS without result URLs): it exists and is
+                # paid for, so remember it and read its real state instead of guessing.
+                self.log.warning("%s Waiting for Reve task %s instead.", error, error.task_id)
+                task = ReveTask(task_id=error.task_id, status="IN_PROGRESS")
             except ReveError as error:
+                memory.submission_created_nothing()
                 raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
             Stats.incr("reve.tasks_submitted", tags={"model": self.model})
-            if first_refusal is not None:
-                memory.forget_backoff()
+            self._remember_paid_task(memory, task, fingerprint)
             return task
+
+    def _remember_paid_task(self, memory: SubmittedTaskMemory, task: ReveTask, fingerprint: str) -> None:
+        try:
+            memory.remember(task.task_id, fingerprint)
+        except Exception as error:
+            # The task is paid for; failing now would orphan it. Go on: the in-flight marker
+            # stays, so a retry of this run fails as "outcome unknown" rather than paying again.
+            self.log.error(
+                "Reve task %s was created but could not be remembered in task_state_store (%s); "
+                "continuing with it. If this try fails, a retry will not submit again.",
+                task.task_id,
+                type(error).__name__,
+            )
 
     def _defer_submission(self, wait: float, attempt: int, first_refusal: float) -> None:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
@@ -331,7 +417,7 @@ class ReveGenerateOperator(BaseOperator):
             kwargs={"submit_attempt": attempt, "first_refusal": first_refusal},
         )
 
-    def _raise_ambiguous(self, error: ReveAmbiguousSubmissionError) -> None:
+    def _raise_ambiguous(self, error: ReveAmbiguousSubmissionError) -> NoReturn:
         if self.on_ambiguous_submit == "retry":
             self.log.warning(
                 "Submission outcome unknown and on_ambiguous_submit='retry': Airflow's retries will "
@@ -344,35 +430,39 @@ class ReveGenerateOperator(BaseOperator):
             "on_ambiguous_submit='retry' to let Airflow retries resubmit (possible second charge)."
         ) from error
 
-    def _after_submit(self, task: ReveTask, memory: SubmittedTaskMemory) -> dict[str, Any]:
+    def _after_submit(self, task: ReveTask, context: Context) -> dict[str, Any]:
         if task.succeeded:
-            return self._succeeded(task, memory)
+            return self._succeeded(task)
         if task.failed:
-            memory.forget()
             raise_for_failed_task(
                 task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
         if not self.wait_for_completion:
-            memory.forget()  # handed on: whoever waits (a sensor) owns it now
+            # Still remembered: if Airflow fails this try after we return, the retry hands on
+            # the same task instead of submitting another.
             return task.to_dict()
         deadline = time.time() + self.timeout
         if self.deferrable:
+            # Airflow 3.3 does not apply execution_timeout while a task is deferred: the wait
+            # ends at the earlier of `timeout` and what is left of execution_timeout.
+            ti = context.get("ti")
+            budget = deferral_budget(self.timeout, self.execution_timeout, getattr(ti, "start_date", None))
             self.defer(
                 trigger=ReveTaskTrigger(
                     reve_task_id=task.task_id,
                     reve_conn_id=self.reve_conn_id,
                     poll_interval=self.poll_interval,
-                    deadline=deadline,
+                    deadline=time.time() + budget,
                     not_before=settle_time(),
                     model=self.model,
                 ),
                 method_name="execute_complete",
                 kwargs={"reve_task_id": task.task_id},
-                timeout=timedelta(seconds=self.timeout) + _DEFER_TIMEOUT_GRACE,
+                timeout=timedelta(seconds=budget) + _DEFER_TIMEOUT_GRACE,
             )
-        return self._poll(task, deadline, memory)
+        return self._poll(task, deadline)
 
-    def _poll(self, task: ReveTask, deadline: float, memory: SubmittedTaskMemory) -> dict[str, Any]:
+    def _poll(self, task: ReveTask, deadline: float) -> dict[str, Any]:
         while not task.is_finished:
             remaining = deadline - time.time()
             if remaining <= 0:
@@ -386,13 +476,12 @@ class ReveGenerateOperator(BaseOperator):
             except ReveError as error:
                 raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
         if task.failed:
-            memory.forget()
             raise_for_failed_task(
                 task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
-        return self._succeeded(task, memory)
+        return self._succeeded(task)
 
-    def _succeeded(self, task: ReveTask, memory: SubmittedTaskMemory) -> dict[str, Any]:
+    def _succeeded(self, task: ReveTask) -> dict[str, Any]:
         self.log.info(
             "Reve task %s SUCCESS: %d result URL(s), %s credits",
             task.task_id,
@@ -401,12 +490,6 @@ class ReveGenerateOperator(BaseOperator):
         )
         if task.consumed_credits is not None:
             Stats.incr("reve.credits_consumed", count=task.consumed_credits, tags={"model": self.model})
-        memory.forget()
+        # The submission entry stays: Airflow may still fail this try after we return, and the
+        # retry must find this task again. A clear starts a new run of tries (see _reattach).
         return task.to_dict()
-
-    def _raise_trigger_error(self, message: str, code: str | None) -> NoReturn:
-        if is_permanent_code(code):
-            self.log.error("Waiting failed with a PERMANENT error (%s): not retrying.", code)
-            raise AirflowFailException(f"Waiting for the Reve task failed permanently ({code}): {message}")
-        self.log.warning("Waiting failed with a TRANSIENT error (%s): Airflow's retries apply.", code)
-        raise AirflowException(f"Waiting for the Reve task failed ({code or 'no code'}): {message}")

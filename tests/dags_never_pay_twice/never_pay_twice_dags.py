@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pendulum
 from airflow.sdk import DAG
 
+from airflow_provider_reve._reattach import STATE_KEY
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 
 START = pendulum.datetime(2025, 1, 1, tz="UTC")
@@ -43,25 +44,6 @@ class SimulatedWorkerCrash(RuntimeError):
     """Stands in for a worker that died: an ordinary error, so Airflow's retries apply."""
 
 
-class _StoreThatCrashesAfterWriting:
-    """Wraps ``task_state_store``: writes go through, then the "worker" dies."""
-
-    def __init__(self, store: Any, ti_key: tuple[str, str, int]) -> None:
-        self._store = store
-        self._ti_key = ti_key
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._store.get(key, default)
-
-    def set(self, key: str, value: Any, **kwargs: Any) -> None:
-        self._store.set(key, value, **kwargs)
-        CrashAfterSubmitOperator.persisted[self._ti_key] = value
-        raise SimulatedWorkerCrash(f"worker killed right after persisting {key}={value!r}")
-
-    def delete(self, key: str) -> None:
-        self._store.delete(key)
-
-
 class CrashAfterSubmitOperator(ReveGenerateOperator):
     """On try 1, dies right after the submitted Reve task id was persisted."""
 
@@ -69,13 +51,17 @@ class CrashAfterSubmitOperator(ReveGenerateOperator):
     persisted: ClassVar[dict[tuple[str, str, int], Any]] = {}
 
     def execute(self, context: Any) -> dict[str, Any]:
-        ti = context["ti"]
-        store = context.get("task_state_store")
-        if ti.try_number == 1 and store is not None:
-            context["task_state_store"] = _StoreThatCrashesAfterWriting(
-                store, (ti.dag_id, ti.run_id, ti.map_index)
-            )
+        self._context = context
         return super().execute(context)
+
+    def _remember_paid_task(self, memory: Any, task: Any, fingerprint: str) -> None:
+        super()._remember_paid_task(memory, task, fingerprint)
+        ti = self._context["ti"]
+        store = self._context.get("task_state_store")
+        if ti.try_number == 1 and store is not None:
+            value = store.get(STATE_KEY)
+            CrashAfterSubmitOperator.persisted[(ti.dag_id, ti.run_id, ti.map_index)] = value
+            raise SimulatedWorkerCrash(f"worker killed right after persisting {STATE_KEY}={value!r}")
 
 
 class CrashOnResumeOperator(ReveGenerateOperator):
@@ -165,3 +151,74 @@ with _dag("npt_credits_fanout") as credits_fanout:
     ReveGenerateOperator.partial(
         task_id="generate", max_credits=140, deferrable=False, poll_interval=POLL
     ).expand_kwargs(CREDITS_FANOUT)
+
+
+class FailsAfterExecuteOnceOperator(ReveGenerateOperator):
+    """On try 1, Airflow fails the try *after* ``execute()`` returned (as a failing XCom backend,
+    ``post_execute`` or success report would)."""
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        if context["ti"].try_number == 1:
+            raise SimulatedWorkerCrash("the try failed after execute() had returned its result")
+        super().post_execute(context, result)
+
+
+with _dag("npt_fails_after_execute_sync") as fails_after_execute_sync:
+    FailsAfterExecuteOnceOperator(task_id="generate", model="reve-2.0", prompt="a red fox")
+
+with _dag("npt_fails_after_execute_deferrable") as fails_after_execute_deferrable:
+    FailsAfterExecuteOnceOperator(
+        task_id="generate", model="seedream-5", prompt="a lighthouse", deferrable=True, poll_interval=POLL
+    )
+
+with _dag("npt_fails_after_execute_handed_on") as fails_after_execute_handed_on:
+    FailsAfterExecuteOnceOperator(
+        task_id="generate", model="seedream-5", prompt="a lighthouse", wait_for_completion=False
+    )
+
+# execution_timeout strikes while the paid POST is in flight (the test makes it slow).
+with _dag("npt_timeout_mid_submit") as timeout_mid_submit:
+    ReveGenerateOperator(
+        task_id="generate", model="reve-2.0", prompt="a red fox", execution_timeout=timedelta(seconds=2)
+    )
+
+with _dag("npt_timeout_mid_submit_retry") as timeout_mid_submit_retry:
+    ReveGenerateOperator(
+        task_id="generate",
+        model="reve-2.0",
+        prompt="a red fox",
+        execution_timeout=timedelta(seconds=2),
+        on_ambiguous_submit="retry",
+    )
+
+# Templated request fields rendered without render_template_as_native_obj: all strings.
+with DAG(
+    "npt_templated_strings",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    default_args={"retries": 0},
+    params={
+        "n": 2,
+        "urls": ["https://example.com/a.png"],
+        "extra": {"test_time_scaling": 2},
+        "audio": True,
+        "seconds": 5,
+    },
+) as templated_strings:
+    ReveGenerateOperator(
+        task_id="image",
+        model="reve-2.0",
+        prompt="a red fox",
+        num_images="{{ params.n }}",  # type: ignore[arg-type]
+        image_urls="{{ params.urls }}",  # type: ignore[arg-type]
+        extra_params="{{ params.extra }}",  # type: ignore[arg-type]
+    )
+    ReveGenerateOperator(
+        task_id="video",
+        model="kling26-text-to-video",
+        prompt="a wave",
+        duration="{{ params.seconds }}",  # type: ignore[arg-type]
+        generate_audio="{{ params.audio }}",  # type: ignore[arg-type]
+        poll_interval=POLL,
+    )
