@@ -1,9 +1,10 @@
 """Test your Reve DAGs offline: a fake Reve API that runs on loopback.
 
-:class:`FakeReveServer` speaks the real Reve API (``POST /api/v1/generate``,
-``GET /api/v1/status``, the envelope, the error codes, credits and refunds) and serves real PNG and
-MP4 bytes for its result URLs. It can inject every failure a network and an API can produce
-(:class:`Fault`) and counts what it received, so a test can assert "submitted exactly once"::
+:class:`FakeReveServer` speaks the Reve API as its reference describes it (``POST /api/v1/generate``,
+``GET /api/v1/status``, the envelope, the error codes, validation and prices from the public model
+pages, credits and refunds) and serves real PNG, JPEG, WebP and MP4 bytes for its result URLs, over
+HTTP or HTTPS. It can inject the failures a network, a proxy and an API produce (:class:`Fault`)
+and counts what it received, so a test can assert "submitted exactly once"::
 
     from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer, Fault
 
