@@ -191,7 +191,7 @@ def _task_from_data(answer: _Answer, data: dict[str, Any]) -> ReveTask:
         raise answer.malformed("data.task_id is missing or not a string")
     if answer.redact.reveals_secret(task_id):
         # An id is used as it is (polled, stored, logged), so it cannot be redacted: refuse it.
-        raise answer.malformed("data.task_id holds the API key or a Bearer token")
+        raise answer.malformed("data.task_id holds the API key or an Authorization header")
     status = data.get("status")
     if status not in TASK_STATUSES:
         raise answer.malformed(f"unknown task status {answer.snippet(repr(status))}")

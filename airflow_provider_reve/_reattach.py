@@ -13,8 +13,8 @@ instance, written at three moments, each one store call:
 The entry is never deleted after success: Airflow may still fail the try after ``execute()``
 returned (``post_execute``, the XCom push, the success report), and the retry must find the task
 again. A *clear* must generate afresh, and the try number cannot tell a clear from a retry, so
-every entry records the try that began the current run of retries -- ``max_tries - retries + 1``,
-the same rule Airflow itself uses -- which a clear moves forward. ``[state_store]
+every entry records the task instance's ``max_tries``, which retries leave alone and a clear
+raises. ``[state_store]
 clear_on_success = True`` removes entries atomically when success is recorded; either way works.
 """
 
@@ -52,24 +52,27 @@ class Recalled:
     first_refusal: float | None = None
 
 
-def _first_try_of_this_run(context: Mapping[str, Any], retries: int | None) -> int | None:
-    """The try number that started the current run of retries; a clear moves it forward."""
-    ti = context.get("ti")
-    max_tries = getattr(ti, "max_tries", None)
-    if not isinstance(max_tries, int) or isinstance(max_tries, bool) or retries is None:
+def _run_of_tries(context: Mapping[str, Any]) -> int | None:
+    """Which run of tries this is: the task instance's ``max_tries``.
+
+    A retry never changes ``max_tries``; a clear sets it to ``try_number + retries``, past any
+    earlier value (unless ``retries`` was lowered at the same time: then the clear re-attaches,
+    which costs nothing). Not ``max_tries - retries``: ``retries`` comes from the DAG file the
+    worker parsed, which may have changed between two tries of one run.
+    """
+    max_tries = getattr(context.get("ti"), "max_tries", None)
+    if not isinstance(max_tries, int) or isinstance(max_tries, bool):
         return None
-    return max_tries - retries + 1
+    return max_tries
 
 
 class SubmittedTaskMemory:
     """Reads and writes the task instance's submission entry in its state store."""
 
-    def __init__(
-        self, context: Mapping[str, Any], log: logging.Logger | Any, *, retries: int | None = None
-    ) -> None:
+    def __init__(self, context: Mapping[str, Any], log: logging.Logger | Any) -> None:
         self._store = context.get("task_state_store")
         self._log = log
-        self._run_marker = _first_try_of_this_run(context, retries)
+        self._run_marker = _run_of_tries(context)
         ti = context.get("ti")
         self._try_number = getattr(ti, "try_number", None)
         if self._store is None:
@@ -100,6 +103,10 @@ class SubmittedTaskMemory:
                 entry.get("try"),
             )
             return None
+        if entry.get("fingerprint") != fingerprint and entry.get("phase") == SUBMITTING:
+            # This run already sent a paid request whose outcome is unknown; that the request
+            # renders differently now (a templated seed, a signed URL) does not make it unpaid.
+            return Recalled(SUBMITTING)
         if entry.get("fingerprint") != fingerprint:
             if entry.get("task_id"):
                 self._log.warning(

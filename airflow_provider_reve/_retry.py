@@ -107,6 +107,10 @@ def is_permanent(error: BaseException) -> bool:
     if isinstance(error, ReveAPIError):
         if error.code is not None:
             return is_permanent_code(error.code)
+        if error.endpoint != GENERATE_ENDPOINT and error.http_status == 404:
+            # A gateway's bare 404 on a status read says nothing about the task; only the API's
+            # own TASK_NOT_FOUND may end a wait for a paid task.
+            return False
         return error.http_status in _PERMANENT_STATUS_WITHOUT_CODE
     return False
 

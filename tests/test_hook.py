@@ -466,8 +466,9 @@ def test_generate_is_not_retried_after_a_read_timeout(server, monkeypatch):
     hook = ReveHook(retry_policy=FAST)
     server.add_fault(kind="slow", endpoint="generate", delay=1.0)
 
+    # An asynchronous model: a synchronous one's submission waits longer (see the next test file).
     with pytest.raises(ReveAmbiguousSubmissionError, match="paid task may") as raised:
-        hook.generate(SYNC_MODEL, PROMPT)
+        hook.generate("seedream-5", PROMPT)
 
     assert "ReadTimeout" in str(raised.value)
     assert hook.settings.read_timeout == 0.3

@@ -29,7 +29,12 @@ from never_pay_twice_support import (
     server,  # noqa: F401 -- fixture
 )
 
-from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveConnectionError
+from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.exceptions import (
+    ReveAmbiguousSubmissionError,
+    ReveConnectionError,
+    ReveMalformedResponseError,
+)
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 from airflow_provider_reve.triggers.reve import ReveTaskTrigger
@@ -348,3 +353,184 @@ def test_the_fake_answers_a_raw_post_so_the_tls_fixture_is_real(tls_fake: FakeRe
     )
     assert tls_fake.url.startswith("https://")
     assert answer.status_code == 404
+
+
+def test_a_slow_synchronous_generation_is_waited_for_not_left_ambiguous(
+    server: FakeReveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # reve-2.0 answers only when the image is made; the connection's read timeout is 1 s.
+    conn = f'{{"conn_type": "reve", "host": "{server.url}", "password": "{DEFAULT_API_KEY}", '
+    conn += '"extra": {"read_timeout": 1}}'
+    monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn)
+    server.add_fault(kind="slow", endpoint="generate", delay=2.5)
+
+    task = ReveHook().generate(SYNC_MODEL, prompt="an upscaled red fox")
+
+    assert task.status == "SUCCESS"
+    assert server.submissions == 1
+
+
+# ============================================================================================
+# Found by the adversarial review of the fixes above
+# ============================================================================================
+
+
+def test_changing_retries_in_the_dag_file_between_two_tries_does_not_look_like_a_clear(
+    server: FakeReveServer,
+) -> None:
+    store = InMemoryTaskStateStore()
+    first = make_operator(retries=2).execute(make_context(store, **ti_fields(1, 2)))
+
+    # The retry runs a redeployed DAG file with retries=3; Airflow left max_tries alone.
+    retried = make_operator(retries=3).execute(make_context(store, **ti_fields(2, 2)))
+
+    assert retried == first
+    assert server.submissions == 1
+
+
+class StoreThatFailsOnce(InMemoryTaskStateStore):
+    """The API server fails the first write of a task id, then recovers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        if not self.failed and isinstance(value, dict) and value.get("task_id"):
+            self.failed = True
+            raise RuntimeError("API server error 503 while writing the task state")
+        super().set(key, value, retention=retention)
+
+
+def test_a_state_store_hiccup_while_recording_the_paid_task_is_retried(server: FakeReveServer) -> None:
+    server.set_async_seconds(30)
+    store = StoreThatFailsOnce()
+
+    with pytest.raises(TaskDeferred) as deferred:
+        make_operator(model=ASYNC_MODEL, deferrable=True, on_ambiguous_submit="retry").execute(
+            make_context(store)
+        )
+
+    assert store.failed
+    (task_id,) = server.tasks
+    # A retry of this try re-attaches to the task rather than treating it as unknown.
+    with pytest.raises(TaskDeferred) as again:
+        make_operator(model=ASYNC_MODEL, deferrable=True, on_ambiguous_submit="retry").execute(
+            make_context(store, try_number=2)
+        )
+    assert again.value.trigger.reve_task_id == deferred.value.trigger.reve_task_id == task_id
+    assert server.submissions == 1
+
+
+def test_a_status_answer_about_another_task_is_never_taken_for_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class CacheThatIgnoresTheQuery(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(
+                {
+                    "code": 200,
+                    "message": "success",
+                    "data": {
+                        "task_id": "someone-elses-task",
+                        "status": "SUCCESS",
+                        "response": {"resultUrls": ["https://cdn.example/theirs.png"]},
+                    },
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), CacheThatIgnoresTheQuery)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        conn = f'{{"conn_type": "reve", "host": "http://127.0.0.1:{stub.server_port}", '
+        monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn + f'"password": "{DEFAULT_API_KEY}"}}')
+        hook = ReveHook(retry_policy=RetryPolicy(max_attempts=1))
+        with pytest.raises(ReveMalformedResponseError, match="someone-elses-task"):
+            hook.get_status("our-task")
+    finally:
+        stub.shutdown()
+
+
+def test_one_gateway_404_while_waiting_fails_only_this_try_and_the_retry_reattaches(
+    server: FakeReveServer,
+) -> None:
+    server.set_async_seconds(1)
+    server.add_fault(kind="bare_404", endpoint="status")
+    store = InMemoryTaskStateStore()
+
+    with pytest.raises(AirflowException) as raised:
+        make_operator(model=ASYNC_MODEL).execute(make_context(store))
+    assert not isinstance(raised.value, AirflowFailException), "a gateway's 404 abandoned a paid task"
+
+    result = make_operator(model=ASYNC_MODEL).execute(make_context(store, try_number=2))
+    assert result == api_result(server, result["task_id"])
+    assert server.submissions == 1
+
+
+def test_too_many_tasks_never_submits_after_execution_timeout_would_have_ended_the_try(
+    server: FakeReveServer,
+) -> None:
+    server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS")
+    operator = make_operator(deferrable=True, execution_timeout=timedelta(seconds=5))
+
+    with pytest.raises(AirflowException, match="execution_timeout"):
+        operator.execute(make_context(InMemoryTaskStateStore(), start_date=datetime.now(timezone.utc)))
+
+    assert server.requests_to("generate") == 1
+    assert server.submissions == 0
+
+
+def test_a_trickling_status_answer_cannot_hold_the_worker_past_connect_plus_read_timeout(
+    server: FakeReveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = f'{{"conn_type": "reve", "host": "{server.url}", "password": "{DEFAULT_API_KEY}", '
+    conn += '"extra": {"connect_timeout": 0.5, "read_timeout": 0.5}}'
+    monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn)
+    (task_id,) = [ReveHook().generate(SYNC_MODEL, prompt="a red fox").task_id]
+    # About 60 chunks, 0.2 s apart: 12 s in all, each chunk well within the read timeout.
+    server.add_fault(kind="trickle", endpoint="status", chunk_size=4, delay=0.2)
+
+    with pytest.raises(ReveConnectionError, match="ReadTimeout"):
+        ReveHook(retry_policy=RetryPolicy(max_attempts=1)).get_status(task_id)
+
+
+def test_an_unresolved_paid_request_of_this_run_stops_a_retry_that_renders_differently(
+    server: FakeReveServer,
+) -> None:
+    store = InMemoryTaskStateStore()
+    # Try 1 was killed mid-POST; its prompt had a templated timestamp in it.
+    from airflow_provider_reve._reattach import SubmittedTaskMemory
+
+    SubmittedTaskMemory(make_context(store), log=None).begin_submission("fingerprint-of-try-1")
+
+    with pytest.raises(AirflowFailException, match="paid Reve task may exist"):
+        make_operator(prompt="a red fox at 10:02").execute(make_context(store, try_number=2))
+    assert server.requests_to("generate") == 0
+
+
+def test_a_success_event_without_files_is_not_a_result(server: FakeReveServer) -> None:
+    server.set_async_seconds(30)
+    operator = make_operator(model=ASYNC_MODEL, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(make_context(InMemoryTaskStateStore()))
+    task_id = deferred.value.kwargs["reve_task_id"]
+    event = {
+        "outcome": "success",
+        "reve_task_id": task_id,
+        "task": {"task_id": task_id, "status": "SUCCESS", "result_urls": []},
+        "message": "",
+    }
+
+    with pytest.raises(AirflowException, match="no result URLs") as raised:
+        operator.execute_complete(make_context(InMemoryTaskStateStore()), event=event, reve_task_id=task_id)
+    assert not isinstance(raised.value, AirflowFailException)

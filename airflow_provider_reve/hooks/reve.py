@@ -37,6 +37,7 @@ from airflow_provider_reve.exceptions import (
     ReveAuthenticationError,
     ReveConnectionError,
     ReveError,
+    ReveMalformedResponseError,
     ReveNotFoundError,
     ReveValidationError,
 )
@@ -51,23 +52,39 @@ SYNC_GENERATE_READ_TIMEOUT = 300.0
 _MIN_REQUEST_SECONDS = 0.05
 
 
+def _for_task(task_id: str, task: ReveTask) -> ReveTask:
+    """A status answer must be about the task we asked for (a cache that ignores the query
+    string would otherwise hand us someone else's files)."""
+    if task.task_id != task_id:
+        raise ReveMalformedResponseError(
+            f"Reve API {STATUS_ENDPOINT} answered for task {task.task_id!r} when asked about {task_id!r}",
+            endpoint=STATUS_ENDPOINT,
+            http_status=200,
+        )
+    return task
+
+
 def _check_task_id(task_id: Any) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise ReveValidationError(f"a Reve task id must be a non-empty string, got {task_id!r}")
     return task_id.strip()
 
 
-def _read_capped(response: requests.Response) -> tuple[bytes, bool]:
+def _read_capped(response: requests.Response, deadline: float) -> tuple[bytes, bool]:
     """At most ``MAX_RESPONSE_BYTES`` of the (decoded) body, and whether there was more.
 
     An API answer is tiny; a proxy's error page may be hundreds of MiB. Reading stops at the
     cap, and closing the response then drops the connection instead of draining the rest.
+    ``requests``' read timeout restarts with every byte, so a trickling answer is also cut at
+    ``deadline`` (a ``time.monotonic()`` value): connect + read timeout for the whole request.
     """
     body = bytearray()
-    for chunk in response.iter_content(chunk_size=64 * 1024):
+    for chunk in response.iter_content(chunk_size=1024):
         body += chunk
         if len(body) > MAX_RESPONSE_BYTES:
             return bytes(body[:MAX_RESPONSE_BYTES]), True
+        if time.monotonic() > deadline:
+            raise requests.exceptions.ReadTimeout("the answer was still arriving when its time was up")
     return bytes(body), False
 
 
@@ -186,7 +203,9 @@ class ReveHook(HttpHook):
         """Read a task's current state; transient errors are retried within the retry policy."""
         task_id = _check_task_id(task_id)
         task = call_with_retries(
-            lambda: self._request("GET", STATUS_PATH, STATUS_ENDPOINT, params={"task_id": task_id}),
+            lambda: _for_task(
+                task_id, self._request("GET", STATUS_PATH, STATUS_ENDPOINT, params={"task_id": task_id})
+            ),
             self.retry_policy,
             what=f"Reve {STATUS_ENDPOINT}",
         )
@@ -215,11 +234,13 @@ class ReveHook(HttpHook):
     ) -> ReveTask:
         session = self.get_conn()
         url = self.settings.base_url + path
+        connect, read = timeout or self._timeouts
+        deadline = time.monotonic() + connect + read
         try:
             # Streamed, so that no more than MAX_RESPONSE_BYTES of an answer is ever held.
             response = session.request(method, url, timeout=timeout or self._timeouts, stream=True, **kwargs)
             with response:
-                body, truncated = _read_capped(response)
+                body, truncated = _read_capped(response, deadline)
         except requests.exceptions.RequestException as error:
             raise self._transport_error(endpoint, error) from None
         return parse_task_response(
@@ -321,7 +342,7 @@ class ReveAsyncHook(ReveHook):
         if within is not None:
             policy = replace(policy, max_elapsed_seconds=min(policy.max_elapsed_seconds, within))
         task = await acall_with_retries(
-            lambda: self._aget_status_once(settings, task_id, ends_at),
+            lambda: self._aget_status_for(settings, task_id, ends_at),
             policy,
             what=f"Reve {STATUS_ENDPOINT}",
         )
@@ -340,6 +361,11 @@ class ReveAsyncHook(ReveHook):
             # Never zero: aiohttp reads a total of 0 as "no limit".
             total = min(total, max(ends_at - time.monotonic(), _MIN_REQUEST_SECONDS))
         return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
+
+    async def _aget_status_for(
+        self, settings: ConnectionSettings, task_id: str, ends_at: float | None
+    ) -> ReveTask:
+        return _for_task(task_id, await self._aget_status_once(settings, task_id, ends_at))
 
     async def _aget_status_once(
         self, settings: ConnectionSettings, task_id: str, ends_at: float | None = None

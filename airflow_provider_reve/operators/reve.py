@@ -79,6 +79,7 @@ REQUEST_FIELDS = (
 )
 
 
+_REMEMBER_ATTEMPTS = 3
 # Fields the operator sets itself: in extra_params they would clash with its own arguments.
 _NOT_IN_EXTRA_PARAMS = frozenset({"model", "prompt"})
 
@@ -237,7 +238,7 @@ class ReveGenerateOperator(BaseOperator):
 
     # -- the flow ----------------------------------------------------------------------------
     def _memory(self, context: Context) -> SubmittedTaskMemory:
-        return SubmittedTaskMemory(context, self.log, retries=self.retries)
+        return SubmittedTaskMemory(context, self.log)
 
     def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
         params = self._validated_params()
@@ -246,7 +247,7 @@ class ReveGenerateOperator(BaseOperator):
         task = self._reattach(memory, fingerprint)
         if task is None:
             self._check_budget(params)
-            task = self._submit(memory, fingerprint, params, submit_attempt, first_refusal)
+            task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
         return self._after_submit(task, context)
 
     def _validated_params(self) -> dict[str, Any]:
@@ -341,6 +342,7 @@ class ReveGenerateOperator(BaseOperator):
 
     def _submit(
         self,
+        context: Context,
         memory: SubmittedTaskMemory,
         fingerprint: str,
         params: dict[str, Any],
@@ -369,6 +371,12 @@ class ReveGenerateOperator(BaseOperator):
                         f"The Reve account still had TOO_MANY_TASKS in flight after {waited:.0f}s "
                         f"(max_submit_wait={self.max_submit_wait:g}s); nothing was submitted."
                     ) from error
+                if wait > self._time_left(context):
+                    # Submitting after execution_timeout would pay for a result no one waits for.
+                    raise AirflowException(
+                        f"The Reve account still had TOO_MANY_TASKS in flight and execution_timeout "
+                        f"ends before the next attempt in {wait:.0f}s; nothing was submitted."
+                    ) from error
                 self.log.info(
                     "Reve account has TOO_MANY_TASKS in flight; submitting again in %.1fs (attempt %d).",
                     wait,
@@ -377,7 +385,7 @@ class ReveGenerateOperator(BaseOperator):
                 attempt += 1
                 memory.remember_refusal(fingerprint, attempt, first_refusal)
                 if self.deferrable:
-                    self._defer_submission(wait, attempt, first_refusal)
+                    self._defer_submission(wait, attempt, first_refusal, context)
                 time.sleep(wait)
                 continue
             except ReveAmbiguousSubmissionError as error:
@@ -395,19 +403,27 @@ class ReveGenerateOperator(BaseOperator):
             return task
 
     def _remember_paid_task(self, memory: SubmittedTaskMemory, task: ReveTask, fingerprint: str) -> None:
-        try:
-            memory.remember(task.task_id, fingerprint)
-        except Exception as error:
-            # The task is paid for; failing now would orphan it. Go on: the in-flight marker
-            # stays, so a retry of this run fails as "outcome unknown" rather than paying again.
-            self.log.error(
-                "Reve task %s was created but could not be remembered in task_state_store (%s); "
-                "continuing with it. If this try fails, a retry will not submit again.",
-                task.task_id,
-                type(error).__name__,
-            )
+        for attempt in range(1, _REMEMBER_ATTEMPTS + 1):
+            try:
+                memory.remember(task.task_id, fingerprint)
+                return
+            except Exception as error:
+                failure = type(error).__name__
+                if attempt < _REMEMBER_ATTEMPTS:
+                    time.sleep(0.5 * attempt)  # the API server's hiccups are brief
+        # The task is paid for; failing now would orphan it, so go on with it. The in-flight
+        # marker stays: a retry of this run treats the submission as of unknown outcome.
+        self.log.error(
+            "Reve task %s was created but could not be remembered in task_state_store (%s, %d "
+            "attempts); continuing with it. If this try fails, a retry applies "
+            "on_ambiguous_submit=%r to it (note the id: the Reve dashboard shows it).",
+            task.task_id,
+            failure,
+            _REMEMBER_ATTEMPTS,
+            self.on_ambiguous_submit,
+        )
 
-    def _defer_submission(self, wait: float, attempt: int, first_refusal: float) -> None:
+    def _defer_submission(self, wait: float, attempt: int, first_refusal: float, context: Context) -> None:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
         from airflow.sdk.timezone import utcnow
 
@@ -415,7 +431,15 @@ class ReveGenerateOperator(BaseOperator):
             trigger=DateTimeTrigger(moment=utcnow() + timedelta(seconds=wait)),
             method_name="execute_after_backoff",
             kwargs={"submit_attempt": attempt, "first_refusal": first_refusal},
+            timeout=timedelta(seconds=min(wait, self._time_left(context))) + _DEFER_TIMEOUT_GRACE,
         )
+
+    def _time_left(self, context: Context) -> float:
+        """Seconds until ``execution_timeout`` ends this try (counted from its start), or inf."""
+        if self.execution_timeout is None:
+            return float("inf")
+        started = getattr(context.get("ti"), "start_date", None)
+        return deferral_budget(float("inf"), self.execution_timeout, started)
 
     def _raise_ambiguous(self, error: ReveAmbiguousSubmissionError) -> NoReturn:
         if self.on_ambiguous_submit == "retry":

@@ -264,6 +264,9 @@ def read_event(event: Any, expected_task_id: str | None) -> ReveTaskEvent:
             raise ReveMalformedEventError(
                 f"Reve trigger event carries task {task.task_id!r}, expected {expected_task_id!r}."
             )
+    if outcome == OUTCOME_SUCCESS and task is not None and not task.result_urls:
+        # A success without files is not a result (an older trigger may have sent one).
+        raise ReveMalformedEventError("Reve trigger event says 'success' but carries no result URLs.")
     expected_status = {OUTCOME_SUCCESS: "SUCCESS", OUTCOME_FAILED: "FAILED"}.get(outcome)
     if expected_status and (task is None or task.status != expected_status):
         raise ReveMalformedEventError(
