@@ -40,7 +40,7 @@ def coerce_extra_params(value: Any) -> Any:
     """``extra_params`` rendered to a string (JSON or a Python dict's repr) becomes the dict."""
     if not isinstance(value, str):
         return value
-    parsed = _literal(value)
+    parsed = parse_rendered_literal(value)
     if not isinstance(parsed, dict):
         raise ReveValidationError(
             f"extra_params must be a dict; the template rendered {_shown(value)} {_HINT}"
@@ -77,14 +77,15 @@ def _list_of_urls(name: str, text: str) -> list[Any]:
     if not stripped.startswith("["):
         # One URL rendered on its own (``image_urls="{{ params.image }}"``) means a list of one.
         return [stripped]
-    parsed = _literal(stripped)
+    parsed = parse_rendered_literal(stripped)
     if not isinstance(parsed, list):
         raise ReveValidationError(f"{name} must be a list of URLs, got the string {_shown(text)} {_HINT}")
     return parsed
 
 
-def _literal(text: str) -> Any:
-    """JSON first, then a Python literal (how a dict or list renders without native objects)."""
+def parse_rendered_literal(text: str) -> Any:
+    """JSON first, then a Python literal (how a dict or list renders without native objects);
+    the text itself when it is neither."""
     try:
         return json.loads(text)
     except ValueError:

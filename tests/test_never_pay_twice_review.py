@@ -28,6 +28,7 @@ from never_pay_twice_support import (
     make_operator,
     server,  # noqa: F401 -- fixture
 )
+from reve_test_helpers import use_connection
 
 from airflow_provider_reve._retry import RetryPolicy
 from airflow_provider_reve.exceptions import (
@@ -97,8 +98,7 @@ def tls_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeReveServer]:
     """The fake over HTTPS, trusted by ``requests`` through ``REQUESTS_CA_BUNDLE``."""
     with FakeReveServer(tls=True) as fake:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.ca_file))
-        conn = f'{{"conn_type": "reve", "host": "{fake.url}", "password": "{DEFAULT_API_KEY}"}}'
-        monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn)
+        use_connection(monkeypatch, fake.url)
         yield fake
 
 
@@ -359,9 +359,7 @@ def test_a_slow_synchronous_generation_is_waited_for_not_left_ambiguous(
     server: FakeReveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # reve-2.0 answers only when the image is made; the connection's read timeout is 1 s.
-    conn = f'{{"conn_type": "reve", "host": "{server.url}", "password": "{DEFAULT_API_KEY}", '
-    conn += '"extra": {"read_timeout": 1}}'
-    monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn)
+    use_connection(monkeypatch, server.url, read_timeout=1)
     server.add_fault(kind="slow", endpoint="generate", delay=2.5)
 
     task = ReveHook().generate(SYNC_MODEL, prompt="an upscaled red fox")
@@ -452,8 +450,7 @@ def test_a_status_answer_about_another_task_is_never_taken_for_ours(monkeypatch:
     stub = ThreadingHTTPServer(("127.0.0.1", 0), CacheThatIgnoresTheQuery)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     try:
-        conn = f'{{"conn_type": "reve", "host": "http://127.0.0.1:{stub.server_port}", '
-        monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn + f'"password": "{DEFAULT_API_KEY}"}}')
+        use_connection(monkeypatch, f"http://127.0.0.1:{stub.server_port}")
         hook = ReveHook(retry_policy=RetryPolicy(max_attempts=1))
         with pytest.raises(ReveMalformedResponseError, match="someone-elses-task"):
             hook.get_status("our-task")
@@ -493,9 +490,7 @@ def test_too_many_tasks_never_submits_after_execution_timeout_would_have_ended_t
 def test_a_trickling_status_answer_cannot_hold_the_worker_past_connect_plus_read_timeout(
     server: FakeReveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = f'{{"conn_type": "reve", "host": "{server.url}", "password": "{DEFAULT_API_KEY}", '
-    conn += '"extra": {"connect_timeout": 0.5, "read_timeout": 0.5}}'
-    monkeypatch.setenv("AIRFLOW_CONN_REVE_DEFAULT", conn)
+    use_connection(monkeypatch, server.url, connect_timeout=0.5, read_timeout=0.5)
     (task_id,) = [ReveHook().generate(SYNC_MODEL, prompt="a red fox").task_id]
     # About 60 chunks, 0.2 s apart: 12 s in all, each chunk well within the read timeout.
     server.add_fault(kind="trickle", endpoint="status", chunk_size=4, delay=0.2)

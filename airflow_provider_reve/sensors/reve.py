@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -22,6 +20,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_reve._deadline import deferral_budget
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
+from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.hooks.reve import ReveHook
@@ -93,7 +92,7 @@ class ReveTaskSensor(BaseSensorOperator):
         """The model, when ``reve_task_id`` is the operator's dict (the status API omits it)."""
         value = self.reve_task_id
         if isinstance(value, str) and value.strip().startswith("{"):
-            value = _parse_rendered_dict(value.strip())
+            value = parse_rendered_literal(value.strip())
         model = value.get("model") if isinstance(value, dict) else None
         return model if isinstance(model, str) else None
 
@@ -193,7 +192,7 @@ def resolve_reve_task_id(value: Any) -> str:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
-            value = _parse_rendered_dict(text)
+            value = parse_rendered_literal(text)
         elif text:
             return text
     if isinstance(value, dict) and isinstance(value.get("task_id"), str) and value["task_id"].strip():
@@ -201,15 +200,3 @@ def resolve_reve_task_id(value: Any) -> str:
     raise AirflowFailException(
         f"reve_task_id must be a Reve task id or the dict ReveGenerateOperator returns, got {value!r}"
     )
-
-
-def _parse_rendered_dict(text: str) -> Any:
-    # `{{ ti.xcom_pull(...) }}` renders a dict as its Python repr unless the DAG renders native objects.
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
