@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 from hostile_stub import HostileStub, Reply, envelope, html_reply, task_reply
+from key_leaks import leaks
 from reve_test_helpers import fire, return_values, use_connection
 
-from airflow_provider_reve._redact import MIN_RUN, Redactor
+from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy, is_permanent
 from airflow_provider_reve.exceptions import ReveAuthenticationError, ReveError
 from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook
@@ -36,16 +37,6 @@ TASK_ID = "hostile-task-1"
 MODEL = "seedream-5"
 FAST = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
 HOSTILE_DAGS = Path(__file__).resolve().parent / "dags_hostile"
-
-
-def key_pieces(key: str) -> set[str]:
-    return {key[i : i + MIN_RUN].lower() for i in range(len(key) - MIN_RUN + 1)}
-
-
-def leaks(text: str, key: str) -> list[str]:
-    """Every 8-character piece of ``key`` found in ``text``, in any letter case."""
-    folded = text.lower()
-    return sorted(piece for piece in key_pieces(key) if piece in folded)
 
 
 def shown(outcome: Any) -> str:

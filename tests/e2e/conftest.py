@@ -22,10 +22,12 @@ When an e2e test fails, the tails of all component logs are attached to its repo
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hostile_stub import HostileStub
 
 from airflow_provider_reve.testing.cluster import LocalAirflow
 from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveServer
@@ -65,14 +67,35 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture(scope="session")
-def e2e_env(session_fake_reve_server: FakeReveServer) -> dict[str, str]:
-    """Environment for every process of the session's one Airflow: the fake Reve API connection.
+def hostile_api_key() -> str:
+    """The key of the ``reve_hostile`` connection: distinctive and random, so that no
+    16-character piece of it can turn up anywhere by chance."""
+    return "sk-E2E-LEAK-CANARY-" + secrets.token_hex(12)
 
+
+@pytest.fixture(scope="session")
+def hostile_reve_stub() -> Iterator[HostileStub]:
+    """A stub Reve API that echoes the key back (``tests/hostile_stub.py``), for the session.
+
+    Tests that use it call ``hostile_reve_stub.reset(script)`` first.
+    """
+    with HostileStub() as stub:
+        yield stub
+
+
+@pytest.fixture(scope="session")
+def e2e_env(
+    session_fake_reve_server: FakeReveServer, hostile_reve_stub: HostileStub, hostile_api_key: str
+) -> dict[str, str]:
+    """Environment for every process of the session's one Airflow: the Reve connections.
+
+    ``reve_default`` is the fake Reve API; ``reve_hostile`` is the stub that echoes its key.
     Session-scoped and defined here, not per module: the first e2e test to run starts Airflow
     with whatever this returns, for every test after it.
     """
     conn = {"conn_type": "reve", "host": session_fake_reve_server.url, "password": DEFAULT_API_KEY}
-    return {"AIRFLOW_CONN_REVE_DEFAULT": json.dumps(conn)}
+    hostile = {"conn_type": "reve", "host": hostile_reve_stub.url, "password": hostile_api_key}
+    return {"AIRFLOW_CONN_REVE_DEFAULT": json.dumps(conn), "AIRFLOW_CONN_REVE_HOSTILE": json.dumps(hostile)}
 
 
 @pytest.fixture(scope="session")
