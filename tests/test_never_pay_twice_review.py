@@ -529,3 +529,15 @@ def test_a_success_event_without_files_is_not_a_result(server: FakeReveServer) -
     with pytest.raises(AirflowException, match="no result URLs") as raised:
         operator.execute_complete(make_context(InMemoryTaskStateStore()), event=event, reve_task_id=task_id)
     assert not isinstance(raised.value, AirflowFailException)
+
+
+def test_test_connection_does_not_call_a_gateways_bare_404_a_success(
+    server: FakeReveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_connection(monkeypatch, server.url)
+    server.add_fault(kind="bare_404", endpoint="status")
+
+    ok, message = ReveHook().test_connection()
+
+    assert not ok, message
+    assert DEFAULT_API_KEY not in message

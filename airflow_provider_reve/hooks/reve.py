@@ -216,7 +216,10 @@ class ReveHook(HttpHook):
         probe_id = f"airflow-connection-test-{uuid.uuid4().hex}"
         try:
             self._request("GET", STATUS_PATH, STATUS_ENDPOINT, params={"task_id": probe_id})
-        except ReveNotFoundError:
+        except ReveNotFoundError as error:
+            if error.code != "TASK_NOT_FOUND":
+                # A bare 404 comes from something else at that address (a wrong Base URL path).
+                return False, str(error)
             return True, "Connection successful: the API key was accepted (no credits spent)."
         except ReveAuthenticationError:
             return False, "API key rejected by the Reve API (401 INVALID_API_KEY)."
