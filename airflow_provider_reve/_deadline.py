@@ -14,6 +14,10 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
+#: Added to Airflow's own deferral timeout: the trigger ends the wait at its deadline, and
+#: Airflow's timeout is only the safety net for a triggerer that is down, so it fires later.
+DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
+
 
 def deferral_budget(
     timeout_s: float,

@@ -241,7 +241,7 @@ class ReveHook(HttpHook):
         deadline = time.monotonic() + connect + read
         try:
             # Streamed, so that no more than MAX_RESPONSE_BYTES of an answer is ever held.
-            response = session.request(method, url, timeout=timeout or self._timeouts, stream=True, **kwargs)
+            response = session.request(method, url, timeout=(connect, read), stream=True, **kwargs)
             with response:
                 body, truncated = _read_capped(response, deadline)
         except requests.exceptions.RequestException as error:

@@ -23,7 +23,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
-from airflow_provider_reve._deadline import deferral_budget
+from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
     raise_for_error,
@@ -62,9 +62,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
-# The triggerer enforces our own deadline; Airflow's deferral timeout is only a safety net for a
-# triggerer that is down, so it fires a little later.
-_DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
 
 # The documented request fields, as operator arguments (and template fields).
 REQUEST_FIELDS = (
@@ -431,7 +428,7 @@ class ReveGenerateOperator(BaseOperator):
             trigger=DateTimeTrigger(moment=utcnow() + timedelta(seconds=wait)),
             method_name="execute_after_backoff",
             kwargs={"submit_attempt": attempt, "first_refusal": first_refusal},
-            timeout=timedelta(seconds=min(wait, self._time_left(context))) + _DEFER_TIMEOUT_GRACE,
+            timeout=timedelta(seconds=min(wait, self._time_left(context))) + DEFER_TIMEOUT_GRACE,
         )
 
     def _time_left(self, context: Context) -> float:
@@ -482,7 +479,7 @@ class ReveGenerateOperator(BaseOperator):
                 ),
                 method_name="execute_complete",
                 kwargs={"reve_task_id": task.task_id},
-                timeout=timedelta(seconds=budget) + _DEFER_TIMEOUT_GRACE,
+                timeout=timedelta(seconds=budget) + DEFER_TIMEOUT_GRACE,
             )
         return self._poll(task, deadline)
 

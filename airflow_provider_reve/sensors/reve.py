@@ -18,7 +18,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_reve._deadline import deferral_budget
+from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
@@ -37,10 +37,6 @@ from airflow_provider_reve.triggers.reve import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-# The trigger ends the wait at its deadline; Airflow's deferral timeout is only a safety net for
-# a triggerer that is down, so it fires a little later.
-_DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
 
 
 class ReveTaskSensor(BaseSensorOperator):
@@ -146,7 +142,7 @@ class ReveTaskSensor(BaseSensorOperator):
             method_name="execute_complete",
             kwargs=kwargs,
             # Only a safety net for a triggerer that is down: the trigger ends the wait itself.
-            timeout=timedelta(seconds=budget) + _DEFER_TIMEOUT_GRACE,
+            timeout=timedelta(seconds=budget) + DEFER_TIMEOUT_GRACE,
         )
 
     def execute_complete(
