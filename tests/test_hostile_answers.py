@@ -28,7 +28,7 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook
 from airflow_provider_reve.testing import DEFAULT_API_KEY
-from airflow_provider_reve.triggers.reve import OUTCOME_SUCCESS, ReveTaskTrigger
+from airflow_provider_reve.triggers.reve import OUTCOME_TIMEOUT, ReveTaskTrigger
 
 MODEL = "seedream-5"
 PROMPT = "a lighthouse in a storm"
@@ -112,7 +112,8 @@ def test_a_trigger_never_reports_success_without_result_urls(stub):
 
     event = fire(ReveTaskTrigger(TASK_ID, poll_interval=0.01, deadline=time.time() + 1.0))
 
-    assert event["outcome"] != OUTCOME_SUCCESS
+    assert event["outcome"] == OUTCOME_TIMEOUT, event
+    assert "resultUrls" in event["message"] or "result URL" in event["message"], event["message"]
     assert stub.requests_to("/status") >= 2  # read again, not taken as done
 
 
