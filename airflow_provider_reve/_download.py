@@ -39,7 +39,11 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import requests
 import urllib3
 
-from airflow_provider_reve.exceptions import ReveError
+from airflow_provider_reve.exceptions import (
+    ReveDownloadError,
+    ReveDownloadTooLargeError,
+    ReveUnsafeURLError,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -65,28 +69,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SCHEMES = ("http", "https")
 
 
-class ReveDownloadError(ReveError):
-    """A result file could not be downloaded.
-
-    :param url: the URL concerned, redacted (see :func:`redact_url`): never its query string.
-    :param http_status: the status of the final answer, when there was one.
-    """
-
-    def __init__(self, message: str, *, url: str, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.http_status = http_status
-
-
-class ReveUnsafeURLError(ReveDownloadError):
-    """Refused before any body was read: a scheme, address, credentials or a redirect chain
-    that the download policy does not follow."""
-
-
-class ReveDownloadTooLargeError(ReveDownloadError):
-    """The body is (or announces to be) larger than ``max_bytes``; nothing more is read."""
-
-
 @dataclass(frozen=True)
 class DownloadResult:
     """What :func:`download` wrote.
@@ -99,6 +81,12 @@ class DownloadResult:
 
     bytes_written: int
     content_type: str | None
+
+
+class _SupportsWrite(Protocol):
+    """A binary sink: an open file, or a wrapper that counts/hashes on the way."""
+
+    def write(self, data: bytes, /) -> Any: ...
 
 
 @runtime_checkable
@@ -131,7 +119,7 @@ def redact_url(url: str) -> str:
 
 def download(
     url: str,
-    dest: IO[bytes] | _WritablePath,
+    dest: IO[bytes] | _SupportsWrite | _WritablePath,
     *,
     allow_private_addresses: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -327,7 +315,7 @@ def _media_type(response: requests.Response) -> str | None:
 def _save(
     response: requests.Response,
     url: str,
-    dest: IO[bytes] | _WritablePath,
+    dest: IO[bytes] | _SupportsWrite | _WritablePath,
     max_bytes: int,
     deadline: float,
     max_seconds: float,
@@ -355,7 +343,7 @@ def _save(
 
 def _copy(
     response: requests.Response,
-    fh: IO[bytes],
+    fh: IO[bytes] | _SupportsWrite,
     shown: str,
     max_bytes: int,
     deadline: float,

@@ -9,6 +9,10 @@ Three questions, three answers:
   0.5 s capped at 8 s, with jitter, lengthened (never shortened) by a sane ``Retry-After`` (<= 60 s).
 * :func:`is_permanent_code` -- will *trying the whole Airflow task again* never help?
 
+Result-file downloads (:class:`~airflow_provider_reve.exceptions.ReveDownloadError`) are reads
+too: connection failures, 408/429/5xx are retried by the same loop; a refused URL, a file over
+``max_bytes`` or a 403/404/410 (an expired signed URL) are not.
+
 :func:`call_with_retries` / :func:`acall_with_retries` are the only retry loops in the codebase.
 """
 
@@ -28,7 +32,10 @@ from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveAPIError,
     ReveConnectionError,
+    ReveDownloadError,
+    ReveDownloadTooLargeError,
     ReveMalformedResponseError,
+    ReveUnsafeURLError,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,10 @@ def is_retryable(error: BaseException) -> bool:
     """Whether the request that raised ``error`` may be sent again as it is."""
     if isinstance(error, ReveAmbiguousSubmissionError):
         return False
+    if isinstance(error, ReveDownloadError):
+        if isinstance(error, (ReveUnsafeURLError, ReveDownloadTooLargeError)):
+            return False
+        return error.http_status is None or error.http_status in _RETRYABLE_STATUS_FOR_READS
     if not isinstance(error, ReveAPIError):
         return False
     if isinstance(error, ReveConnectionError):
@@ -104,6 +115,9 @@ def is_permanent(error: BaseException) -> bool:
 
     if isinstance(error, (ReveValidationError, ReveConfigurationError)):
         return True
+    if isinstance(error, ReveDownloadError):
+        # A refused URL, an oversized file or an expired link stays so on every try.
+        return not is_retryable(error)
     if isinstance(error, ReveAPIError):
         if error.code is not None:
             return is_permanent_code(error.code)
@@ -208,7 +222,7 @@ def call_with_retries(
         attempt += 1
         try:
             return func()
-        except ReveAPIError as error:
+        except (ReveAPIError, ReveDownloadError) as error:
             wait = policy.next_wait(attempt, error, started, clock())
             if wait is None:
                 raise
@@ -238,5 +252,6 @@ async def acall_with_retries(
             await asyncio.sleep(wait)
 
 
-def _short(error: ReveAPIError) -> str:
-    return f"{error.http_status or 'no answer'} {error.code or type(error).__name__}"
+def _short(error: ReveAPIError | ReveDownloadError) -> str:
+    code = getattr(error, "code", None)
+    return f"{error.http_status or 'no answer'} {code or type(error).__name__}"

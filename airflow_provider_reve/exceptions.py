@@ -144,6 +144,28 @@ class ReveAmbiguousSubmissionError(ReveAPIError):
         self.task_id = task_id
 
 
+class ReveDownloadError(ReveError):
+    """A result file could not be downloaded.
+
+    :param url: the URL concerned, redacted (see ``_download.redact_url``): never its query string.
+    :param http_status: the status of the final answer, when there was one.
+    """
+
+    def __init__(self, message: str, *, url: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.http_status = http_status
+
+
+class ReveUnsafeURLError(ReveDownloadError):
+    """Refused before any body was read: a scheme, address, credentials or a redirect chain
+    that the download policy does not follow."""
+
+
+class ReveDownloadTooLargeError(ReveDownloadError):
+    """The body is (or announces to be) larger than ``max_bytes``; nothing more is read."""
+
+
 class ReveTaskFailedError(ReveError):
     """The Reve task ended ``FAILED`` (the API refunds failed tasks)."""
 

@@ -12,12 +12,14 @@ event loop and shares one ``aiohttp`` session per running loop among all trigger
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import requests
@@ -28,6 +30,7 @@ from airflow_provider_reve._catalog import is_synchronous, validate_request
 from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
 from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
 from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
+from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, StoredResults, store_results, tasks_from_results
 from airflow_provider_reve._transport import request_may_have_been_sent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
@@ -50,6 +53,15 @@ USER_AGENT = f"airflow-provider-reve/{__version__}"
 SYNC_GENERATE_READ_TIMEOUT = 300.0
 # The shortest bound given to one status request, even when its caller's time is up.
 _MIN_REQUEST_SECONDS = 0.05
+
+
+def is_private_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:
+        return False
 
 
 def _for_task(task_id: str, task: ReveTask) -> ReveTask:
@@ -226,6 +238,68 @@ class ReveHook(HttpHook):
         except ReveError as error:
             return False, str(error)
         return True, "Connection successful: the API answered (no credits spent)."
+
+    # -- result files ------------------------------------------------------------------------
+    def download_results(
+        self,
+        results: Any,
+        destination: Any,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        allow_private_addresses: bool | None = None,
+        output_format: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Store every result file of ``results`` at ``destination``; return the manifest.
+
+        :param results: a ``ReveTask``, its dict (what the operator returns), or a list of them.
+        :param destination: a local folder, a ``file://`` / ``s3://`` / ``gs://``... URL, or an
+            ``airflow.sdk.ObjectStoragePath``.
+        :param max_bytes: the largest file accepted.
+        :param allow_private_addresses: fetch from private/loopback addresses too. ``None``: only
+            when this connection's Base URL is itself such an address (e.g. the offline fake).
+        :param output_format: the extension to use when a server sends no known Content-Type.
+
+        Result URLs are fetched without the API key (they are not the API's). See
+        :mod:`airflow_provider_reve._storage` for names, crash safety and idempotence.
+        """
+        return self.store_results(
+            tasks_from_results(results),
+            destination,
+            max_bytes=max_bytes,
+            allow_private_addresses=allow_private_addresses,
+            output_format=output_format,
+        ).files
+
+    def store_results(
+        self,
+        tasks: list[ReveTask],
+        destination: Any,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        allow_private_addresses: bool | None = None,
+        output_format: str | None = None,
+        logger: Any = None,
+    ) -> StoredResults:
+        """:meth:`download_results` for operators: also says where the manifest file went."""
+        if allow_private_addresses is None:
+            allow_private_addresses = self.base_url_is_private()
+        return store_results(
+            tasks,
+            destination,
+            allow_private_addresses=allow_private_addresses,
+            max_bytes=max_bytes,
+            output_format=output_format,
+            retry_policy=self.retry_policy,
+            logger=logger,
+        )
+
+    def base_url_is_private(self) -> bool:
+        """Whether the connection's Base URL is loopback or a non-public IP address.
+
+        A user who points the connection at such a server (the offline fake, an internal
+        gateway) chose it; its result URLs are on the same network.
+        """
+        return is_private_host(urlsplit(self.settings.base_url).hostname or "")
 
     def _request(
         self,

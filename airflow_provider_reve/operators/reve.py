@@ -24,6 +24,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve._finish import finish
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
     raise_for_error,
@@ -38,6 +39,7 @@ from airflow_provider_reve._reattach import (
 )
 from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve._retry import too_many_tasks_wait
+from airflow_provider_reve._storage import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -46,7 +48,9 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.hooks.reve import ReveHook
+from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 from airflow_provider_reve.triggers.reve import (
     DEFAULT_POLL_INTERVAL,
     OUTCOME_ERROR,
@@ -60,6 +64,8 @@ from airflow_provider_reve.triggers.reve import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+__all__ = ["REQUEST_FIELDS", "ReveDownloadResultsOperator", "ReveGenerateOperator"]
 
 ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
 
@@ -115,11 +121,24 @@ class ReveGenerateOperator(BaseOperator):
         ``TOO_MANY_TASKS`` in flight (seconds or timedelta).
     :param max_credits: refuse to submit when the estimated cost exceeds this (or cannot be
         estimated).
+    :param download_to: store the result files here when the task succeeds (templated): a local
+        folder, a ``file://`` / ``s3://`` / ``gs://``... URL or an ``ObjectStoragePath``. The XCom
+        then also holds ``files``, the manifest (see README, "Results to storage").
+    :param max_download_bytes: the largest result file accepted (default 1 GiB).
+    :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
+        ``None``: only when the connection's Base URL is itself such an address (the fake).
     """
 
-    template_fields: Sequence[str] = ("model", *REQUEST_FIELDS, "extra_params", "reve_conn_id")
+    template_fields: Sequence[str] = (
+        "model",
+        *REQUEST_FIELDS,
+        "extra_params",
+        "reve_conn_id",
+        "download_to",
+    )
     template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
     ui_color = "#f4e3ff"
+    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
@@ -143,6 +162,9 @@ class ReveGenerateOperator(BaseOperator):
         on_ambiguous_submit: str = "fail",
         max_submit_wait: float | timedelta = timedelta(hours=1),
         max_credits: int | None = None,
+        download_to: Any = None,
+        max_download_bytes: int = DEFAULT_MAX_BYTES,
+        allow_private_addresses: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -169,6 +191,9 @@ class ReveGenerateOperator(BaseOperator):
         self.on_ambiguous_submit = on_ambiguous_submit
         self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
         self.max_credits = max_credits
+        self.download_to = download_to
+        self.max_download_bytes = max_download_bytes
+        self.allow_private_addresses = allow_private_addresses
 
     @cached_property
     def hook(self) -> ReveHook:
@@ -212,7 +237,7 @@ class ReveGenerateOperator(BaseOperator):
             # Not permanent: a retry re-attaches to the remembered task and reads its real state.
             raise AirflowException(f"{error} (the Reve task is remembered; a retry re-attaches)") from error
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
-            return self._succeeded(result.task.with_model(self.model))
+            return self._succeeded(result.task.with_model(self.model), context)
         if result.outcome == OUTCOME_FAILED and result.task is not None:
             raise_for_failed_task(
                 result.task, self.log, on_content_policy_violation=self.on_content_policy_violation
@@ -453,7 +478,7 @@ class ReveGenerateOperator(BaseOperator):
 
     def _after_submit(self, task: ReveTask, context: Context) -> dict[str, Any]:
         if task.succeeded:
-            return self._succeeded(task)
+            return self._succeeded(task, context)
         if task.failed:
             raise_for_failed_task(
                 task, self.log, on_content_policy_violation=self.on_content_policy_violation
@@ -461,7 +486,8 @@ class ReveGenerateOperator(BaseOperator):
         if not self.wait_for_completion:
             # Still remembered: if Airflow fails this try after we return, the retry hands on
             # the same task instead of submitting another.
-            return task.to_dict()
+            finish(self, context, [task.with_model(self.model)], hook=self.hook)
+            return task.with_model(self.model).to_dict()
         deadline = time.time() + self.timeout
         if self.deferrable:
             # Airflow 3.3 does not apply execution_timeout while a task is deferred: the wait
@@ -481,9 +507,9 @@ class ReveGenerateOperator(BaseOperator):
                 kwargs={"reve_task_id": task.task_id},
                 timeout=timedelta(seconds=budget) + DEFER_TIMEOUT_GRACE,
             )
-        return self._poll(task, deadline)
+        return self._poll(task, deadline, context)
 
-    def _poll(self, task: ReveTask, deadline: float) -> dict[str, Any]:
+    def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
         while not task.is_finished:
             remaining = deadline - time.time()
             if remaining <= 0:
@@ -500,9 +526,9 @@ class ReveGenerateOperator(BaseOperator):
             raise_for_failed_task(
                 task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
-        return self._succeeded(task)
+        return self._succeeded(task, context)
 
-    def _succeeded(self, task: ReveTask) -> dict[str, Any]:
+    def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         self.log.info(
             "Reve task %s SUCCESS: %d result URL(s), %s credits",
             task.task_id,
@@ -513,4 +539,26 @@ class ReveGenerateOperator(BaseOperator):
             Stats.incr("reve.credits_consumed", count=task.consumed_credits, tags={"model": self.model})
         # The submission entry stays: Airflow may still fail this try after we return, and the
         # retry must find this task again. A clear starts a new run of tries (see _reattach).
-        return task.to_dict()
+        task = task.with_model(self.model)
+        try:
+            stored = finish(
+                self,
+                context,
+                [task],
+                hook=self.hook,
+                download_to=self.download_to,
+                max_bytes=self.max_download_bytes,
+                allow_private_addresses=self.allow_private_addresses,
+                output_format=self._validated_params().get("output_format"),
+            )
+        except ReveError as error:
+            self.log.error(
+                "Reve task %s succeeded (and is paid for) but its files could not be stored. It stays "
+                "remembered: running it again re-attaches and stores them without generating again.",
+                task.task_id,
+            )
+            raise_for_error(error, self.log)
+        data = task.to_dict()
+        if stored is not None:
+            data["files"] = stored.files
+        return data

@@ -19,11 +19,14 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve._finish import finish
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
+from airflow_provider_reve._storage import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.hooks.reve import ReveHook
+from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.triggers.reve import (
     OUTCOME_ERROR,
@@ -53,12 +56,20 @@ class ReveTaskSensor(BaseSensorOperator):
         A deferred wait also ends when ``execution_timeout`` (counted from the start of the
         try) runs out, whichever comes first.
 
+    :param download_to: store the result files here once the task succeeded (templated): a local
+        folder, a ``file://`` / ``s3://``... URL or an ``ObjectStoragePath``; the XCom then
+        also holds ``files``, the manifest (see README, "Results to storage").
+    :param max_download_bytes: the largest result file accepted (default 1 GiB).
+    :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
+        ``None``: only when the connection's Base URL is itself such an address (the fake).
+
     A task that ends ``FAILED`` fails the sensor with the API's error code and message
     (skipped instead with ``soft_fail=True``).
     """
 
-    template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id")
+    template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id", "download_to")
     ui_color = "#f4e3ff"
+    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
@@ -68,9 +79,15 @@ class ReveTaskSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float | timedelta = 5.0,
         timeout: float | timedelta = timedelta(hours=1),
+        download_to: Any = None,
+        max_download_bytes: int = DEFAULT_MAX_BYTES,
+        allow_private_addresses: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.download_to = download_to
+        self.max_download_bytes = max_download_bytes
+        self.allow_private_addresses = allow_private_addresses
         self.reve_task_id = reve_task_id
         self.reve_conn_id = reve_conn_id
         self.deferrable = deferrable
@@ -98,13 +115,13 @@ class ReveTaskSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         task_id = self.resolved_task_id
-        result = self._look(task_id)
+        result = self._look(task_id, context)
         if not result.is_done and self.deferrable:
             # Not finished yet: wait in the triggerer instead of sleeping in this worker.
             self._defer(context, task_id)
         return result
 
-    def _look(self, task_id: str) -> PokeReturnValue:
+    def _look(self, task_id: str, context: Context) -> PokeReturnValue:
         try:
             task = self.hook.get_status(task_id, model=self.known_model)
         except ReveError as error:
@@ -115,8 +132,7 @@ class ReveTaskSensor(BaseSensorOperator):
         if task.failed:
             raise _failed(task)
         if task.succeeded:
-            self.log.info("Reve task %s SUCCESS: %d result URL(s)", task_id, len(task.result_urls))
-            return PokeReturnValue(is_done=True, xcom_value=task.to_dict())
+            return PokeReturnValue(is_done=True, xcom_value=self._succeeded(task, context))
         self.log.info("Reve task %s still IN_PROGRESS", task_id)
         return PokeReturnValue(is_done=False)
 
@@ -162,12 +178,38 @@ class ReveTaskSensor(BaseSensorOperator):
         except ReveMalformedEventError as error:
             raise AirflowException(str(error)) from error
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
-            return result.task.to_dict()
+            return self._succeeded(result.task.with_model(self.known_model), context)
         if result.outcome == OUTCOME_FAILED and result.task is not None:
             raise _failed(result.task)
         if result.outcome == OUTCOME_ERROR:
             raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
         raise _timed_out(ends_at_execution_timeout, self, result.message)
+
+    def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
+        # The same line the generate operator writes, so both read alike in the task log.
+        self.log.info(
+            "Reve task %s SUCCESS: %d result URL(s), %s credits",
+            task.task_id,
+            len(task.result_urls),
+            task.consumed_credits if task.consumed_credits is not None else "unknown",
+        )
+        try:
+            stored = finish(
+                self,
+                context,
+                [task],
+                hook=self.hook,
+                download_to=self.download_to,
+                max_bytes=self.max_download_bytes,
+                allow_private_addresses=self.allow_private_addresses,
+            )
+        except ReveError as error:
+            self.log.error("Reve task %s succeeded but its files could not be stored.", task.task_id)
+            raise_for_error(error, self.log)
+        data = task.to_dict()
+        if stored is not None:
+            data["files"] = stored.files
+        return data
 
 
 def _timed_out(by_execution_timeout: bool, sensor: ReveTaskSensor, why: str) -> BaseException:

@@ -1,0 +1,381 @@
+"""Store a finished task's result files at a destination and describe them in a manifest.
+
+Result URLs are short-lived CDN links, so the files are fetched once, promptly, into storage
+the user owns: a local folder or anything Airflow's object storage reaches (``s3://``,
+``gs://``...). The promises, each one a test:
+
+* **Our names, never the URL's.** ``<reve task id>_<index>.<ext>``: the task id reduced to
+  ``[A-Za-z0-9._-]`` (plus a digest of the original when anything was changed, so two ids
+  never share a name), the extension from the answer's Content-Type, else the requested
+  ``output_format``, else ``bin``. Nothing can land outside the destination.
+* **Untrusted URLs.** The fetch is :func:`airflow_provider_reve._download.download`: http(s)
+  only, no credentials sent (these are not the API's URLs), redirects checked, size capped.
+* **Crash-safe.** Each file is first streamed into a spool file while its size and sha256 are
+  computed. Locally the spool lives beside the target under a hidden ``.reve-*.part`` name
+  and is renamed into place; on an object store the final key is written in one upload from
+  a local spool (an object becomes visible only once complete). A try killed midway leaves
+  no file that looks complete.
+* **Idempotent.** A file already at its final name with the same size and sha256 is left
+  alone, so a retry over stored results does no work beyond the download check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_provider_reve._download import DEFAULT_MAX_BYTES, download
+from airflow_provider_reve._retry import RetryPolicy, call_with_retries
+from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
+from airflow_provider_reve.models import ReveTask
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "Destination",
+    "StoredResults",
+    "asset_uri",
+    "file_name",
+    "resolve_destination",
+    "store_results",
+]
+
+log = logging.getLogger(__name__)
+
+# Known media types only: a server's Content-Type must not choose an arbitrary suffix.
+EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/avif": "avif",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+    "audio/mpeg": "mp3",
+}
+_OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp", "mp4": "mp4"}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_STEM = 80
+_LOCAL_PROTOCOLS = ("", "file", "local")
+# HTTP statuses with which CDNs refuse a signed URL past its lifetime (or a deleted object).
+_EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where files go: a local folder (``local``) or an object-store folder (``remote``)."""
+
+    local: Path | None
+    remote: Any | None  # airflow.sdk.ObjectStoragePath, imported lazily
+
+    def __str__(self) -> str:
+        return str(self.local if self.local is not None else self.remote)
+
+    def target(self, name: str) -> Path | Any:
+        if self.local is not None:
+            return self.local / name
+        assert self.remote is not None
+        return self.remote / name
+
+    def shown(self, target: Path | Any) -> str:
+        """The manifest's ``path``: absolute filesystem path, or the object-store URI."""
+        return str(target)
+
+
+@dataclass(frozen=True)
+class StoredResults:
+    """What :func:`store_results` did: one manifest entry per file, and the manifest file."""
+
+    files: list[dict[str, Any]]
+    manifest_path: str | None
+    destination: str
+
+
+def resolve_destination(value: Any) -> Destination:
+    """A local path, a ``file://`` URL, or any ``ObjectStoragePath`` / object-store URL string."""
+    if isinstance(value, Path):
+        return Destination(local=value.expanduser().absolute(), remote=None)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ReveValidationError("download destination is empty")
+        if "://" not in text:
+            return Destination(local=Path(text).expanduser().absolute(), remote=None)
+        from airflow.sdk import ObjectStoragePath
+
+        value = ObjectStoragePath(text)
+    protocol = getattr(value, "protocol", None)
+    if protocol is None or not hasattr(value, "open"):
+        raise ReveValidationError(
+            f"download destination must be a path, a URL string or an ObjectStoragePath, "
+            f"got {type(value).__name__}"
+        )
+    if protocol in _LOCAL_PROTOCOLS:
+        # A local folder gets the temporary-name-and-rename treatment, which needs real paths.
+        return Destination(local=Path(value.path).absolute(), remote=None)
+    return Destination(local=None, remote=value)
+
+
+def asset_uri(path: str) -> str:
+    """The Asset URI for a stored file: ``file:///abs/path`` locally, the object URI otherwise."""
+    if "://" in path:
+        return path
+    return Path(path).absolute().as_uri()
+
+
+def safe_stem(reve_task_id: str) -> str:
+    """``reve_task_id`` as a file-name stem that cannot leave its folder or collide."""
+    cleaned = _SAFE.sub("-", reve_task_id).strip(".-")[:_MAX_STEM]
+    if cleaned == reve_task_id:
+        return cleaned
+    digest = hashlib.sha256(reve_task_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned}-{digest}" if cleaned else f"task-{digest}"
+
+
+def extension(content_type: str | None, output_format: str | None = None) -> str:
+    if content_type in EXTENSIONS:
+        return EXTENSIONS[content_type]
+    if isinstance(output_format, str) and output_format.lower() in _OUTPUT_FORMATS:
+        return _OUTPUT_FORMATS[output_format.lower()]
+    return "bin"
+
+
+def file_name(
+    reve_task_id: str, index: int, content_type: str | None, output_format: str | None = None
+) -> str:
+    return f"{safe_stem(reve_task_id)}_{index}.{extension(content_type, output_format)}"
+
+
+class _HashingWriter:
+    """Counts and hashes the bytes on their way into the spool."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._fh.write(data)
+
+
+def store_results(
+    tasks: Sequence[ReveTask],
+    destination: Any,
+    *,
+    allow_private_addresses: bool,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    output_format: str | None = None,
+    retry_policy: RetryPolicy | None = None,
+    logger: logging.Logger | Any = None,
+) -> StoredResults:
+    """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
+
+    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors);
+        files stored before it stay, complete, and a re-run skips them.
+    :raises ReveValidationError: a task has not succeeded, or the destination is not usable.
+    """
+    logger = logger or log
+    where = resolve_destination(destination)
+    policy = retry_policy or RetryPolicy()
+    for task in tasks:
+        if not task.succeeded:
+            raise ReveValidationError(
+                f"Reve task {task.task_id} is {task.status}: only a SUCCESS task has files to store"
+            )
+    if where.local is not None:
+        where.local.mkdir(parents=True, exist_ok=True)
+    files: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for task in tasks:
+        for index, url in enumerate(task.result_urls):
+
+            def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
+                return _store_one(
+                    task, index, url, where, allow_private_addresses, max_bytes, output_format, logger
+                )
+
+            entry = call_with_retries(
+                fetch,
+                policy,
+                what=f"Downloading result {index} of Reve task {task.task_id}",
+            )
+            files.append(entry)
+    manifest_path = _write_manifest(where, tasks, files) if files else None
+    total = sum(entry["bytes"] for entry in files)
+    logger.info(
+        "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
+        len(files),
+        total,
+        len(tasks),
+        where,
+        time.monotonic() - started,
+        f"; manifest {manifest_path}" if manifest_path else "",
+    )
+    return StoredResults(files=files, manifest_path=manifest_path, destination=str(where))
+
+
+def _store_one(
+    task: ReveTask,
+    index: int,
+    url: str,
+    where: Destination,
+    allow_private_addresses: bool,
+    max_bytes: int,
+    output_format: str | None,
+    logger: Any,
+) -> dict[str, Any]:
+    spool_dir = where.local if where.local is not None else None
+    fd, spool_name = tempfile.mkstemp(prefix=".reve-", suffix=".part", dir=spool_dir)
+    spool = Path(spool_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer = _HashingWriter(fh)
+            try:
+                result = download(
+                    url, writer, allow_private_addresses=allow_private_addresses, max_bytes=max_bytes
+                )
+            except ReveDownloadError as error:
+                raise _explain(error, task, index) from None
+            fh.flush()
+            os.fsync(fh.fileno())
+        name = file_name(task.task_id, index, result.content_type, output_format)
+        target = where.target(name)
+        sha256 = writer.sha256.hexdigest()
+        if _same_file(target, writer.size, sha256):
+            logger.info("%s is already stored (same size and sha256); not writing it again", target)
+        elif where.local is not None:
+            os.replace(spool, target)  # atomic on one filesystem: the name appears complete
+        else:
+            _upload(spool, target)
+        return {
+            "reve_task_id": task.task_id,
+            "index": index,
+            "url": url,
+            "path": where.shown(target),
+            "bytes": writer.size,
+            "sha256": sha256,
+            "content_type": result.content_type,
+            "model": task.model,
+            "consumed_credits": task.consumed_credits,
+        }
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            spool.unlink()
+
+
+def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownloadError:
+    """Say what a status means for a result URL; keep the type (it decides retries)."""
+    where = f"result {index} of Reve task {task.task_id}"
+    if error.http_status in _EXPIRED_STATUSES:
+        message = (
+            f"{where} could not be downloaded: {error.url} answered HTTP {error.http_status}, which "
+            "for a result URL means it has expired (CDN links live for a limited time after the task "
+            "finished) or was removed. Download promptly: pass download_to= to the generating task. "
+            "The generation itself was paid; generating again is a new, paid task."
+        )
+    else:
+        message = f"{where}: {error}"
+    return type(error)(message, url=error.url, http_status=error.http_status)
+
+
+def _same_file(target: Path | Any, size: int, sha256: str) -> bool:
+    try:
+        if not target.exists() or target.stat().st_size != size:
+            return False
+        digest = hashlib.sha256()
+        with target.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+    except (OSError, ValueError):
+        return False
+    return digest.hexdigest() == sha256
+
+
+def _upload(spool: Path, target: Any) -> None:
+    # One upload of the final key through Airflow's filesystem registry (``open``, not
+    # ``write_bytes``), so connections and credentials configured in Airflow apply.
+    try:
+        with spool.open("rb") as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, _HASH_CHUNK)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            target.unlink()
+        raise
+
+
+def manifest_name(task_ids: Iterable[str]) -> str:
+    digest = hashlib.sha256("\n".join(task_ids).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"reve-manifest-{digest}.json"
+
+
+def _write_manifest(where: Destination, tasks: Sequence[ReveTask], files: list[dict[str, Any]]) -> str:
+    body = json.dumps({"files": files}, indent=2, sort_keys=True).encode()
+    target = where.target(manifest_name(task.task_id for task in tasks))
+    if where.local is not None:
+        fd, spool_name = tempfile.mkstemp(prefix=".reve-", suffix=".part", dir=where.local)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+            os.replace(spool_name, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool_name)
+    else:
+        with target.open("wb") as fh:
+            fh.write(body)
+    return where.shown(target)
+
+
+def tasks_from_results(results: Any, *, parse: Callable[[Any], Any] | None = None) -> list[ReveTask]:
+    """``results`` as ``ReveTask`` objects: one task dict, a list of them, or nested lists
+    (a mapped task's output). A ``files`` manifest added by ``download_to`` is ignored."""
+    if parse is not None:
+        results = parse(results)
+    if isinstance(results, dict):
+        results = [results]
+    if isinstance(results, ReveTask):
+        results = [results]
+    if not isinstance(results, (list, tuple)) and not _is_lazy_sequence(results):
+        raise ReveValidationError(
+            "results must be a Reve task dict (what ReveGenerateOperator returns) or a list of them, "
+            f"got {type(results).__name__}"
+        )
+    tasks: list[ReveTask] = []
+    for item in results:
+        if item is None:
+            continue  # a mapped generation that was skipped (content policy) has no result
+        if isinstance(item, (list, tuple)) or _is_lazy_sequence(item):
+            tasks.extend(tasks_from_results(list(item)))
+            continue
+        if isinstance(item, ReveTask):
+            tasks.append(item)
+            continue
+        if isinstance(item, dict):
+            item = {key: value for key, value in item.items() if key != "files"}
+        try:
+            tasks.append(ReveTask.from_dict(item))
+        except (ValueError, TypeError) as error:
+            raise ReveValidationError(f"not a Reve task dict: {error}") from None
+    return tasks
+
+
+def _is_lazy_sequence(value: Any) -> bool:
+    # A mapped task's pulled XCom (LazyXComSequence) is iterable but neither list nor tuple.
+    return (
+        hasattr(value, "__iter__") and hasattr(value, "__len__") and not isinstance(value, (str, bytes, dict))
+    )

@@ -1,0 +1,106 @@
+"""The "Reve result" button on a task in the Airflow UI (an operator extra link).
+
+How Airflow 3.3 serves an extra link: when a task's process ends -- finished, failed, or
+*deferred* -- the worker calls :meth:`ReveResultLink.get_link` and stores what it returns as the
+XCom ``_link_ReveResultLink``; the api-server later reads only that XCom. ``get_link`` therefore
+cannot rely on anything kept in memory: a deferred task resumes in a new process. So the operator
+pushes the URL into its own XCom (:func:`push_result_link`) and ``get_link`` reads it back.
+
+The URL comes from the Reve API, which we do not trust with the user's browser: only a plain
+``http(s)://host/...`` URL becomes a link. ``javascript:``, ``data:``, ``file:``, a URL with
+``user@`` in front of the host or with control characters gives no link at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
+
+from airflow_provider_reve.models import ReveTask
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import BaseOperator, Context, TaskInstanceKey
+
+log = logging.getLogger(__name__)
+
+#: The task's own XCom key that holds the link's target (a checked URL, or ``None``).
+RESULT_URL_XCOM_KEY = "reve_result_url"
+# Signed CDN URLs are long, but not this long; anything longer is not a URL we want in an href.
+_MAX_URL_CHARS = 8192
+
+
+class ReveResultLink(BaseOperatorLink):
+    """Links a Reve task instance to its first result (image or video) URL."""
+
+    name = "Reve result"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # Checked again on the way out: the XCom may have been written by an older version of
+        # this provider, by a custom XCom backend, or by hand.
+        return safe_link(XCom.get_value(ti_key=ti_key, key=RESULT_URL_XCOM_KEY))
+
+
+def push_result_link(context: Context, url: str | None) -> None:
+    """Remember ``url`` as the target of this task's "Reve result" link.
+
+    Call it when the task has its result, and with ``None`` before deferring (so the link stays
+    empty while the task waits). A URL that :func:`safe_link` refuses is stored as ``None``.
+    """
+    link = safe_link(url) or None
+    if url is not None and link is None:
+        # The value itself is not quoted: it came from the API and may carry anything.
+        log.warning("No 'Reve result' link for this task: the result URL is not a plain http(s) URL.")
+    context["ti"].xcom_push(key=RESULT_URL_XCOM_KEY, value=link)
+
+
+def safe_link(url: Any) -> str:
+    """``url`` if it is a plain ``http(s)://host/...`` URL a browser may be sent to, else ``""``."""
+    if not isinstance(url, str) or not url or len(url) > _MAX_URL_CHARS:
+        return ""
+    # Browsers drop or reinterpret whitespace and control characters inside an href
+    # ("java\tscript:"), so a URL holding any is refused rather than cleaned.
+    if any(c <= " " or c == "\x7f" or c == "\\" for c in url):
+        return ""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        return ""
+    if "@" in parts.netloc:
+        # "https://reve2img.com@evil.example/" goes to evil.example: never a real result URL.
+        return ""
+    return url
+
+
+def first_result_url(result: Any) -> str | None:
+    """The first result URL in what an operator returns, or ``None``.
+
+    Accepts a :class:`~airflow_provider_reve.models.ReveTask`, its dict, a manifest entry (its
+    ``url``), a dict with a ``files`` manifest, or a list of any of these. The URL is not
+    checked here: :func:`push_result_link` does that.
+    """
+    if isinstance(result, ReveTask):
+        return result.result_urls[0] if result.result_urls else None
+    if isinstance(result, Mapping):
+        if isinstance(result.get("url"), str):
+            return result["url"]
+        if isinstance(result.get("files"), list) and result["files"]:
+            found = first_result_url(result["files"])
+            if found:
+                return found
+        urls = result.get("result_urls")
+        if isinstance(urls, Sequence) and not isinstance(urls, str) and urls and isinstance(urls[0], str):
+            return urls[0]
+        return None
+    if isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
+        for item in result:
+            found = first_result_url(item)
+            if found:
+                return found
+    return None
