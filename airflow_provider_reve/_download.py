@@ -149,6 +149,10 @@ def download(
     current = url
     previous_scheme: str | None = None
     with requests.Session() as http:
+        # A session auth, even one that adds nothing, stops requests from reading ~/.netrc
+        # (or $NETRC) and sending the worker's stored credentials to a host the API named.
+        # trust_env stays on: proxy settings still apply.
+        http.auth = _no_credentials
         for _hop in range(max_redirects + 1):
             parts = _check_url(current, previous_scheme)
             proxied = _uses_proxy(http, current)
@@ -275,6 +279,10 @@ def _check_peer(response: requests.Response, url: str) -> None:
 def _uses_proxy(http: requests.Session, url: str) -> bool:
     settings = http.merge_environment_settings(url, {}, None, None, None)
     return bool(requests.utils.select_proxy(url, settings.get("proxies") or {}))
+
+
+def _no_credentials(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 def _get(http: requests.Session, url: str, timeout: float) -> requests.Response:

@@ -12,6 +12,7 @@ The generate operator, the sensor and the download operator all end the same way
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_reve.hooks.reve import ReveHook
+
+log = logging.getLogger(__name__)
 
 #: Keys of the Asset event ``extra`` (documented in the README).
 ASSET_EXTRA_KEYS = (
@@ -69,12 +72,13 @@ def finish(
 
 
 def asset_extra(tasks: Sequence[ReveTask], stored: StoredResults | None) -> dict[str, Any]:
-    credits = [task.consumed_credits for task in tasks if task.consumed_credits is not None]
+    credits = [task.consumed_credits for task in tasks]
     models = sorted({task.model for task in tasks if task.model})
     return {
         "reve_task_ids": [task.task_id for task in tasks],
         "model": models[0] if len(models) == 1 else (models or None),
-        "consumed_credits": sum(credits) if credits else None,
+        # One unknown cost makes the sum unknown: an understated total would mislead more.
+        "consumed_credits": None if None in credits or not credits else sum(c for c in credits if c),
         "file_count": len(stored.files) if stored else sum(len(task.result_urls) for task in tasks),
         "destination": stored.destination if stored else None,
         "manifest_path": stored.manifest_path if stored else None,
@@ -118,4 +122,8 @@ def _remember_link(context: Context, tasks: Sequence[ReveTask], stored: StoredRe
         return
     urls = [entry["url"] for entry in stored.files] if stored else []
     urls += [url for task in tasks for url in task.result_urls]
-    push_result_link(context, urls[0] if urls else None)
+    try:
+        push_result_link(context, urls[0] if urls else None)
+    except Exception as error:
+        # A UI link is not worth failing a paid, stored generation for (an API-server hiccup).
+        log.warning("Could not store the 'Reve result' link (%s); the task's result is unaffected.", error)

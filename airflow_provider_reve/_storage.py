@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -34,8 +35,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_reve._download import DEFAULT_MAX_BYTES, download
+from airflow_provider_reve._download import _check_url as check_url
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
@@ -67,6 +70,9 @@ EXTENSIONS = {
 }
 _OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp", "mp4": "mp4"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# The tail :func:`safe_stem` gives an id it had to change. An id that already ends so is
+# changed too, or "a-b-<digest of 'a/b'>" would take the name of "a/b".
+_ALTERED = re.compile(r"-[0-9a-f]{8}$")
 _MAX_STEM = 80
 _LOCAL_PROTOCOLS = ("", "file", "local")
 # HTTP statuses with which CDNs refuse a signed URL past its lifetime (or a deleted object).
@@ -106,8 +112,9 @@ class StoredResults:
 
 def resolve_destination(value: Any) -> Destination:
     """A local path, a ``file://`` URL, or any ``ObjectStoragePath`` / object-store URL string."""
-    if isinstance(value, Path):
-        return Destination(local=value.expanduser().absolute(), remote=None)
+    if isinstance(value, os.PathLike) and getattr(value, "protocol", None) is None:
+        # pathlib.Path, or any other os.PathLike (pytest's tmpdir...): a local folder.
+        return Destination(local=Path(os.fsdecode(os.fspath(value))).expanduser().absolute(), remote=None)
     if isinstance(value, str):
         text = value.strip()
         if not text:
@@ -116,7 +123,10 @@ def resolve_destination(value: Any) -> Destination:
             return Destination(local=Path(text).expanduser().absolute(), remote=None)
         from airflow.sdk import ObjectStoragePath
 
-        value = ObjectStoragePath(text)
+        try:
+            value = ObjectStoragePath(text)
+        except (ValueError, ImportError) as error:
+            raise ReveValidationError(f"download destination: {error}") from None
     protocol = getattr(value, "protocol", None)
     if protocol is None or not hasattr(value, "open"):
         raise ReveValidationError(
@@ -126,20 +136,33 @@ def resolve_destination(value: Any) -> Destination:
     if protocol in _LOCAL_PROTOCOLS:
         # A local folder gets the temporary-name-and-rename treatment, which needs real paths.
         return Destination(local=Path(value.path).absolute(), remote=None)
+    try:
+        value.fs  # noqa: B018 -- resolves the scheme's filesystem: fails now, not after paying
+    except (ValueError, ImportError) as error:
+        raise ReveValidationError(
+            f"download destination {protocol}://... has no filesystem here ({error}); install the "
+            "Airflow provider that brings it (e.g. apache-airflow-providers-amazon for s3://)"
+        ) from None
     return Destination(local=None, remote=value)
 
 
 def asset_uri(path: str) -> str:
-    """The Asset URI for a stored file: ``file:///abs/path`` locally, the object URI otherwise."""
+    """The Asset URI for a stored file: ``file:///abs/path`` locally, the object URI otherwise.
+
+    The connection id an ``ObjectStoragePath`` carries (``s3://aws_default@bucket/key``) is
+    dropped: it says how to reach the object, not which object it is, and a DAG scheduled on
+    ``Asset("s3://bucket/key")`` must see the event.
+    """
     if "://" in path:
-        return path
+        parts = urlsplit(path)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return Path(path).absolute().as_uri()
 
 
 def safe_stem(reve_task_id: str) -> str:
     """``reve_task_id`` as a file-name stem that cannot leave its folder or collide."""
     cleaned = _SAFE.sub("-", reve_task_id).strip(".-")[:_MAX_STEM]
-    if cleaned == reve_task_id:
+    if cleaned == reve_task_id and not _ALTERED.search(cleaned):
         return cleaned
     digest = hashlib.sha256(reve_task_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{cleaned}-{digest}" if cleaned else f"task-{digest}"
@@ -190,6 +213,9 @@ def store_results(
     :raises ReveValidationError: a task has not succeeded, or the destination is not usable.
     """
     logger = logger or log
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        # Checked before any request: a templated "1000" would otherwise fail mid-download.
+        raise ReveValidationError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     where = resolve_destination(destination)
     policy = retry_policy or RetryPolicy()
     for task in tasks:
@@ -197,6 +223,13 @@ def store_results(
             raise ReveValidationError(
                 f"Reve task {task.task_id} is {task.status}: only a SUCCESS task has files to store"
             )
+        for index, url in enumerate(task.result_urls):
+            # Every URL's scheme, host and userinfo are checked before the first download, so a
+            # file:// among them fails the call before any byte of any file is written.
+            try:
+                check_url(url, None)
+            except ReveDownloadError as error:
+                raise _explain(error, task, index) from None
     if where.local is not None:
         where.local.mkdir(parents=True, exist_ok=True)
     files: list[dict[str, Any]] = []
@@ -239,9 +272,7 @@ def _store_one(
     output_format: str | None,
     logger: Any,
 ) -> dict[str, Any]:
-    spool_dir = where.local if where.local is not None else None
-    fd, spool_name = tempfile.mkstemp(prefix=".reve-", suffix=".part", dir=spool_dir)
-    spool = Path(spool_name)
+    fd, spool = _open_spool(where.local)
     try:
         with os.fdopen(fd, "wb") as fh:
             writer = _HashingWriter(fh)
@@ -276,6 +307,25 @@ def _store_one(
     finally:
         with contextlib.suppress(FileNotFoundError):
             spool.unlink()
+
+
+def _open_spool(folder: Path | None) -> tuple[int, Path]:
+    """A new, empty spool file: hidden ``.reve-*.part`` in a local destination, else private temp.
+
+    In the destination the spool becomes the stored file by rename, so it is created with the
+    permissions any new file there gets (``0o666`` less the umask): ``mkstemp``'s ``0o600``
+    would leave the results unreadable to the web server or user they are stored for.
+    """
+    if folder is None:
+        fd, name = tempfile.mkstemp(prefix=".reve-", suffix=".part")
+        return fd, Path(name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        path = folder / f".reve-{secrets.token_hex(8)}.part"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:  # pragma: no cover -- 64 random bits
+            continue
 
 
 def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownloadError:
@@ -319,7 +369,8 @@ def _upload(spool: Path, target: Any) -> None:
 
 
 def manifest_name(task_ids: Iterable[str]) -> str:
-    digest = hashlib.sha256("\n".join(task_ids).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    # JSON, not a join: ids are API data, and ["a\nb"] must not name the manifest of ["a", "b"].
+    digest = hashlib.sha256(json.dumps(list(task_ids)).encode()).hexdigest()[:16]
     return f"reve-manifest-{digest}.json"
 
 
@@ -327,14 +378,14 @@ def _write_manifest(where: Destination, tasks: Sequence[ReveTask], files: list[d
     body = json.dumps({"files": files}, indent=2, sort_keys=True).encode()
     target = where.target(manifest_name(task.task_id for task in tasks))
     if where.local is not None:
-        fd, spool_name = tempfile.mkstemp(prefix=".reve-", suffix=".part", dir=where.local)
+        fd, spool = _open_spool(where.local)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(body)
-            os.replace(spool_name, target)
+            os.replace(spool, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(spool_name)
+                spool.unlink()
     else:
         with target.open("wb") as fh:
             fh.write(body)

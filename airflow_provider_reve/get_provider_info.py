@@ -26,6 +26,10 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.sensors.reve"]}],
         "triggers": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.triggers.reve"]}],
+        "task-decorators": [
+            {"name": "reve", "class-name": "airflow_provider_reve.decorators.reve.reve_task"}
+        ],
+        "extra-links": ["airflow_provider_reve.links.ReveResultLink"],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_reve.hooks.reve.ReveHook",
@@ -50,13 +54,15 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "connect_timeout": {
                         "label": "Connect timeout (s)",
-                        "description": "Seconds to wait for a TCP/TLS connection. Default 10.",
-                        "schema": {"type": ["number", "null"], "minimum": 0},
+                        "description": "Seconds (more than 0) to wait for a TCP/TLS connection. Default 10.",
+                        # The hook refuses 0. Airflow's number widget reads only "minimum" (it
+                        # clamps negatives); "exclusiveMinimum" is what rules 0 out for validators.
+                        "schema": {"type": ["number", "null"], "minimum": 0, "exclusiveMinimum": 0},
                     },
                     "read_timeout": {
                         "label": "Read timeout (s)",
-                        "description": "Seconds to wait for an answer. Default 60.",
-                        "schema": {"type": ["number", "null"], "minimum": 0},
+                        "description": "Seconds (more than 0) to wait for an answer. Default 60.",
+                        "schema": {"type": ["number", "null"], "minimum": 0, "exclusiveMinimum": 0},
                     },
                 },
             }

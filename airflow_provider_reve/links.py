@@ -54,7 +54,10 @@ def push_result_link(context: Context, url: str | None) -> None:
     if url is not None and link is None:
         # The value itself is not quoted: it came from the API and may carry anything.
         log.warning("No 'Reve result' link for this task: the result URL is not a plain http(s) URL.")
-    context["ti"].xcom_push(key=RESULT_URL_XCOM_KEY, value=link)
+    # ``operator.execute({})`` in a user's own unit test has no task instance: nothing to link.
+    ti: Any = context.get("ti") if isinstance(context, Mapping) else None
+    if callable(getattr(ti, "xcom_push", None)):
+        ti.xcom_push(key=RESULT_URL_XCOM_KEY, value=link)
 
 
 def safe_link(url: Any) -> str:

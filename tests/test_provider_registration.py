@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from airflow_provider_reve.get_provider_info import get_provider_info
 
 
@@ -59,3 +61,27 @@ def test_provider_info_names_modules_that_import():
         for entry in info[section]:
             for module in entry["python-modules"]:
                 importlib.import_module(module)
+
+
+@pytest.mark.parametrize("field", ["connect_timeout", "read_timeout"])
+@pytest.mark.parametrize("seconds", [0, 0.0, 0.5, 30, -1, -0.5])
+def test_the_connection_forms_timeout_fields_accept_exactly_what_the_hook_accepts(field, seconds):
+    # A form that saves a value the hook then refuses lets a user break a working connection.
+    import jsonschema
+
+    from airflow_provider_reve._connection import settings_from_connection
+    from airflow_provider_reve.exceptions import ReveConfigurationError
+
+    schema = get_provider_info()["connection-types"][0]["conn-fields"][field]["schema"]
+    try:
+        jsonschema.validate(seconds, schema)
+        form_accepts = True
+    except jsonschema.ValidationError:
+        form_accepts = False
+    try:
+        settings_from_connection("reve_default", "https://reve2img.com", None, "sk-test", {field: seconds})
+        hook_accepts = True
+    except ReveConfigurationError:
+        hook_accepts = False
+
+    assert form_accepts == hook_accepts == (seconds > 0)

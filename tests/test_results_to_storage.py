@@ -110,7 +110,7 @@ def test_download_to_stores_every_result_after_a_deferral_and_reports_asset_even
     # No spool file survives a successful run.
     assert sorted(p.name for p in (out / "hero").iterdir() if p.name.startswith(".")) == []
 
-    [(uri, extra)] = asset_events("reve-test://hero")
+    [(_, extra)] = asset_events("reve-test://hero")
     assert set(extra) == set(ASSET_EXTRA_KEYS)
     assert extra["reve_task_ids"] == [result["task_id"]]
     assert extra["model"] == "nano-banana"
@@ -149,3 +149,17 @@ def test_a_mapped_submit_sensor_download_chain_stores_every_task_once(server, ou
     assert sorted(extra["reve_task_ids"]) == sorted(e["reve_task_id"] for e in manifest)
     assert extra["consumed_credits"] == sum(e["consumed_credits"] for e in manifest)
     assert xcom(dag_run, "store", "reve_result_url") == manifest[0]["url"]
+
+
+@pytest.mark.parametrize(
+    "download_to", ["", "   ", "nosuch://bucket/folder", "s3://bucket-without-the-amazon-provider/x"]
+)
+def test_an_unusable_download_to_fails_before_anything_is_paid_for(server, download_to):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_reve.operators.reve import ReveGenerateOperator
+
+    op = ReveGenerateOperator(task_id="t", model="reve-2.0", prompt="a fox", download_to=download_to)
+    with pytest.raises(AirflowFailException, match="Invalid download_to \\(nothing was submitted\\)"):
+        op.execute({})
+    assert server.submissions == 0

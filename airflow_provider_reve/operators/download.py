@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_provider_reve._finish import finish
+from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, tasks_from_results
@@ -32,7 +33,7 @@ def _parse(value: Any) -> Any:
     return value
 
 
-class ReveDownloadResultsOperator(BaseOperator):
+class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
     """Download every result file of one or more finished Reve tasks to ``destination``.
 
     :param results: what ``ReveGenerateOperator`` or ``ReveTaskSensor`` returned: one task

@@ -25,6 +25,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve._finish import finish
+from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
     raise_for_error,
@@ -39,7 +40,7 @@ from airflow_provider_reve._reattach import (
 )
 from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve._retry import too_many_tasks_wait
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES
+from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, resolve_destination
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -94,7 +95,7 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(BaseOperator):
+class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -266,6 +267,7 @@ class ReveGenerateOperator(BaseOperator):
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
+        self._check_download_to()
         task = self._reattach(memory, fingerprint)
         if task is None:
             self._check_budget(params)
@@ -293,6 +295,14 @@ class ReveGenerateOperator(BaseOperator):
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
         return params
+
+    def _check_download_to(self) -> None:
+        if self.download_to is None:
+            return
+        try:
+            resolve_destination(self.download_to)
+        except ReveValidationError as error:
+            raise AirflowFailException(f"Invalid download_to (nothing was submitted): {error}") from error
 
     def _check_budget(self, params: dict[str, Any]) -> None:
         if self.max_credits is None:

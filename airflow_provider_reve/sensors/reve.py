@@ -15,11 +15,13 @@ from airflow.providers.common.compat.sdk import (
     AirflowTaskTimeout,
     BaseSensorOperator,
     PokeReturnValue,
+    Stats,
     conf,
 )
 
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve._finish import finish
+from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class ReveTaskSensor(BaseSensorOperator):
+class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
     """Wait until a Reve task finishes; push its ``ReveTask.to_dict()`` as XCom ``return_value``.
 
     :param reve_task_id: the Reve task id (templated), or the whole dict the
@@ -193,6 +195,11 @@ class ReveTaskSensor(BaseSensorOperator):
             len(task.result_urls),
             task.consumed_credits if task.consumed_credits is not None else "unknown",
         )
+        if task.consumed_credits is not None:
+            # A task submitted with wait_for_completion=False reports its cost only here.
+            Stats.incr(
+                "reve.credits_consumed", count=task.consumed_credits, tags={"model": task.model or "unknown"}
+            )
         try:
             stored = finish(
                 self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,9 @@ MAX_ERROR_BACKOFF = 30.0
 _ERROR_BACKOFF_INTERVALS = 4
 # The one look after the deadline gets its own bound: the connection's read timeout, at most this.
 FINAL_READ_MAX_SECONDS = 30.0
+#: While a task waits, at most one "still IN_PROGRESS" line per this many seconds; a change of
+#: status is logged at once. A video takes minutes: a line per poll would bury the task log.
+PROGRESS_LOG_INTERVAL = 30.0
 
 
 def settle_time() -> float:
@@ -66,7 +69,15 @@ class ReveTaskTrigger(BaseTrigger):
     :param not_before: absolute UNIX time before which the first poll is not made (see
         :func:`settle_time`), even when the deadline has already passed; by default the first
         poll comes one ``poll_interval`` after start.
+
+    The log says when the status changes, and otherwise at most every
+    :attr:`progress_log_interval` seconds that the task is still waiting (with the time spent).
     """
+
+    #: Class-level, not a kwarg: the cadence of log lines is not part of the stored trigger.
+    progress_log_interval: float = PROGRESS_LOG_INTERVAL
+    # The clock of those lines' elapsed time (monotonic: a wall-clock jump must not spam the log).
+    _clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(
         self,
@@ -114,6 +125,7 @@ class ReveTaskTrigger(BaseTrigger):
         last: ReveTask | None = None
         last_error: ReveError | None = None
         errors_in_a_row = 0
+        progress = _WaitLog(self.log, self.reve_task_id, self.progress_log_interval, self._clock)
         await asyncio.sleep(self._first_wait())
         while True:
             remaining = self._remaining()
@@ -131,6 +143,7 @@ class ReveTaskTrigger(BaseTrigger):
                     return self._event(OUTCOME_ERROR, last, str(error), error_code=code, retryable=False)
                 errors_in_a_row += 1
                 last_error = error
+                progress.unreadable()
                 if final:
                     return self._timeout(last, last_error)
                 wait = self._capped(self._error_backoff(errors_in_a_row, error))
@@ -138,6 +151,7 @@ class ReveTaskTrigger(BaseTrigger):
                 await asyncio.sleep(wait)
                 continue
             errors_in_a_row, last_error, last = 0, None, task
+            progress.read(task.status)
             if task.succeeded:
                 return self._event(OUTCOME_SUCCESS, task, f"Reve task {task.task_id} succeeded.")
             if task.failed:
@@ -149,7 +163,6 @@ class ReveTaskTrigger(BaseTrigger):
                 )
             if final:
                 return self._timeout(task, None)
-            self.log.debug("Reve task %s still IN_PROGRESS", self.reve_task_id)
             await asyncio.sleep(self._capped(self.poll_interval))
 
     def _first_wait(self) -> float:
@@ -223,6 +236,40 @@ class ReveTaskTrigger(BaseTrigger):
             "error_code": error_code,
             "retryable": retryable,
         }
+
+
+class _WaitLog:
+    """Decides which status reads deserve a log line: every change, else one per ``interval``."""
+
+    def __init__(self, log: Any, reve_task_id: str, interval: float, clock: Callable[[], float]) -> None:
+        self._log, self._reve_task_id, self._interval, self._clock = log, reve_task_id, interval, clock
+        self._started = self._last_line = clock()
+        self._status: str | None = None
+        self._reads = 0
+
+    def read(self, status: str) -> None:
+        now = self._clock()
+        self._reads += 1
+        elapsed = now - self._started
+        if status != self._status:
+            self._log.info(
+                "Reve task %s is %s (after %.0fs of waiting).", self._reve_task_id, status, elapsed
+            )
+        elif now - self._last_line >= self._interval:
+            self._log.info(
+                "Reve task %s still %s after %.0fs of waiting (%d status reads).",
+                self._reve_task_id,
+                status,
+                elapsed,
+                self._reads,
+            )
+        else:
+            return
+        self._status, self._last_line = status, now
+
+    def unreadable(self) -> None:
+        # Failed reads log their own warnings; the next status read after them is news again.
+        self._status = None
 
 
 @dataclass(frozen=True)
