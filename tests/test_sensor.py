@@ -321,3 +321,29 @@ def test_the_sensor_result_names_the_model_when_it_was_handed_the_operators_dict
     assert from_dict.xcom_value["model"] == ASYNC_MODEL
     assert from_id.xcom_value["model"] is None  # a bare id says nothing about the model
     assert resume(sensor(submitted, deferrable=True), deferred)["model"] == ASYNC_MODEL
+
+
+@pytest.mark.parametrize(("interval", "expect_every_poke"), [(3600.0, False), (0.0, True)])
+def test_a_long_wait_in_poke_mode_logs_progress_at_most_once_per_interval_not_once_per_poke(
+    server, submitted, capfd, monkeypatch, interval, expect_every_poke
+):
+    monkeypatch.setattr("airflow_provider_reve.sensors.reve.PROGRESS_LOG_INTERVAL", interval)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(sensor(submitted).execute, {})
+        deadline = time.monotonic() + 10
+        while server.requests_to("status") < 6:
+            assert time.monotonic() < deadline, "the sensor did not keep poking"
+            time.sleep(0.01)
+        server.finish_task(submitted["task_id"])
+        waiting.result(timeout=10)
+
+    log = capfd.readouterr()
+    lines = (log.out + log.err).splitlines()
+    progress = [line for line in lines if "still IN_PROGRESS" in line]
+    pokes_while_running = server.requests_to("status") - 1
+    if expect_every_poke:
+        assert len(progress) >= 5  # the counterpart: the check is what thins the lines out
+    else:
+        assert len(progress) == 1
+    assert len(progress) <= pokes_while_running
+    assert any("SUCCESS: 1 result URL(s)" in line and "credits" in line for line in lines)

@@ -57,6 +57,7 @@ from airflow_provider_reve.triggers.reve import (
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
+    PROGRESS_LOG_INTERVAL,
     ReveMalformedEventError,
     ReveTaskTrigger,
     read_event,
@@ -520,7 +521,13 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return self._poll(task, deadline, context)
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
+        started = logged = time.monotonic()
         while not task.is_finished:
+            if time.monotonic() - logged >= PROGRESS_LOG_INTERVAL:
+                logged = time.monotonic()
+                self.log.info(
+                    "Reve task %s still %s after %.0fs", task.task_id, task.status, logged - started
+                )
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise AirflowException(

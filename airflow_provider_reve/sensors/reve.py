@@ -34,6 +34,7 @@ from airflow_provider_reve.triggers.reve import (
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
+    PROGRESS_LOG_INTERVAL,
     ReveMalformedEventError,
     ReveTaskTrigger,
     read_event,
@@ -135,7 +136,13 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
             raise _failed(task)
         if task.succeeded:
             return PokeReturnValue(is_done=True, xcom_value=self._succeeded(task, context))
-        self.log.info("Reve task %s still IN_PROGRESS", task_id)
+        now = time.monotonic()
+        last = getattr(self, "_progress_logged_at", None)
+        # One line on the first poke, then at most one per PROGRESS_LOG_INTERVAL: a long video
+        # poked every few seconds must not bury the log in identical lines.
+        if last is None or now - last >= PROGRESS_LOG_INTERVAL:
+            self._progress_logged_at = now
+            self.log.info("Reve task %s still IN_PROGRESS", task_id)
         return PokeReturnValue(is_done=False)
 
     def _defer(self, context: Context, task_id: str) -> NoReturn:
