@@ -112,6 +112,13 @@ class StoredResults:
 
 def resolve_destination(value: Any) -> Destination:
     """A local path, a ``file://`` URL, or any ``ObjectStoragePath`` / object-store URL string."""
+    where = _resolve(value)
+    if where.local is not None and where.local.exists() and not where.local.is_dir():
+        raise ReveValidationError(f"download destination {where.local} exists and is not a folder")
+    return where
+
+
+def _resolve(value: Any) -> Destination:
     if isinstance(value, os.PathLike) and getattr(value, "protocol", None) is None:
         # pathlib.Path, or any other os.PathLike (pytest's tmpdir...): a local folder.
         return Destination(local=Path(os.fsdecode(os.fspath(value))).expanduser().absolute(), remote=None)

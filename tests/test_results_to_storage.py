@@ -163,3 +163,17 @@ def test_an_unusable_download_to_fails_before_anything_is_paid_for(server, downl
     with pytest.raises(AirflowFailException, match="Invalid download_to \\(nothing was submitted\\)"):
         op.execute({})
     assert server.submissions == 0
+
+
+def test_a_download_to_that_is_an_existing_file_fails_before_anything_is_paid_for(server, tmp_path):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_reve.operators.reve import ReveGenerateOperator
+
+    existing = tmp_path / "not-a-folder"
+    existing.write_text("someone's file")
+    op = ReveGenerateOperator(task_id="t", model="reve-2.0", prompt="a fox", download_to=str(existing))
+    with pytest.raises(AirflowFailException, match="exists and is not a folder"):
+        op.execute({})
+    assert server.submissions == 0
+    assert existing.read_text() == "someone's file"
