@@ -29,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 from urllib.parse import SplitResult, urljoin, urlsplit
@@ -65,6 +66,7 @@ DEFAULT_MAX_SECONDS = 900.0
 """Seconds the whole download (every hop and the body) may take."""
 DEFAULT_MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SCHEMES = ("http", "https")
 
@@ -126,6 +128,7 @@ def download(
     timeout: float = DEFAULT_TIMEOUT,
     max_seconds: float = DEFAULT_MAX_SECONDS,
     max_redirects: int = DEFAULT_MAX_REDIRECTS,
+    redact: Callable[[str], str] | None = None,
 ) -> DownloadResult:
     """Stream ``url`` into ``dest`` under the policy of this module (see its docstring).
 
@@ -140,11 +143,39 @@ def download(
     :param timeout: seconds to wait for a connection, an answer or the next bytes of the body.
     :param max_seconds: seconds the whole download may take, however steadily bytes arrive.
     :param max_redirects: redirects followed before giving up.
+    :param redact: applied to every URL in a log line or an error (e.g. the connection's
+        :class:`~airflow_provider_reve._redact.Redactor`): a redirect may put a secret in a path.
     :raises ReveUnsafeURLError: the URL or a redirect is refused by the policy.
     :raises ReveDownloadTooLargeError: the body is larger than ``max_bytes``.
     :raises ReveDownloadError: any other failure: an HTTP error status, a timeout, a broken
         connection.
     """
+    scrub = redact or _unchanged
+    try:
+        return _fetch(
+            url, dest, allow_private_addresses, max_bytes, timeout, max_seconds, max_redirects, scrub
+        )
+    except ReveDownloadError as error:
+        failure = error
+    # One exit for every error message, however deep it was built; raised outside the ``except``
+    # so that the unscrubbed original rides along neither as cause nor as context.
+    raise type(failure)(scrub(str(failure)), url=scrub(failure.url), http_status=failure.http_status)
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def _fetch(
+    url: str,
+    dest: IO[bytes] | _SupportsWrite | _WritablePath,
+    allow_private_addresses: bool,
+    max_bytes: int,
+    timeout: float,
+    max_seconds: float,
+    max_redirects: int,
+    scrub: Callable[[str], str],
+) -> DownloadResult:
     deadline = time.monotonic() + max_seconds
     current = url
     previous_scheme: str | None = None
@@ -178,7 +209,9 @@ def download(
                     previous_scheme = parts.scheme
                     current = urljoin(current, location)
                     log.info(
-                        "Following redirect from %s to %s", redact_url(response.url), redact_url(current)
+                        "Following redirect from %s to %s",
+                        scrub(redact_url(response.url)),
+                        scrub(redact_url(current)),
                     )
                     continue
                 if response.status_code != 200:
@@ -317,7 +350,9 @@ def _media_type(response: requests.Response) -> str | None:
     value = response.headers.get("Content-Type")
     if not value:
         return None
-    return value.split(";", 1)[0].strip().lower() or None
+    media_type = value.split(";", 1)[0].strip().lower()
+    # Recorded in manifests, XCom and Asset extras: only a well-formed, short type.
+    return media_type if _MEDIA_TYPE.fullmatch(media_type) else None
 
 
 def _save(
@@ -335,6 +370,12 @@ def _save(
             f"{shown} announces {int(announced)} bytes, more than the limit of {max_bytes} (max_bytes)",
             url=shown,
         )
+    media_type = _media_type(response)
+    if media_type is not None and (media_type.startswith("text/") or media_type.endswith(("/json", "/xml"))):
+        # A CDN's "Access denied" page or a proxy's error page with a 200: not the file.
+        raise ReveDownloadError(
+            f"{shown} answered a {media_type} page instead of a media file", url=shown, http_status=None
+        )
     if not isinstance(dest, _WritablePath):
         written = _copy(response, dest, shown, max_bytes, deadline, max_seconds)
     else:
@@ -346,7 +387,7 @@ def _save(
             with contextlib.suppress(Exception):
                 dest.unlink()
             raise
-    return DownloadResult(bytes_written=written, content_type=_media_type(response))
+    return DownloadResult(bytes_written=written, content_type=media_type)
 
 
 def _copy(
@@ -373,6 +414,9 @@ def _copy(
         if failure is not None:
             raise ReveDownloadError(f"{failure} reading {shown} after {written} bytes", url=shown)
         if not chunk:
+            if written == 0:
+                # A 200 with nothing in it is no result file: fail like any broken transfer.
+                raise ReveDownloadError(f"{shown} answered an empty body instead of a media file", url=shown)
             return written
         written += len(chunk)
         if written > max_bytes:

@@ -16,7 +16,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_reve._storage import StoredResults, asset_uri
+from airflow.providers.common.compat.sdk import AirflowFailException
+
+from airflow_provider_reve._storage import (
+    StoredResults,
+    asset_uri,
+    prepare_destination,
+    resolve_destination,
+)
+from airflow_provider_reve.exceptions import ReveValidationError
 from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
@@ -35,6 +43,27 @@ ASSET_EXTRA_KEYS = (
     "destination",
     "manifest_path",
 )
+
+
+def check_max_bytes(value: Any, name: str) -> int:
+    """For ``__init__``: a positive ``int`` (a file larger than this is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (bytes), got {value!r}")
+    return value
+
+
+def check_download_to(download_to: Any, *, before: str) -> None:
+    """Fail now, clearly, when ``download_to`` (rendered) cannot take files.
+
+    Called before anything is paid for (the generate operator) or waited for (the sensor), so
+    that a typo does not surface an hour later, after a paid generation, with expiring URLs.
+    """
+    if download_to is None:
+        return
+    try:
+        prepare_destination(resolve_destination(download_to))
+    except ReveValidationError as error:
+        raise AirflowFailException(f"Invalid download_to ({before}): {error}") from error
 
 
 def finish(

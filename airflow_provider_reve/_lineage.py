@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 #: Key of the custom run facet (see :class:`~airflow_provider_reve._lineage_facets.ReveRunFacet`).
 RUN_FACET_NAME = "reve"
@@ -62,17 +62,18 @@ def dataset_location(path: str) -> tuple[str, str] | None:
     """
     if path.startswith("/"):
         return "file", path
-    try:
-        parts = urlsplit(path)
-    except ValueError:
+    scheme, sep, rest = path.partition("://")
+    if not sep or not scheme.isascii() or not scheme.replace("+", "").replace("-", "").isalnum():
         return None
-    if parts.scheme == "file":
-        return ("file", unquote(parts.path)) if parts.path.startswith("/") else None
-    bucket = parts.netloc.rpartition("@")[2]
-    key = parts.path.lstrip("/")
-    if not parts.scheme or not bucket or not key:
+    if scheme == "file":
+        local = unquote(rest)
+        return ("file", local) if local.startswith("/") else None
+    # Split by hand, not urlsplit: "#" and "?" in an object key are part of its name.
+    netloc, _, key = rest.partition("/")
+    bucket = netloc.rpartition("@")[2]
+    if not bucket or not key:
         return None
-    return f"{parts.scheme}://{bucket}", key
+    return f"{scheme}://{bucket}", key
 
 
 def output_locations(files: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int | None]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 MASK = "***"
 #: Shortest piece of a secret that is redacted wherever it appears. Shorter pieces are too likely
@@ -49,6 +50,15 @@ class Redactor:
             pieces.update(folded[i : i + size] for i in range(len(folded) - size + 1))
 
     def __call__(self, text: str) -> str:
+        if "%" in text:
+            # A URL may carry the key percent-encoded ("%73%6B%2D..."): judge the decoded form,
+            # and when it reveals a secret, return it decoded and scrubbed.
+            decoded = unquote(text)
+            if decoded != text and self._scrub(decoded) != decoded:
+                return self._scrub(decoded)
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
         text = _BEARER.sub(f"Bearer {MASK}", text)
         if not self._pieces:
             return text

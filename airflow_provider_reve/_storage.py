@@ -35,10 +35,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote
 
 from airflow_provider_reve._download import DEFAULT_MAX_BYTES, download
 from airflow_provider_reve._download import _check_url as check_url
+from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
@@ -69,6 +70,8 @@ EXTENSIONS = {
     "audio/mpeg": "mp3",
 }
 _OUTPUT_FORMATS = {"png": "png", "jpeg": "jpg", "jpg": "jpg", "webp": "webp", "mp4": "mp4"}
+# No type, or "some bytes": only then does the requested output_format name the file.
+_UNTYPED = frozenset({None, "application/octet-stream", "binary/octet-stream"})
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # The tail :func:`safe_stem` gives an id it had to change. An id that already ends so is
 # changed too, or "a-b-<digest of 'a/b'>" would take the name of "a/b".
@@ -121,13 +124,13 @@ def resolve_destination(value: Any) -> Destination:
 def _resolve(value: Any) -> Destination:
     if isinstance(value, os.PathLike) and getattr(value, "protocol", None) is None:
         # pathlib.Path, or any other os.PathLike (pytest's tmpdir...): a local folder.
-        return Destination(local=Path(os.fsdecode(os.fspath(value))).expanduser().absolute(), remote=None)
+        return Destination(local=_absolute(Path(os.fsdecode(os.fspath(value)))), remote=None)
     if isinstance(value, str):
         text = value.strip()
         if not text:
             raise ReveValidationError("download destination is empty")
         if "://" not in text:
-            return Destination(local=Path(text).expanduser().absolute(), remote=None)
+            return Destination(local=_absolute(Path(text)), remote=None)
         from airflow.sdk import ObjectStoragePath
 
         try:
@@ -153,6 +156,14 @@ def _resolve(value: Any) -> Destination:
     return Destination(local=None, remote=value)
 
 
+def _absolute(path: Path) -> Path:
+    path = path.expanduser()
+    if not path.is_absolute():
+        # The try that defers and the one that resumes may run in different working directories.
+        raise ReveValidationError(f"download destination must be an absolute path, got {str(path)!r}")
+    return path
+
+
 def asset_uri(path: str) -> str:
     """The Asset URI for a stored file: ``file:///abs/path`` locally, the object URI otherwise.
 
@@ -161,8 +172,11 @@ def asset_uri(path: str) -> str:
     ``Asset("s3://bucket/key")`` must see the event.
     """
     if "://" in path:
-        parts = urlsplit(path)
-        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        scheme, _, rest = path.partition("://")
+        netloc, slash, key = rest.partition("/")
+        # "#" and "?" in a key are part of the object's name: Airflow would drop a fragment
+        # and sort a query, merging different objects into one asset.
+        return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{quote(key, safe='/')}"
     return Path(path).absolute().as_uri()
 
 
@@ -178,6 +192,8 @@ def safe_stem(reve_task_id: str) -> str:
 def extension(content_type: str | None, output_format: str | None = None) -> str:
     if content_type in EXTENSIONS:
         return EXTENSIONS[content_type]
+    if content_type not in _UNTYPED:
+        return "bin"  # the server said what it is, and it is not a media type we know
     if isinstance(output_format, str) and output_format.lower() in _OUTPUT_FORMATS:
         return _OUTPUT_FORMATS[output_format.lower()]
     return "bin"
@@ -212,14 +228,22 @@ def store_results(
     output_format: str | None = None,
     retry_policy: RetryPolicy | None = None,
     logger: logging.Logger | Any = None,
+    hidden: Iterable[str | None] = (),
 ) -> StoredResults:
     """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
 
     :raises ReveDownloadError: a file could not be fetched (after retrying transient errors);
         files stored before it stay, complete, and a re-run skips them.
     :raises ReveValidationError: a task has not succeeded, or the destination is not usable.
+
+    ``hidden`` secrets (the API key) are scrubbed from every URL in a log line or error: a redirect
+    may put one in a path. Tasks listed twice are stored once. A file that an earlier run's
+    manifest here records, and that is still there with its size and sha256, is reused
+    without downloading: its URL may have expired since.
     """
     logger = logger or log
+    redact = Redactor(hidden)
+    tasks = list({task.task_id: task for task in tasks}.values())
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         # Checked before any request: a templated "1000" would otherwise fail mid-download.
         raise ReveValidationError(f"max_bytes must be a positive integer, got {max_bytes!r}")
@@ -237,16 +261,21 @@ def store_results(
                 check_url(url, None)
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
-    if where.local is not None:
-        where.local.mkdir(parents=True, exist_ok=True)
+    prepare_destination(where)
+    earlier = _earlier_entries(where, tasks)
     files: list[dict[str, Any]] = []
     started = time.monotonic()
     for task in tasks:
         for index, url in enumerate(task.result_urls):
+            kept = earlier.get((task.task_id, index))
+            if kept is not None:
+                logger.info("%s is already stored (an earlier manifest, same size and sha256)", kept["path"])
+                files.append({**kept, "url": url})
+                continue
 
             def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
                 return _store_one(
-                    task, index, url, where, allow_private_addresses, max_bytes, output_format, logger
+                    task, index, url, where, allow_private_addresses, max_bytes, output_format, logger, redact
                 )
 
             entry = call_with_retries(
@@ -278,6 +307,32 @@ def _store_one(
     max_bytes: int,
     output_format: str | None,
     logger: Any,
+    redact: Callable[[str], str],
+) -> dict[str, Any]:
+    try:
+        return _store_one_file(
+            task, index, url, where, allow_private_addresses, max_bytes, output_format, logger, redact
+        )
+    except OSError as error:
+        # Disk full, permissions, a vanished folder: the storage's fault, not the URL's. Retried
+        # by the policy (it may pass), then reported with the path, never the URL.
+        raise ReveDownloadError(
+            f"storing result {index} of Reve task {task.task_id} at {where} failed: "
+            f"{type(error).__name__}: {error.strerror or error}",
+            url="",
+        ) from None
+
+
+def _store_one_file(
+    task: ReveTask,
+    index: int,
+    url: str,
+    where: Destination,
+    allow_private_addresses: bool,
+    max_bytes: int,
+    output_format: str | None,
+    logger: Any,
+    redact: Callable[[str], str],
 ) -> dict[str, Any]:
     fd, spool = _open_spool(where.local)
     try:
@@ -285,7 +340,11 @@ def _store_one(
             writer = _HashingWriter(fh)
             try:
                 result = download(
-                    url, writer, allow_private_addresses=allow_private_addresses, max_bytes=max_bytes
+                    url,
+                    writer,
+                    allow_private_addresses=allow_private_addresses,
+                    max_bytes=max_bytes,
+                    redact=redact,
                 )
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
@@ -314,6 +373,51 @@ def _store_one(
     finally:
         with contextlib.suppress(FileNotFoundError):
             spool.unlink()
+
+
+def prepare_destination(where: Destination) -> None:
+    """Create a local destination and prove a file can be written there (before paying)."""
+    if where.local is None:
+        return
+    try:
+        where.local.mkdir(parents=True, exist_ok=True)
+        fd, probe = _open_spool(where.local)
+        os.close(fd)
+        probe.unlink()
+    except OSError as error:
+        raise ReveValidationError(
+            f"download destination {where.local} is not writable: {type(error).__name__}: "
+            f"{error.strerror or error}"
+        ) from None
+
+
+def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Entries of this destination's manifest for ``tasks`` whose files are still intact."""
+    manifest = where.target(manifest_name(task.task_id for task in tasks))
+    try:
+        with manifest.open("rb") as fh:
+            entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    wanted = {(task.task_id, index): task for task in tasks for index in range(len(task.result_urls))}
+    kept: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            key = (entry["reve_task_id"], entry["index"])
+            name = str(entry["path"]).rsplit("/", 1)[-1]
+        except (KeyError, TypeError):
+            continue
+        # Only a file with the name we give it, inside this destination, counts: a manifest is
+        # a file anyone with access to the folder may have edited.
+        ours = key in wanted and name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
+        target = where.target(name) if ours else None
+        if (
+            target is not None
+            and where.shown(target) == entry["path"]
+            and _same_file(target, entry.get("bytes"), entry.get("sha256"))
+        ):
+            kept[key] = entry
+    return kept
 
 
 def _open_spool(folder: Path | None) -> tuple[int, Path]:

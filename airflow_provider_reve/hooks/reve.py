@@ -291,6 +291,7 @@ class ReveHook(HttpHook):
             output_format=output_format,
             retry_policy=self.retry_policy,
             logger=logger,
+            hidden=[self.settings.api_key],
         )
 
     def base_url_is_private(self) -> bool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_reve._finish import finish
+from airflow_provider_reve._finish import check_max_bytes, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error
 from airflow_provider_reve._rendered import parse_rendered_literal
@@ -72,7 +72,7 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
         self.results = results
         self.destination = destination
         self.reve_conn_id = reve_conn_id
-        self.max_bytes = max_bytes
+        self.max_bytes = check_max_bytes(max_bytes, "max_bytes")
         self.allow_private_addresses = allow_private_addresses
         self.output_format = output_format
 

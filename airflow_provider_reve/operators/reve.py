@@ -24,7 +24,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._finish import finish
+from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
@@ -40,7 +40,7 @@ from airflow_provider_reve._reattach import (
 )
 from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve._retry import too_many_tasks_wait
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, resolve_destination
+from airflow_provider_reve._storage import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -193,8 +193,14 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self.on_ambiguous_submit = on_ambiguous_submit
         self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
         self.max_credits = max_credits
+        if download_to is not None and not wait_for_completion:
+            raise ValueError(
+                "download_to needs wait_for_completion=True: an unfinished task has no files. Store "
+                "them where the task is waited for (ReveTaskSensor(download_to=...)) or with "
+                "ReveDownloadResultsOperator."
+            )
         self.download_to = download_to
-        self.max_download_bytes = max_download_bytes
+        self.max_download_bytes = check_max_bytes(max_download_bytes, "max_download_bytes")
         self.allow_private_addresses = allow_private_addresses
 
     @cached_property
@@ -268,7 +274,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
-        self._check_download_to()
+        check_download_to(self.download_to, before="nothing was submitted")
         task = self._reattach(memory, fingerprint)
         if task is None:
             self._check_budget(params)
@@ -296,14 +302,6 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
         return params
-
-    def _check_download_to(self) -> None:
-        if self.download_to is None:
-            return
-        try:
-            resolve_destination(self.download_to)
-        except ReveValidationError as error:
-            raise AirflowFailException(f"Invalid download_to (nothing was submitted): {error}") from error
 
     def _check_budget(self, params: dict[str, Any]) -> None:
         if self.max_credits is None:

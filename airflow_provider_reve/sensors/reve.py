@@ -20,7 +20,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._finish import finish
+from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
@@ -89,7 +89,7 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.download_to = download_to
-        self.max_download_bytes = max_download_bytes
+        self.max_download_bytes = check_max_bytes(max_download_bytes, "max_download_bytes")
         self.allow_private_addresses = allow_private_addresses
         self.reve_task_id = reve_task_id
         self.reve_conn_id = reve_conn_id
@@ -112,7 +112,11 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         model = value.get("model") if isinstance(value, dict) else None
         return model if isinstance(model, str) else None
 
-    # ``execute`` is BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable
+    def execute(self, context: Context) -> Any:
+        check_download_to(self.download_to, before="checked before waiting")
+        return super().execute(context)
+
+    # ``execute`` is otherwise BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable
     # sensor makes before deferring included -- goes through its soft_fail / never_fail /
     # silent_fail handling, so a bad ``reve_task_id`` is skipped with ``soft_fail`` in both modes.
 
