@@ -40,6 +40,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import requests
 import urllib3
 
+from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import (
     ReveDownloadError,
     ReveDownloadTooLargeError,
@@ -58,8 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 1024**3
-"""1 GiB: far above any image or short video the API returns, far below a full disk."""
 DEFAULT_TIMEOUT = 30.0
 """Seconds to wait for a connection or for the next bytes of an answer."""
 DEFAULT_MAX_SECONDS = 900.0

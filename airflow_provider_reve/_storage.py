@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from airflow_provider_reve._download import DEFAULT_MAX_BYTES, download
-from airflow_provider_reve._download import _check_url as check_url
+from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
@@ -241,6 +240,8 @@ def store_results(
     manifest here records, and that is still there with its size and sha256, is reused
     without downloading: its URL may have expired since.
     """
+    from airflow_provider_reve._download import _check_url  # requests: only when a task runs
+
     logger = logger or log
     redact = Redactor(hidden)
     tasks = list({task.task_id: task for task in tasks}.values())
@@ -258,7 +259,7 @@ def store_results(
             # Every URL's scheme, host and userinfo are checked before the first download, so a
             # file:// among them fails the call before any byte of any file is written.
             try:
-                check_url(url, None)
+                _check_url(url, None)
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
     prepare_destination(where)
@@ -334,6 +335,8 @@ def _store_one_file(
     logger: Any,
     redact: Callable[[str], str],
 ) -> dict[str, Any]:
+    from airflow_provider_reve._download import download
+
     fd, spool = _open_spool(where.local)
     try:
         with os.fdopen(fd, "wb") as fh:

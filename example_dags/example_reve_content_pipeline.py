@@ -1,140 +1,200 @@
-"""A scheduled content pipeline with Reve: generate, wait without holding a worker, hand files on.
+"""### A daily content pipeline: generate, store, make a contact sheet, publish it
 
-* ``hero_image``: an asynchronous model, waited for in the triggerer (``deferrable=True``).
-* ``thumbnails``: ``reve-2.0`` answers synchronously, so the operator returns at once, never defers.
-* ``submit_video`` + ``wait_for_video``: submit without waiting, then a deferrable sensor waits.
-* ``social_variants``: one mapped task per prompt (``.partial().expand()``).
-* ``collect_files``: downloads every result URL into a local folder and returns the paths.
+Every day this DAG turns the prompts in `prompts/content_pipeline.txt` (shipped beside this file)
+into images, stores them, and lays them out on one contact sheet with their prompts as captions.
+A second DAG, `example_reve_publish_contact_sheet`, is scheduled on the contact sheet's Asset:
+it runs whenever a new sheet lands, never on a clock.
 
-Prompts use ``{{ run_id }}``, which every run has (a run triggered from the UI/CLI/API without
-a logical date has no ``{{ ds }}``). Results are written below ``$REVE_EXAMPLE_OUTPUT_DIR``
-(default: ``<tmp>/reve-example-output``), in one folder per run named by the run's date and a
-digest of its id (a run id may be ``..`` or contain ``/``, so it is never a path).
+* **`generate`**: one mapped task per prompt (`.partial().expand()`), `deferrable=True`, so every
+  generation waits in the triggerer, not in a worker slot. `download_to` stores the results the
+  moment they are ready (result URLs are short-lived CDN links). Each instance's XCom is the Reve
+  task plus `files`, its manifest (path, bytes, sha256, content type, credits per file); its
+  event on the `reve_example_images` Asset carries the Reve task id, model and credits.
+* **`contact_sheet`**: opens every stored image with Pillow and writes `contact_sheet.png`
+  beside them; its event on the `reve_example_contact_sheet` Asset says where the sheet is.
 
-Downloads are http(s) only, capped in size and time, and follow redirects only to public
-addresses: a result URL is untrusted input. Loopback and private addresses are allowed only
-when the ``reve_default`` connection itself points at loopback (the offline fake); delete that
-exception in production.
+Prompts are Jinja templates rendered per run with values every run has (`dag_run.run_after`,
+`run_id`), never `ds`: a run triggered by hand may have no logical date.
+
+Files go to `$REVE_EXAMPLE_OUTPUT_DIR` (a local folder or any object-store URL Airflow reaches,
+e.g. `s3://bucket/reve`; default `<tmp>/reve-example-output`), one folder per run named by when
+the run was due and a digest of its id: a run id is chosen by whoever triggers the run and may be
+`..` or contain `/`, so it never becomes a path.
+
+Needs Pillow in the workers (`pip install "airflow-provider-reve[examples]"`); parsing does not.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
+import io
 import os
 import tempfile
-from datetime import datetime, timedelta, timezone
+import textwrap
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Asset, ObjectStoragePath, task
 
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
-from airflow_provider_reve.sensors.reve import ReveTaskSensor
 
-SOCIAL_PROMPTS = [
-    "A lighthouse at dawn, flat illustration, square crop",
-    "A lighthouse at dusk, watercolour, square crop",
-]
-SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4"}
+PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "content_pipeline.txt"
+TILE = 256  # pixels per image on the contact sheet
+CAPTION_LINES = 3
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine: ``localhost``, ``127.0.0.0/8`` or ``::1``."""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def output_root() -> str:
+    """``$REVE_EXAMPLE_OUTPUT_DIR`` as a URL: object-store URLs as they are, folders as ``file://``."""
+    configured = os.environ.get("REVE_EXAMPLE_OUTPUT_DIR", "").strip()
+    if "://" in configured:
+        return configured.rstrip("/")
+    folder = Path(configured or Path(tempfile.gettempdir(), "reve-example-output")).absolute()
+    return f"file://{folder}"
 
+
+def read_prompts(path: Path = PROMPTS_FILE) -> list[str]:
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def run_folder(dag_run: Any) -> str:
+    """``20260301T000000-1a2b3c4d5e6f``: when the run was due, then a digest of its id."""
+    digest = hashlib.sha256(dag_run.run_id.encode()).hexdigest()[:12]
+    return f"{dag_run.run_after:%Y%m%dT%H%M%S}-{digest}"
+
+
+def shown(path: ObjectStoragePath) -> str:
+    """A local file as a plain absolute path (as in the manifest), anything else as its URL."""
+    return path.path if path.protocol in ("", "file", "local") else str(path)
+
+
+ROOT = output_root()
+PROMPTS = read_prompts()
+# Rendered per task instance (see user_defined_macros below): the same folder for every
+# instance and every retry of a run, a different one for every run.
+RUN_FOLDER = ObjectStoragePath(ROOT + "/{{ run_folder(dag_run) }}")
+IMAGES = Asset(name="reve_example_images", uri=f"{ROOT}/images")
+CONTACT_SHEET = Asset(name="reve_example_contact_sheet", uri=f"{ROOT}/contact-sheets")
 
 with DAG(
     dag_id="example_reve_content_pipeline",
-    schedule=None,
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["reve", "example"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    user_defined_macros={"run_folder": run_folder},
+    doc_md=__doc__,
+):
+    generate = ReveGenerateOperator.partial(
+        task_id="generate",
+        model="seedream-5",
+        aspect_ratio="1:1",
+        deferrable=True,
+        poll_interval=2,
+        max_credits=25,  # one seedream-5 image; refused before submitting if it would cost more
+        download_to=RUN_FOLDER,
+        outlets=[IMAGES],
+    ).expand(prompt=PROMPTS)
+
+    @task(outlets=[CONTACT_SHEET])
+    def contact_sheet(
+        generated: list[dict[str, Any]],
+        prompts: list[str],
+        folder: ObjectStoragePath,
+        run_id: str | None = None,
+        outlet_events: Any = None,
+    ) -> dict[str, Any]:
+        """Lay every stored image out on one sheet, captioned with its (rendered) prompt."""
+        from PIL import Image, ImageDraw, ImageFont, ImageOps  # only the workers need Pillow
+
+        results = list(generated)  # ordered by map index, like the prompts
+        captions = prompts if len(prompts) == len(results) else [r["task_id"] for r in results]
+        pairs = zip(results, captions, strict=True)
+        images = [(entry, caption) for result, caption in pairs for entry in result["files"]]
+        if not images:
+            raise ValueError("no stored images to put on a contact sheet")
+
+        columns = min(4, len(images))
+        rows = -(-len(images) // columns)
+        pad, line = 16, 16
+        cell = (TILE + pad, TILE + 6 + CAPTION_LINES * line + pad)
+        sheet = Image.new("RGB", (pad + columns * cell[0], pad + rows * cell[1]), "white")
+        draw = ImageDraw.Draw(sheet)
+        font = ImageFont.load_default(size=13)
+        for number, (entry, caption) in enumerate(images):
+            x, y = pad + (number % columns) * cell[0], pad + (number // columns) * cell[1]
+            # The folder (with its connection), plus our own file name from the manifest.
+            with (folder / entry["path"].rsplit("/", 1)[-1]).open("rb") as fh, Image.open(fh) as image:
+                thumb = ImageOps.contain(image.convert("RGB"), (TILE, TILE))
+            sheet.paste(thumb, (x + (TILE - thumb.width) // 2, y + (TILE - thumb.height) // 2))
+            for row, text in enumerate(textwrap.wrap(caption, 36)[:CAPTION_LINES]):
+                draw.text((x, y + TILE + 6 + row * line), text, fill="black", font=font)
+
+        # Encoded in memory, then written in one go: no half-written sheet for a reader to find.
+        encoded = io.BytesIO()
+        sheet.save(encoded, format="PNG")
+        target = folder / "contact_sheet.png"
+        with target.open("wb") as out:
+            out.write(encoded.getvalue())
+
+        credits = [r["consumed_credits"] for r in results if r.get("consumed_credits") is not None]
+        summary = {
+            "path": shown(target),
+            "bytes": len(encoded.getvalue()),
+            "image_count": len(images),
+            "reve_task_ids": [r["task_id"] for r in results],
+            "consumed_credits": sum(credits) if credits else None,
+            "run_id": run_id,
+        }
+        # The Asset event's extra: what a DAG scheduled on the sheet reads to find it.
+        outlet_events[CONTACT_SHEET].extra = summary
+        return summary
+
+    contact_sheet(generate.output, PROMPTS, RUN_FOLDER)
+
+
+with DAG(
+    dag_id="example_reve_publish_contact_sheet",
+    schedule=[CONTACT_SHEET],  # data-aware: runs when a new contact sheet lands
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["reve", "example"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
-    doc_md=__doc__,
+    doc_md="""### Publish each new contact sheet
+
+Scheduled on the `reve_example_contact_sheet` Asset that `example_reve_content_pipeline`
+updates: runs once per new sheet. Reads the sheet's location from the Asset event's `extra`
+and writes a web-sized JPEG preview beside it. A run triggered by hand has no events and
+publishes nothing.
+""",
 ):
-    hero_image = ReveGenerateOperator(
-        task_id="hero_image",
-        model="seedream-5",
-        prompt="A lighthouse on a cliff at golden hour, cinematic ({{ run_id }})",
-        aspect_ratio="16:9",
-        deferrable=True,
-        poll_interval=2,
-        max_credits=100,
-    )
-
-    thumbnails = ReveGenerateOperator(
-        task_id="thumbnails",
-        model="reve-2.0",
-        prompt="A tiny lighthouse icon, flat design ({{ run_id }})",
-        num_images=2,
-        aspect_ratio="1:1",
-        deferrable=True,  # reve-2.0 answers at once: this task never actually defers
-    )
-
-    submit_video = ReveGenerateOperator(
-        task_id="submit_video",
-        model="kling26-text-to-video",
-        prompt="Waves crashing below a lighthouse, slow pan ({{ run_id }})",
-        duration=5,
-        wait_for_completion=False,
-    )
-
-    wait_for_video = ReveTaskSensor(
-        task_id="wait_for_video",
-        reve_task_id=submit_video.output,
-        deferrable=True,
-        poke_interval=2,
-        timeout=600,
-    )
-
-    social_variants = ReveGenerateOperator.partial(
-        task_id="social_variants",
-        model="nano-banana",
-        deferrable=True,
-        poll_interval=2,
-    ).expand(prompt=SOCIAL_PROMPTS)
 
     @task
-    def collect_files(
-        hero: dict[str, Any],
-        thumbs: dict[str, Any],
-        video: dict[str, Any],
-        variants: list[dict[str, Any]],
-        run_id: str | None = None,
-        dag_run: Any = None,
-    ) -> dict[str, Any]:
-        """Download every result into one folder per run; return where the files are."""
-        # Until ReveDownloadResultsOperator lands, the provider's safe fetch does the downloading.
-        from airflow_provider_reve._download import download
-        from airflow_provider_reve.hooks.reve import ReveHook
+    def publish(triggering_asset_events: Any = None) -> list[dict[str, Any]]:
+        from PIL import Image, ImageOps
 
-        base = Path(
-            os.environ.get("REVE_EXAMPLE_OUTPUT_DIR") or Path(tempfile.gettempdir(), "reve-example-output")
-        )
-        run_after = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
-        digest = hashlib.sha256((run_id or "").encode()).hexdigest()[:12]
-        out_dir = base / f"{run_after:%Y%m%dT%H%M%S}-{digest}"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        published = []
+        for event in triggering_asset_events[CONTACT_SHEET] if triggering_asset_events else []:
+            # A URL in the extra names no connection: pass conn_id= here if yours is not the default.
+            sheet = ObjectStoragePath(event.extra["path"])
+            with sheet.open("rb") as fh, Image.open(fh) as image:
+                preview = ImageOps.contain(image.convert("RGB"), (800, 800))
+            encoded = io.BytesIO()
+            preview.save(encoded, format="JPEG", quality=85)
+            target = sheet.parent / "contact_sheet_preview.jpg"
+            with target.open("wb") as out:
+                out.write(encoded.getvalue())
+            published.append(
+                {
+                    "contact_sheet": event.extra["path"],
+                    "preview": shown(target),
+                    "bytes": len(encoded.getvalue()),
+                    "size": list(preview.size),
+                    "source_run_id": event.source_run_id,
+                }
+            )
+        return published
 
-        # The offline fake serves results from loopback; a real API never should.
-        api_on_loopback = is_loopback(urlsplit(ReveHook().settings.base_url).hostname or "")
-        files = []
-        results = {"hero": [hero], "thumbnail": [thumbs], "video": [video], "social": list(variants)}
-        for label, tasks in results.items():
-            for task_number, result in enumerate(tasks):
-                for url_number, url in enumerate(result["result_urls"]):
-                    # Named by us; the suffix follows the Content-Type, never the URL.
-                    partial = out_dir / f"{label}-{task_number}-{url_number}.part"
-                    fetched = download(url, partial, allow_private_addresses=api_on_loopback)
-                    path = partial.with_suffix(SUFFIXES.get(fetched.content_type or "", ".bin"))
-                    partial.replace(path)
-                    files.append(str(path))
-        credits = sum((r.get("consumed_credits") or 0) for rs in results.values() for r in rs)
-        return {"output_dir": str(out_dir), "files": files, "credits": credits}
-
-    collect_files(hero_image.output, thumbnails.output, wait_for_video.output, social_variants.output)
+    publish()

@@ -19,6 +19,7 @@ os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME 
 from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
+from reve_test_helpers import REAL_SETTLE_TIME  # noqa: E402 -- imported before any test patches it
 
 
 @pytest.fixture(scope="session")
@@ -51,5 +52,5 @@ def no_defer_settle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     ``triggers.reve.settle_time``); in-process runs have no such race and would only get
     slower. The real delay is covered by its own tests and by every E2E run.
     """
-    monkeypatch.setattr("airflow_provider_reve.operators.reve.settle_time", lambda: 0.0)
-    monkeypatch.setattr("airflow_provider_reve.sensors.reve.settle_time", lambda: 0.0)
+    assert REAL_SETTLE_TIME.__name__ == "settle_time"  # kept for the tests of the real delay
+    monkeypatch.setattr("airflow_provider_reve.triggers.reve.settle_time", lambda: 0.0)

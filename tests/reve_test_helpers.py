@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_reve.testing import DEFAULT_API_KEY
+from airflow_provider_reve.triggers.reve import settle_time
+
+#: The real one: conftest replaces it for every test (so in-process triggers need not wait).
+REAL_SETTLE_TIME = settle_time
 
 
 def return_values(dag_run: Any, task_id: str) -> dict[int, Any]:

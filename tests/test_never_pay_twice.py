@@ -616,7 +616,7 @@ def test_a_too_many_tasks_timer_never_fires_before_the_deferring_worker_has_sett
 ) -> None:
     # The triggerer must not resume a task before the executor recorded the deferring worker's
     # exit (Airflow 3.3's defer/executor-event race); here "settled" is 40 s away.
-    monkeypatch.setattr("airflow_provider_reve.operators.reve.settle_time", lambda: time.time() + 40)
+    monkeypatch.setattr("airflow_provider_reve.triggers.reve.settle_time", lambda: time.time() + 40)
     server.add_fault(kind="error", endpoint="generate", code="TOO_MANY_TASKS")
 
     with pytest.raises(TaskDeferred) as deferred:

@@ -8,20 +8,27 @@ operator's entry points directly with a minimal context holding a ``task_state_s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import json
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, TaskDeferred
-from reve_test_helpers import fire, return_values
+from reve_test_helpers import fire, return_values, use_connection
 
+from airflow_provider_reve._retry import RetryPolicy
 from airflow_provider_reve.decorators.reve import REQUEST_STATE_KEY, _ReveDecoratedOperator, reve_task
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
 from airflow_provider_reve.testing import FakeReveServer
 
 TEST_DAGS = Path(__file__).resolve().parent / "dags_task_decorator"
@@ -53,17 +60,17 @@ class StateStore:
 class TaskInstance:
     """What the operator reads from ``context["ti"]``: the try, the run of tries, its own XComs."""
 
-    def __init__(self, try_number: int) -> None:
+    def __init__(self, try_number: int, max_tries: int) -> None:
         self.try_number = try_number
-        self.max_tries = 3
+        self.max_tries = max_tries  # what a retry leaves alone and a clear raises
         self.xcoms: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[key] = value
 
 
-def context(store: StateStore, try_number: int = 1) -> dict[str, Any]:
-    return {"task_state_store": store, "ti": TaskInstance(try_number)}
+def context(store: StateStore, try_number: int = 1, max_tries: int = 3) -> dict[str, Any]:
+    return {"task_state_store": store, "ti": TaskInstance(try_number, max_tries)}
 
 
 class Generation:
@@ -302,6 +309,47 @@ def test_an_unusable_return_value_fails_for_good_naming_it_and_nothing_is_submit
     assert REQUEST_STATE_KEY not in store.values  # nothing kept for a resume that cannot come
 
 
+# Every argument of the operator that is not a request field: one added later is covered too.
+OPERATOR_ARGUMENTS = sorted(
+    name
+    for name in inspect.signature(ReveGenerateOperator.__init__).parameters
+    if name not in {"self", "kwargs", "model", "extra_params", *REQUEST_FIELDS}  # those two: above
+)
+
+
+@pytest.mark.parametrize("key", OPERATOR_ARGUMENTS)
+def test_an_operator_argument_in_the_returned_dict_is_refused_before_any_paid_call_naming_the_decorator(
+    server, tmp_path, key
+):
+    # Sent on, it would reach the paid API as a request field and be ignored as an option: a
+    # download_to that stores nothing, a max_credits that caps nothing.
+    values = {"download_to": str(tmp_path), "deferrable": True, "timeout": 5, "max_credits": 1}
+    generation = Generation(always({"prompt": PROMPT, key: values.get(key, "x")}))
+    store = StateStore()
+
+    with pytest.raises(AirflowFailException) as raised:
+        generation.operator().execute(context(store))
+
+    message = str(raised.value)
+    assert repr(key) in message
+    assert f"@task.reve({key}=...)" in message
+    assert f".override({key}=...)" in message
+    assert "nothing was submitted" in message
+    assert server.requests_to("generate") == 0
+    assert server.ledger == []
+    assert REQUEST_STATE_KEY not in store.values
+
+
+def test_every_operator_argument_returned_at_once_is_named_in_one_refusal(server, tmp_path):
+    returned = {"prompt": PROMPT, "download_to": str(tmp_path), "deferrable": True, "timeout": 5}
+    generation = Generation(always(returned))
+
+    with pytest.raises(AirflowFailException, match="'deferrable', 'download_to', 'timeout'"):
+        generation.operator().execute(context(StateStore()))
+
+    assert server.requests_to("generate") == 0
+
+
 def test_the_returned_dict_overrides_the_decorators_extra_params_key_by_key(server):
     generation = Generation(
         always({"prompt": PROMPT, "style_tag": "from-function"}),
@@ -372,7 +420,14 @@ def test_download_to_stores_the_files_when_a_new_process_finishes_the_deferred_t
     "kept",
     [
         pytest.param(None, id="nothing kept"),
-        pytest.param({"try": 1, "request": {"prompt": "an earlier try's prompt"}}, id="an earlier try's"),
+        pytest.param(
+            {"run": 2, "try": 1, "request": {"prompt": "the prompt of the run before a clear"}},
+            id="an earlier run of tries'",
+        ),
+        pytest.param(
+            {"try": 1, "request": {"prompt": "an earlier try's prompt"}},
+            id="an earlier try's, run not recorded",
+        ),
     ],
 )
 @pytest.mark.parametrize(
@@ -390,7 +445,7 @@ def test_download_to_stores_the_files_when_a_new_process_finishes_the_deferred_t
         ),
     ],
 )
-def test_a_resume_without_this_trys_request_submits_nothing_and_leaves_it_to_a_retry(
+def test_a_resume_without_this_runs_request_submits_nothing_and_leaves_it_to_a_retry(
     server, kept, method, kwargs
 ):
     store = StateStore()
@@ -406,9 +461,13 @@ def test_a_resume_without_this_trys_request_submits_nothing_and_leaves_it_to_a_r
     assert server.requests_to("generate") == 0
 
 
-def test_a_retry_whose_function_returns_the_same_request_re_attaches_instead_of_paying_again(server):
+def test_a_deferred_retry_re_attaches_with_the_first_trys_request_until_a_clear_calls_the_function_afresh(
+    server,
+):
+    # The function is not deterministic (a timestamp, a random seed): called again, it would
+    # return a request that no longer matches the task the first try paid for.
     server.set_async_seconds(60)
-    generation = Generation(always(PROMPT), deferrable=True)
+    generation = Generation(lambda call: f"{PROMPT}, take {call}", deferrable=True)
     store = StateStore()
     with pytest.raises(TaskDeferred) as first:
         generation.operator().execute(context(store, try_number=1))
@@ -416,24 +475,136 @@ def test_a_retry_whose_function_returns_the_same_request_re_attaches_instead_of_
     with pytest.raises(TaskDeferred) as retry:
         generation.operator().execute(context(store, try_number=2))
 
-    assert generation.calls == 2  # a retry is a new try: the function runs again
+    assert generation.calls == 1  # the retry sent what try 1's call returned
     assert server.submissions == 1
-    assert retry.value.kwargs == first.value.kwargs == {"reve_task_id": next(iter(server.tasks))}
+    (paid,) = server.tasks
+    assert retry.value.kwargs == first.value.kwargs == {"reve_task_id": paid}
+    # The retry's wait resumes in yet another process, with the same request.
+    server.finish_task(paid)
+    result = generation.operator().resume_execution(
+        retry.value.method_name,
+        {**(retry.value.kwargs or {}), "event": fire(retry.value.trigger)},
+        context(store, try_number=2),
+    )
+    assert result["task_id"] == paid
+    assert result["status"] == "SUCCESS"
+    assert generation.calls == 1
 
+    # A clear raises max_tries: a new run of tries, which asks the function again.
+    with pytest.raises(TaskDeferred) as cleared:
+        generation.operator().execute(context(store, try_number=3, max_tries=5))
 
-def test_a_retry_whose_function_returns_another_request_pays_for_a_new_task(server):
-    # Documented: a non-deterministic function defeats re-attaching.
-    server.set_async_seconds(60)
-    generation = Generation(lambda call: f"{PROMPT}, take {call}", deferrable=True)
-    store = StateStore()
-    with pytest.raises(TaskDeferred):
-        generation.operator().execute(context(store, try_number=1))
-
-    with pytest.raises(TaskDeferred):
-        generation.operator().execute(context(store, try_number=2))
-
+    assert generation.calls == 2
     assert server.submissions == 2
+    assert cleared.value.kwargs != first.value.kwargs
     assert [task["params"]["prompt"] for task in server.tasks.values()] == [
         f"{PROMPT}, take 1",
         f"{PROMPT}, take 2",
     ]
+
+
+class FlakyCdn:
+    """The loopback host of the fake's result URLs: answers 503 while ``down``, else relays the
+    fake's own file (over HTTP). ``hits`` counts the requests it got."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.upstream = ""
+        self.hits = 0
+        cdn = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                cdn.hits += 1
+                if cdn.down:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                with urllib.request.urlopen(cdn.upstream + self.path, timeout=10) as answer:
+                    body, content_type = answer.read(), answer.headers["Content-Type"]
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def flaky_cdn() -> Iterator[FlakyCdn]:
+    cdn = FlakyCdn()
+    yield cdn
+    cdn.close()
+
+
+def test_a_retry_after_a_failed_download_stores_the_paid_files_without_calling_the_function_or_paying_again(
+    flaky_cdn, monkeypatch, tmp_path
+):
+    with FakeReveServer(public_url=flaky_cdn.base) as server:
+        flaky_cdn.upstream = server.url
+        server.set_async_seconds(0.1)
+        use_connection(monkeypatch, server.url)
+        generation = Generation(
+            lambda call: {"prompt": f"{PROMPT}, take {call}", "output_format": "webp"},
+            download_to=str(tmp_path),
+        )
+        store = StateStore()
+
+        def operator() -> _ReveDecoratedOperator:
+            op = generation.operator()
+            op.hook.retry_policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
+            return op
+
+        with pytest.raises(AirflowException) as failed:
+            operator().execute(context(store, try_number=1))
+        assert not isinstance(failed.value, AirflowFailException)  # transient: Airflow retries
+        assert flaky_cdn.hits >= 1  # the CDN was asked, and was down
+        assert server.submissions == 1
+
+        flaky_cdn.down = False
+        result = operator().execute(context(store, try_number=2))
+
+        assert generation.calls == 1
+        assert server.submissions == 1
+        assert [entry["reason"] for entry in server.ledger] == ["charge"]
+        (served,) = server.tasks.values()
+        assert served["params"] == {"prompt": f"{PROMPT}, take 1", "output_format": "webp"}
+        assert result["task_id"] == served["task_id"]
+        (stored,) = result["files"]
+        assert Path(stored["path"]).parent == tmp_path
+        assert hashlib.sha256(Path(stored["path"]).read_bytes()).hexdigest() == stored["sha256"]
+
+
+class BrokenStore(StateStore):
+    def set(self, key: str, value: Any) -> None:
+        raise ConnectionError("the API server is away")
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["polling", "deferrable"])
+def test_a_request_that_cannot_be_kept_for_a_retry_is_not_submitted_and_the_try_is_retried(
+    server, deferrable
+):
+    # Submitted anyway, a retry would call the function again and might pay for a second task.
+    generation = Generation(always(PROMPT), deferrable=deferrable)
+
+    with pytest.raises(AirflowException, match="Could not keep the request") as raised:
+        generation.operator().execute(context(BrokenStore()))
+
+    assert not isinstance(raised.value, AirflowFailException)
+    assert "nothing was submitted" in str(raised.value)
+    assert server.requests_to("generate") == 0

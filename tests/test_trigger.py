@@ -295,11 +295,12 @@ async def test_a_trigger_rebuilt_after_its_deadline_does_not_start_a_new_wait(se
 def test_a_deferring_operator_keeps_its_trigger_from_firing_before_the_worker_exit_is_recorded(
     server, monkeypatch
 ):
-    from airflow_provider_reve.operators import reve as operator_module
+    from reve_test_helpers import REAL_SETTLE_TIME
+
     from airflow_provider_reve.operators.reve import ReveGenerateOperator
     from airflow_provider_reve.triggers import reve as trigger_module
 
-    monkeypatch.setattr(operator_module, "settle_time", trigger_module.settle_time)
+    monkeypatch.setattr(trigger_module, "settle_time", REAL_SETTLE_TIME)
     monkeypatch.setenv("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "5")
     started = time.time()
     with pytest.raises(TaskDeferred) as deferred:

@@ -2,18 +2,26 @@
 
 The function's return value is the request: a ``str`` is the prompt; a dict holds request fields
 (``prompt``, ``image_urls``, ``aspect_ratio``, ``num_images``, ``output_format``, ``resolution``,
-``duration``, ``generate_audio``), any other key goes to ``extra_params``. Everything after that
-is the operator's own flow (validation before any paid call, re-attach, deferral, XCom shape).
+``duration``, ``generate_audio``), any other key goes to ``extra_params``, except the operator's
+own arguments (``download_to``, ``timeout``, ...), which are refused: they are the task's options,
+and sent as request fields they would be silently ignored as options. Everything after that is
+the operator's own flow (validation before any paid call, re-attach, deferral, XCom shape).
 
-The function runs once per try, in ``execute()``. A deferred task resumes in a new process
-(``execute_complete`` / ``execute_after_backoff``), where the function must not run again and the
-fields it returned are gone: they are kept in ``task_state_store`` before anything is submitted
-and read back on resume. A retry is a new try: the function runs again, and the operator
-re-attaches to the earlier try's Reve task only when it returns the same request.
+A run of tries sends one request. The first try whose function returns a usable one keeps it
+in ``task_state_store`` before anything is submitted (a try whose function raised keeps nothing),
+and every later entry point of this run of tries reads it back instead of calling the function:
+
+* a deferred task resumes in a new process (``execute_complete`` / ``execute_after_backoff``),
+  where the fields the function returned are gone;
+* a retry: called again, a function whose request is not byte-identical (a timestamp, a random
+  seed) would no longer match the task an earlier try paid for, and would pay for a new one.
+
+A clear starts a new run of tries (see ``_reattach``): the function is called afresh.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +36,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 
+from airflow_provider_reve._reattach import _run_of_tries
 from airflow_provider_reve._rendered import coerce_extra_params
 from airflow_provider_reve.exceptions import ReveValidationError
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
@@ -46,6 +55,17 @@ _REFUSED_KEYS = {
     "model": "the model is the task's own argument: @task.reve(model=...) or <function>.override(model=...)",
     "extra_params": "put extra request fields at the top level of the dict; unknown keys go to extra_params",
 }
+
+
+def _operator_arguments() -> frozenset[str]:
+    """The operator's own arguments that are not request fields: taken from its signature, so an
+    argument added later is refused too instead of reaching the paid API as a request field."""
+    parameters = inspect.signature(ReveGenerateOperator.__init__).parameters.values()
+    named = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return frozenset(named - {"self", *REQUEST_FIELDS, *_REFUSED_KEYS})
+
+
+_OPERATOR_ARGUMENTS = _operator_arguments()
 
 
 class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
@@ -86,10 +106,10 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
 
     # -- entry points ------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
-        context_merge(context, self.op_kwargs)
-        kwargs = determine_kwargs(self.python_callable, self.op_args, context)
-        self._take_request(self.python_callable(*self.op_args, **kwargs))
-        if self.deferrable:
+        if not self._reuse_request(context):
+            context_merge(context, self.op_kwargs)
+            kwargs = determine_kwargs(self.python_callable, self.op_args, context)
+            self._take_request(self.python_callable(*self.op_args, **kwargs))
             self._validated_params()  # refuse bad input (a non-JSON value, say) before keeping it
             self._keep_request(context)
         return super().execute(context)
@@ -127,6 +147,14 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
         for key, why in _REFUSED_KEYS.items():
             if key in returned:
                 raise self._refuse(f"returned a dict with {key!r} ({why})")
+        options = sorted(key for key in returned if key in _OPERATOR_ARGUMENTS)
+        if options:
+            example = f"{options[0]}=..."
+            raise self._refuse(
+                f"returned a dict with the task's own argument(s) {', '.join(map(repr, options))}: they "
+                f"are options of the task, not request fields; set them with @task.reve({example}) or "
+                f"<function>.override({example})"
+            )
         prompt = returned.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
             raise self._refuse(f"returned a dict whose 'prompt' is {type(prompt).__name__}, not a str")
@@ -143,38 +171,71 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
                 raise self._refuse(f"cannot be merged with extra_params of type {type(given).__name__}")
             self.extra_params = {**given, **extra}
 
-    # -- across a deferral -------------------------------------------------------------------
+    # -- across a deferral and across retries ------------------------------------------------
     def _keep_request(self, context: Context) -> None:
         store = context.get("task_state_store")
         if store is None:  # before Airflow 3.3; the operator already warns that nothing is remembered
             return
         request = {name: getattr(self, name) for name in _KEPT_FIELDS}
-        entry: dict[str, Any] = {"try": _try_number(context), "request": request}
+        entry: dict[str, Any] = {
+            "run": _run_of_tries(context),
+            "try": _try_number(context),
+            "request": request,
+        }
         try:
-            store.set(REQUEST_STATE_KEY, entry)
+            store.set(REQUEST_STATE_KEY, {k: v for k, v in entry.items() if v is not None})
         except Exception as error:
+            # Submitting anyway would leave a retry to call the function again, which may return
+            # another request and pay for a second task.
             raise AirflowException(
-                f"Could not keep the request for after the deferral in task_state_store "
-                f"({type(error).__name__}); nothing was submitted. Airflow's retries apply."
+                f"Could not keep the request in task_state_store ({type(error).__name__}); nothing "
+                "was submitted. Airflow's retries apply."
             ) from error
 
-    def _restore_request(self, context: Context) -> None:
+    def _kept_request(self, context: Context) -> dict[str, Any] | None:
+        """The request kept by this run of tries, or ``None`` (none kept, or before a clear)."""
         store = context.get("task_state_store")
         entry = store.get(REQUEST_STATE_KEY) if store is not None else None
-        # Only this try's entry: an older try's function may have returned another request.
-        if isinstance(entry, dict) and entry.get("try") == _try_number(context):
-            request = entry.get("request")
-            if isinstance(request, dict):
-                for name in _KEPT_FIELDS:
-                    setattr(self, name, request.get(name))
-                return
+        if not isinstance(entry, dict):
+            return None
+        request = entry.get("request")
+        if not isinstance(request, dict):
+            return None
+        run, marker = entry.get("run"), _run_of_tries(context)
+        if run is not None and marker is not None:
+            return request if run == marker else None
+        # Kept before runs of tries were recorded (a deferral across an upgrade): this try's only.
+        return request if entry.get("try") == _try_number(context) else None
+
+    def _put_back(self, request: dict[str, Any]) -> None:
+        for name in _KEPT_FIELDS:
+            setattr(self, name, request.get(name))
+
+    def _reuse_request(self, context: Context) -> bool:
+        request = self._kept_request(context)
+        if request is None:
+            return False
+        self._put_back(request)
+        self.log.info(
+            "Retry: sending the request @task.reve function %r returned in an earlier try of this run "
+            "(kept in task_state_store), without calling it again, so a task already paid for is "
+            "re-attached to. A clear calls the function afresh.",
+            self._function_name(),
+        )
+        return True
+
+    def _restore_request(self, context: Context) -> None:
+        request = self._kept_request(context)
+        if request is not None:
+            self._put_back(request)
+            return
         # Not even to finish a named task: the operator re-validates the request on the way out,
         # and the unset fields would read as an invalid request. Retryable: a retry re-attaches.
         raise AirflowException(
             f"Resumed after a deferral, but the request @task.reve function {self._function_name()!r} "
-            "returned in this try was not found in task_state_store, and it is not called twice in "
-            "one try. Nothing was submitted now; a retry calls the function again (and re-attaches "
-            "to a task it already submitted when it returns the same request)."
+            "returned in this run of tries was not found in task_state_store, and it is not called "
+            "again within one. Nothing was submitted now; a retry calls the function again (and "
+            "re-attaches to a task it already submitted when it returns the same request)."
         )
 
 

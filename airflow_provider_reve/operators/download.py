@@ -13,17 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
+from airflow_provider_reve._defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES
 from airflow_provider_reve._finish import check_max_bytes, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error
 from airflow_provider_reve._rendered import parse_rendered_literal
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, tasks_from_results
+from airflow_provider_reve._storage import tasks_from_results
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
-from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.links import ReveResultLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_reve.hooks.reve import ReveHook
 
 
 def _parse(value: Any) -> Any:
@@ -62,7 +64,7 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
         *,
         results: Any,
         destination: Any,
-        reve_conn_id: str = ReveHook.default_conn_name,
+        reve_conn_id: str = DEFAULT_CONN_ID,
         max_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
         output_format: str | None = None,
@@ -78,6 +80,8 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
 
     @cached_property
     def hook(self) -> ReveHook:
+        from airflow_provider_reve.hooks.reve import ReveHook  # not at DAG-parse time
+
         return ReveHook(self.reve_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:

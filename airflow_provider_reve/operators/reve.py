@@ -24,6 +24,15 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve._defaults import (
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_POLL_INTERVAL,
+    OUTCOME_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_SUCCESS,
+    PROGRESS_LOG_INTERVAL,
+)
 from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import (
@@ -40,7 +49,6 @@ from airflow_provider_reve._reattach import (
 )
 from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve._retry import too_many_tasks_wait
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -48,24 +56,17 @@ from airflow_provider_reve.exceptions import (
     ReveRateLimitError,
     ReveValidationError,
 )
-from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
-from airflow_provider_reve.triggers.reve import (
-    DEFAULT_POLL_INTERVAL,
-    OUTCOME_ERROR,
-    OUTCOME_FAILED,
-    OUTCOME_SUCCESS,
-    PROGRESS_LOG_INTERVAL,
-    ReveMalformedEventError,
-    ReveTaskTrigger,
-    read_event,
-    settle_time,
-)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_reve.hooks.reve import ReveHook
+
+# The hook (aiohttp, requests) and the trigger are imported where a task runs, never at
+# import: every scheduler parse of a DAG file imports this module (see _defaults).
 
 __all__ = ["REQUEST_FIELDS", "ReveDownloadResultsOperator", "ReveGenerateOperator"]
 
@@ -155,7 +156,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         duration: float | None = None,
         generate_audio: bool | None = None,
         extra_params: dict[str, Any] | None = None,
-        reve_conn_id: str = ReveHook.default_conn_name,
+        reve_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = DEFAULT_POLL_INTERVAL,
@@ -205,6 +206,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
 
     @cached_property
     def hook(self) -> ReveHook:
+        from airflow_provider_reve.hooks.reve import ReveHook
+
         return ReveHook(self.reve_conn_id)
 
     # -- entry points ------------------------------------------------------------------------
@@ -233,6 +236,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
+        from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
+
         if reve_task_id is None:
             # Airflow 3.3's dag.test() drops defer()'s kwargs once the trigger fires
             # (apache/airflow#69942); the state store still knows which task this try submitted.
@@ -395,6 +400,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
                 first_refusal = first_refusal or time.time()
                 # Never shorter than the settle time: a timer deferral that fires before the
                 # executor recorded this worker's exit races it (see triggers.reve.settle_time).
+                from airflow_provider_reve.triggers.reve import settle_time
+
                 wait = max(too_many_tasks_wait(attempt, error.retry_after), settle_time() - time.time())
                 waited = time.time() - first_refusal
                 if waited + wait > self.max_submit_wait:
@@ -499,6 +506,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
             return task.with_model(self.model).to_dict()
         deadline = time.time() + self.timeout
         if self.deferrable:
+            from airflow_provider_reve.triggers.reve import ReveTaskTrigger, settle_time
+
             # Airflow 3.3 does not apply execution_timeout while a task is deferred: the wait
             # ends at the earlier of `timeout` and what is left of execution_timeout.
             ti = context.get("ti")

@@ -20,29 +20,29 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve._defaults import (
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_BYTES,
+    OUTCOME_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_SUCCESS,
+    PROGRESS_LOG_INTERVAL,
+)
 from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
-from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.models import ReveTask
-from airflow_provider_reve.triggers.reve import (
-    OUTCOME_ERROR,
-    OUTCOME_FAILED,
-    OUTCOME_SUCCESS,
-    PROGRESS_LOG_INTERVAL,
-    ReveMalformedEventError,
-    ReveTaskTrigger,
-    read_event,
-    settle_time,
-)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_reve.hooks.reve import ReveHook
+
+# The hook and the trigger load when a task runs, not when a DAG file is parsed (see _defaults).
 
 
 class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
@@ -78,7 +78,7 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         self,
         *,
         reve_task_id: str | dict[str, Any] | Any,
-        reve_conn_id: str = ReveHook.default_conn_name,
+        reve_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float | timedelta = 5.0,
         timeout: float | timedelta = timedelta(hours=1),
@@ -97,6 +97,8 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
 
     @cached_property
     def hook(self) -> ReveHook:
+        from airflow_provider_reve.hooks.reve import ReveHook
+
         return ReveHook(self.reve_conn_id)
 
     @property
@@ -150,6 +152,8 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         return PokeReturnValue(is_done=False)
 
     def _defer(self, context: Context, task_id: str) -> NoReturn:
+        from airflow_provider_reve.triggers.reve import ReveTaskTrigger, settle_time
+
         ti = context.get("ti") if context else None
         budget = deferral_budget(self.timeout, self.execution_timeout, getattr(ti, "start_date", None))
         by_execution_timeout = budget < self.timeout
@@ -182,6 +186,8 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         ends_at_execution_timeout: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
+
         if reve_task_id is None:
             # Airflow 3.3's dag.test() drops defer()'s kwargs once the trigger fires
             # (apache/airflow#69942); the rendered template field names the same task.

@@ -15,27 +15,26 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_reve._defaults import (  # re-exported: the event protocol's names
+    DEFAULT_POLL_INTERVAL,
+    OUTCOME_ERROR,
+    OUTCOME_FAILED,
+    OUTCOME_SUCCESS,
+    OUTCOME_TIMEOUT,
+    OUTCOMES,
+    PROGRESS_LOG_INTERVAL,
+)
 from airflow_provider_reve._retry import NO_RETRIES, backoff_seconds, is_permanent
 from airflow_provider_reve.exceptions import ReveAPIError, ReveError
 from airflow_provider_reve.hooks.reve import ReveAsyncHook
 from airflow_provider_reve.models import ReveTask
 
-OUTCOME_SUCCESS = "success"
-OUTCOME_FAILED = "failed"
-OUTCOME_TIMEOUT = "timeout"
-OUTCOME_ERROR = "error"
-OUTCOMES = frozenset({OUTCOME_SUCCESS, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_ERROR})
-
-DEFAULT_POLL_INTERVAL = 3.0  # the API asks for one poll every 2-5 s
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
 # Transient errors back off from one poll interval up to a few of them, but never past this.
 MAX_ERROR_BACKOFF = 30.0
 _ERROR_BACKOFF_INTERVALS = 4
 # The one look after the deadline gets its own bound: the connection's read timeout, at most this.
 FINAL_READ_MAX_SECONDS = 30.0
-#: While a task waits, at most one "still IN_PROGRESS" line per this many seconds; a change of
-#: status is logged at once. A video takes minutes: a line per poll would bury the task log.
-PROGRESS_LOG_INTERVAL = 30.0
 
 
 def settle_time() -> float:

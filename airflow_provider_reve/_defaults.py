@@ -1,0 +1,25 @@
+"""Constants the DAG-facing modules need at import time, in a module that imports nothing.
+
+Operators, the sensor and ``@task.reve`` are imported by every scheduler parse of every DAG
+file that uses them; the hook (aiohttp, requests) and the trigger load only when a task runs.
+Their defaults live here so that a signature such as ``poll_interval=DEFAULT_POLL_INTERVAL``
+costs nothing.
+"""
+
+from __future__ import annotations
+
+DEFAULT_CONN_ID = "reve_default"
+#: Seconds between status polls: the API asks for one poll every 2-5 s.
+DEFAULT_POLL_INTERVAL = 3.0
+#: While a task waits, at most one "still IN_PROGRESS" line per this many seconds; a change of
+#: status is logged at once. A video takes minutes: a line per poll would bury the task log.
+PROGRESS_LOG_INTERVAL = 30.0
+#: 1 GiB: far above any image or short video the API returns, far below a full disk.
+DEFAULT_MAX_BYTES = 1024**3
+
+# What a ReveTaskTrigger event says happened (its ``outcome``).
+OUTCOME_SUCCESS = "success"
+OUTCOME_FAILED = "failed"
+OUTCOME_TIMEOUT = "timeout"
+OUTCOME_ERROR = "error"
+OUTCOMES = frozenset({OUTCOME_SUCCESS, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_ERROR})

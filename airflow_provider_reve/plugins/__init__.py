@@ -1,0 +1,1 @@
+"""The Reve gallery: an Airflow UI plugin showing what Reve generated (see ``gallery.py``)."""

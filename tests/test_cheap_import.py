@@ -1,0 +1,53 @@
+"""Importing the DAG-facing modules (what every scheduler parse of a DAG file does) loads neither
+the HTTP clients, nor providers-http's hooks, nor the trigger, nor our test tooling: those load
+when a task runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = (
+    "aiohttp",
+    "requests",
+    "urllib3",
+    "airflow.providers.http.hooks",
+    "airflow_provider_reve.hooks.reve",
+    "airflow_provider_reve.triggers.reve",
+    "airflow_provider_reve._download",
+    "airflow_provider_reve.testing",
+)
+
+
+def loaded_after_import(module: str) -> list[str]:
+    probe = (
+        "import sys, json, airflow.sdk\n"
+        "before = set(sys.modules)\n"
+        f"import {module}\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules and m not in before)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "airflow_provider_reve.operators.reve",
+        "airflow_provider_reve.operators.download",
+        "airflow_provider_reve.sensors.reve",
+        "airflow_provider_reve.decorators.reve",
+    ],
+)
+def test_a_dag_file_importing_our_operators_loads_no_http_client_hook_or_trigger(module):
+    assert loaded_after_import(module) == []
+
+
+def test_the_heavy_modules_still_load_when_a_task_runs():
+    # The counterpart: the probe can see these modules, so an empty list above means something.
+    assert "aiohttp" in loaded_after_import("airflow_provider_reve.hooks.reve")
