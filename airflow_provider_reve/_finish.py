@@ -16,15 +16,16 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException, Stats
 
+from airflow_provider_reve._outcomes import raise_for_error
 from airflow_provider_reve._storage import (
     StoredResults,
     asset_uri,
     prepare_destination,
     resolve_destination,
 )
-from airflow_provider_reve.exceptions import ReveValidationError
+from airflow_provider_reve.exceptions import ReveError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
@@ -64,6 +65,56 @@ def check_download_to(download_to: Any, *, before: str) -> None:
         prepare_destination(resolve_destination(download_to))
     except ReveValidationError as error:
         raise AirflowFailException(f"Invalid download_to ({before}): {error}") from error
+
+
+def succeeded(
+    operator: Any,
+    context: Context,
+    task: ReveTask,
+    *,
+    hook: ReveHook,
+    download_to: Any,
+    max_bytes: int,
+    allow_private_addresses: bool | None,
+    output_format: str | None = None,
+    if_storing_fails: str,
+) -> dict[str, Any]:
+    """The generate operator's and the sensor's last step: log, count, store, return the XCom.
+
+    :param if_storing_fails: what the user should know when the files could not be stored
+        (the task is paid for either way).
+    """
+    operator.log.info(
+        "Reve task %s SUCCESS: %d result URL(s), %s credits",
+        task.task_id,
+        len(task.result_urls),
+        task.consumed_credits if task.consumed_credits is not None else "unknown",
+    )
+    if task.consumed_credits is not None:
+        tags = {"model": task.model or "unknown"}
+        Stats.incr("reve.credits_consumed", count=task.consumed_credits, tags=tags)
+    try:
+        stored = finish(
+            operator,
+            context,
+            [task],
+            hook=hook,
+            download_to=download_to,
+            max_bytes=max_bytes,
+            allow_private_addresses=allow_private_addresses,
+            output_format=output_format,
+        )
+    except ReveError as error:
+        operator.log.error(
+            "Reve task %s succeeded (and is paid for) but its files could not be stored. %s",
+            task.task_id,
+            if_storing_fails,
+        )
+        raise_for_error(error, operator.log)
+    data = task.to_dict()
+    if stored is not None:
+        data["files"] = stored.files
+    return data
 
 
 def finish(

@@ -275,9 +275,26 @@ def store_results(
                 continue
 
             def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
-                return _store_one(
-                    task, index, url, where, allow_private_addresses, max_bytes, output_format, logger, redact
-                )
+                try:
+                    return _store_one(
+                        task,
+                        index,
+                        url,
+                        where,
+                        allow_private_addresses,
+                        max_bytes,
+                        output_format,
+                        logger,
+                        redact,
+                    )
+                except OSError as error:
+                    # Disk full, permissions, a vanished folder: the storage's fault, not the URL's.
+                    # Retried by the policy (it may pass), then reported with the path, never the URL.
+                    raise ReveDownloadError(
+                        f"storing result {index} of Reve task {task.task_id} at {where} failed: "
+                        f"{type(error).__name__}: {error.strerror or error}",
+                        url="",
+                    ) from None
 
             entry = call_with_retries(
                 fetch,
@@ -300,31 +317,6 @@ def store_results(
 
 
 def _store_one(
-    task: ReveTask,
-    index: int,
-    url: str,
-    where: Destination,
-    allow_private_addresses: bool,
-    max_bytes: int,
-    output_format: str | None,
-    logger: Any,
-    redact: Callable[[str], str],
-) -> dict[str, Any]:
-    try:
-        return _store_one_file(
-            task, index, url, where, allow_private_addresses, max_bytes, output_format, logger, redact
-        )
-    except OSError as error:
-        # Disk full, permissions, a vanished folder: the storage's fault, not the URL's. Retried
-        # by the policy (it may pass), then reported with the path, never the URL.
-        raise ReveDownloadError(
-            f"storing result {index} of Reve task {task.task_id} at {where} failed: "
-            f"{type(error).__name__}: {error.strerror or error}",
-            url="",
-        ) from None
-
-
-def _store_one_file(
     task: ReveTask,
     index: int,
     url: str,

@@ -33,7 +33,7 @@ from airflow_provider_reve._defaults import (
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish
+from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish, succeeded
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
@@ -553,36 +553,17 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return self._succeeded(task, context)
 
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
-        self.log.info(
-            "Reve task %s SUCCESS: %d result URL(s), %s credits",
-            task.task_id,
-            len(task.result_urls),
-            task.consumed_credits if task.consumed_credits is not None else "unknown",
-        )
-        if task.consumed_credits is not None:
-            Stats.incr("reve.credits_consumed", count=task.consumed_credits, tags={"model": self.model})
         # The submission entry stays: Airflow may still fail this try after we return, and the
         # retry must find this task again. A clear starts a new run of tries (see _reattach).
-        task = task.with_model(self.model)
-        try:
-            stored = finish(
-                self,
-                context,
-                [task],
-                hook=self.hook,
-                download_to=self.download_to,
-                max_bytes=self.max_download_bytes,
-                allow_private_addresses=self.allow_private_addresses,
-                output_format=self._validated_params().get("output_format"),
-            )
-        except ReveError as error:
-            self.log.error(
-                "Reve task %s succeeded (and is paid for) but its files could not be stored. It stays "
-                "remembered: running it again re-attaches and stores them without generating again.",
-                task.task_id,
-            )
-            raise_for_error(error, self.log)
-        data = task.to_dict()
-        if stored is not None:
-            data["files"] = stored.files
-        return data
+        return succeeded(
+            self,
+            context,
+            task.with_model(self.model),
+            hook=self.hook,
+            download_to=self.download_to,
+            max_bytes=self.max_download_bytes,
+            allow_private_addresses=self.allow_private_addresses,
+            output_format=self._validated_params().get("output_format"),
+            if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
+            "generating again (a clear generates afresh).",
+        )

@@ -15,7 +15,6 @@ from airflow.providers.common.compat.sdk import (
     AirflowTaskTimeout,
     BaseSensorOperator,
     PokeReturnValue,
-    Stats,
     conf,
 )
 
@@ -28,7 +27,7 @@ from airflow_provider_reve._defaults import (
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish
+from airflow_provider_reve._finish import check_download_to, check_max_bytes, succeeded
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
@@ -205,35 +204,18 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         raise _timed_out(ends_at_execution_timeout, self, result.message)
 
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
-        # The same line the generate operator writes, so both read alike in the task log.
-        self.log.info(
-            "Reve task %s SUCCESS: %d result URL(s), %s credits",
-            task.task_id,
-            len(task.result_urls),
-            task.consumed_credits if task.consumed_credits is not None else "unknown",
+        # The same line, metric and storage as the generate operator: a task submitted with
+        # wait_for_completion=False reports its cost only here.
+        return succeeded(
+            self,
+            context,
+            task,
+            hook=self.hook,
+            download_to=self.download_to,
+            max_bytes=self.max_download_bytes,
+            allow_private_addresses=self.allow_private_addresses,
+            if_storing_fails="Run the sensor again to store them: waiting for a task pays nothing.",
         )
-        if task.consumed_credits is not None:
-            # A task submitted with wait_for_completion=False reports its cost only here.
-            Stats.incr(
-                "reve.credits_consumed", count=task.consumed_credits, tags={"model": task.model or "unknown"}
-            )
-        try:
-            stored = finish(
-                self,
-                context,
-                [task],
-                hook=self.hook,
-                download_to=self.download_to,
-                max_bytes=self.max_download_bytes,
-                allow_private_addresses=self.allow_private_addresses,
-            )
-        except ReveError as error:
-            self.log.error("Reve task %s succeeded but its files could not be stored.", task.task_id)
-            raise_for_error(error, self.log)
-        data = task.to_dict()
-        if stored is not None:
-            data["files"] = stored.files
-        return data
 
 
 def _timed_out(by_execution_timeout: bool, sensor: ReveTaskSensor, why: str) -> BaseException:
