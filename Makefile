@@ -7,18 +7,26 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Debian packages `make test-system` needs (.ci/system-deps installs the missing ones).
+SYSTEM_PACKAGES ?= chromium fonts-liberation postgresql redis-server
+SYSTEM_STAMP := $(VENV)/.system-stamp
 # A second venv with the oldest versions pyproject.toml accepts (.ci/floor-constraints.txt).
 FLOOR_VENV ?= .venv-floor
 FLOOR_STAMP := $(FLOOR_VENV)/.installed-stamp
 # pip on some machines warns about absent local mirrors; those lines are noise, not errors.
 QUIET_PIP := { grep -v "^WARNING: Location '" || true; }
 
-.PHONY: help venv lint unit e2e test test-floor demo bench clean
+.PHONY: help venv lint unit e2e test test-floor test-system system-deps demo bench clean
 
 help:
 	@echo "make demo   - run the example pipeline through a real Airflow scheduler + triggerer against the fake Reve API"
+	@echo "              (make demo ARGS=--keep: then leave Airflow running to look around in its UI; Ctrl-C stops it)"
 	@echo "make test   - ruff, mypy and every test (unit, loopback HTTP, dag.test and real-Airflow end-to-end),"
 	@echo "              plus the non-E2E tests again on the oldest supported Airflow (.ci/floor-constraints.txt)"
+	@echo "make test-system - the tests that need system packages: the Reve gallery in a real browser, and"
+	@echo "              the production topology (CeleryExecutor, PostgreSQL, Redis, two workers, two triggerers)."
+	@echo "              Installs Debian's $(SYSTEM_PACKAGES) with apt-get when missing (as root;"
+	@echo "              otherwise prints the command to run). Screenshots: tests/system/artifacts/"
 	@echo "make bench  - print the benchmark tables"
 
 $(STAMP): pyproject.toml
@@ -29,6 +37,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# Playwright's Python package, for tests/system; it drives the system chromium, downloads no browser.
+$(SYSTEM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,system]' 2>&1 | $(QUIET_PIP)
+	touch $@
 
 $(FLOOR_STAMP): pyproject.toml .ci/floor-constraints.txt
 	$(PYTHON) -m venv $(FLOOR_VENV)
@@ -55,8 +68,16 @@ test-floor: $(FLOOR_STAMP)
 test: lint test-floor
 	$(VENV)/bin/pytest
 
+system-deps:
+	bash .ci/system-deps $(SYSTEM_PACKAGES)
+
+# Not part of `make test` (which needs nothing but Python and make); .ci/run runs both.
+test-system: system-deps $(SYSTEM_STAMP)
+	$(VENV)/bin/pytest tests/system -p no:cacheprovider
+
+# `make demo ARGS=--keep` leaves Airflow and the fake API running (Ctrl-C stops them).
 demo: venv
-	$(PY) -m airflow_provider_reve.testing.demo
+	$(PY) -m airflow_provider_reve.testing.demo $(ARGS)
 
 bench: venv
 	$(PY) benchmarks/run.py

@@ -15,6 +15,7 @@ XCom values are read from the DB as Airflow's own API does (no custom XCom backe
 from __future__ import annotations
 
 import json
+import time as clock
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -31,6 +32,7 @@ GENERATE_OPERATORS = ("ReveGenerateOperator", "_ReveDecoratedOperator")
 SENSOR_OPERATORS = ("ReveTaskSensor",)
 DOWNLOAD_OPERATORS = ("ReveDownloadResultsOperator",)
 SHOWN_OPERATORS = GENERATE_OPERATORS + SENSOR_OPERATORS
+REVE_OPERATORS = SHOWN_OPERATORS + DOWNLOAD_OPERATORS
 
 IN_PROGRESS_STATES = ("running", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
 SHOWN_STATES = ("success", "failed", "skipped", *IN_PROGRESS_STATES)
@@ -221,13 +223,17 @@ def gallery_page(
     """One page of generations, newest first, and how many match in all."""
     if not readable:
         return [], 0
+    # The count needs the rendered fields only to filter by a model no XCom names.
+    ti, xcom, rtif, frm = _joined(with_rendered=bool(filters.model))
+    counted = select(func.count()).select_from(frm)
+    total = session.scalar(counted.where(*_gallery_conditions(ti, xcom, rtif, readable, filters))) or 0
+    if offset >= total:
+        return [], int(total)
     ti, xcom, rtif, frm = _joined(with_rendered=True)
-    conditions = _gallery_conditions(ti, xcom, rtif, readable, filters)
-    total = session.scalar(select(func.count()).select_from(frm).where(*conditions)) or 0
     stmt = (
         select(*_row_columns(ti, xcom, rtif))
         .select_from(frm)
-        .where(*conditions)
+        .where(*_gallery_conditions(ti, xcom, rtif, readable, filters))
         .order_by(_when(ti).desc(), ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         .offset(offset)
         .limit(min(limit, MAX_PER_PAGE))
@@ -360,7 +366,7 @@ def reve_return_value(session: Session, dag_id: str, run_id: str, task_id: str, 
             ti.run_id == run_id,
             ti.task_id == task_id,
             ti.map_index == map_index,
-            ti.operator.in_(SHOWN_OPERATORS + DOWNLOAD_OPERATORS),
+            ti.operator.in_(REVE_OPERATORS),
         )
     )
     return parse_value(raw)
@@ -409,16 +415,23 @@ def credit_rows(
     return [CreditRow(*row) for row in session.execute(stmt)]
 
 
+_dag_ids_cache: tuple[float, list[str]] | None = None
+DAG_IDS_TTL = 60.0  # seconds; a new DAG joins the filter's list within a minute
+
+
 def gallery_dag_ids(session: Session, readable: Collection[str]) -> list[str]:
-    """The readable DAGs that have Reve task instances (for the DAG filter)."""
+    """The readable DAGs that have Reve task instances (the DAG filter's choices).
+
+    Finding them scans the task instance table, so the list of all such DAGs is kept for
+    ``DAG_IDS_TTL`` seconds per process; each request intersects it with its own readable set.
+    """
+    global _dag_ids_cache
     if not readable:
         return []
-    ti, _, _ = _models()
-    stmt = (
-        select(ti.dag_id)
-        .where(ti.dag_id.in_(sorted(readable)), ti.operator.in_(SHOWN_OPERATORS))
-        .distinct()
-        .order_by(ti.dag_id)
-        .limit(5000)
-    )
-    return list(session.scalars(stmt))
+    now = clock.monotonic()
+    if _dag_ids_cache is None or now - _dag_ids_cache[0] > DAG_IDS_TTL:
+        ti, _, _ = _models()
+        stmt = select(ti.dag_id).where(ti.operator.in_(SHOWN_OPERATORS)).distinct().limit(10_000)
+        _dag_ids_cache = (now, sorted(session.scalars(stmt)))
+    allowed = set(readable)
+    return [dag_id for dag_id in _dag_ids_cache[1] if dag_id in allowed]

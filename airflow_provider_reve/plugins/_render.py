@@ -130,7 +130,7 @@ def _media(item: Media, card: Card) -> str:
     # alt="" on purpose: a broken image then paints nothing, and the placeholder beneath shows.
     element = (
         f'<img src="{src}" alt="" referrerpolicy="no-referrer" data-testid="reve-image" '
-        f'data-stored="{stored}" data-index="{item.index}">'
+        f'data-stored="{stored}" data-index="{item.index}" data-placeholder="{esc(placeholder)}">'
     )
     return (
         f'<a class="frame" href="{src}" rel="noopener noreferrer" referrerpolicy="no-referrer" '

@@ -148,6 +148,8 @@ def _task_instance(request: Request, user: Any) -> Response:
         map_index = None
     with _session() as session:
         rows = _queries.task_rows(session, dag_id, run_id, task_id)
+        # Only our operators' XComs are read as Reve results (any task may return a look-alike dict).
+        rows = [row for row in rows if row.operator in _queries.REVE_OPERATORS]
         cards = _cards.build_cards(session, rows)
     shown = [card for card in cards if card.reve_task_id or card.state in ("failed", "skipped")]
     return _html(_render.task_instance_page(dag_id, run_id, task_id, shown, map_index))
