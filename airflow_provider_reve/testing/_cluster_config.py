@@ -49,6 +49,14 @@ class ClusterSecrets:
         )
 
 
+def load_or_create_secret(path: Path) -> str:
+    """A random token kept in ``path`` (0600), created on first use: e.g. a database password.
+
+    ``path`` must be in :attr:`ClusterSecrets.directory`, which only the owner may enter.
+    """
+    return _load_or_create(path, _new_token)
+
+
 def _new_fernet_key() -> str:
     """What Airflow encrypts (connections, variables) is encrypted as in production, and
     :class:`LocalAirflow` can still decrypt what it reads from the database."""

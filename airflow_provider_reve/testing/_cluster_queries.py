@@ -3,7 +3,8 @@ from its metadata database and its log folder.
 
 :class:`ClusterQueries` is the read-only half of ``LocalAirflow`` (which inherits it): SQL on
 the SQLite metadata DB opened ``mode=ro``, the task and trigger log files, and the polling
-waits built on them. It starts and signals nothing.
+waits built on them. It starts and signals nothing. Every read goes through :meth:`_snapshot`,
+which a deployment on another database overrides (``ProductionAirflow``: PostgreSQL).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Params = Sequence[Any] | Mapping[str, Any]
+Fetch = Callable[[str, Params], list[dict[str, Any]]]
+"""Runs one SQL statement (``?`` placeholders) in a snapshot; returns the rows as dicts."""
 
 _TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 _IMPORT_ERROR_GRACE = 10.0  # seconds wait_for_dag keeps waiting once import errors exist
@@ -99,16 +103,27 @@ class ClusterQueries:
 
     # ------------------------------------------------------------------ database
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Run a read-only SQL statement on the metadata database; rows as dicts.
 
         The connection is opened with ``mode=ro`` so a test can never corrupt the state it
         is asserting on, and is closed at once so it holds no lock.
         """
+        with self._snapshot() as fetch:
+            return fetch(sql, params)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Fetch]:
+        """A read-only connection in one transaction, so several statements see one state."""
         uri = f"file:{self.db_path}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
             conn.row_factory = sqlite3.Row
-            return [dict(row) for row in conn.execute(sql, params).fetchall()]
+            conn.execute("BEGIN")
+
+            def fetch(sql: str, params: Params = ()) -> list[dict[str, Any]]:
+                return [dict(row) for row in conn.execute(sql, params).fetchall()]
+
+            yield fetch
 
     def _poll(self, what: str, timeout: float, probe: Callable[[], T | None], interval: float = 0.25) -> T:
         deadline = time.monotonic() + timeout
@@ -279,15 +294,13 @@ class ClusterQueries:
         finished = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
         def probe() -> dict[str, Any] | None:
-            uri = f"file:{self.db_path}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-                conn.row_factory = sqlite3.Row
-                conn.execute("BEGIN")  # one snapshot for the TI and its trigger
-                ti = conn.execute(
+            with self._snapshot() as fetch:  # one snapshot for the TI and its trigger
+                tis = fetch(
                     "SELECT state, try_number, next_method, next_kwargs, trigger_id FROM task_instance"
                     " WHERE dag_id = ? AND run_id = ? AND task_id = ? AND map_index = ?",
                     (dag_id, run_id, task_id, map_index),
-                ).fetchone()
+                )
+                ti = tis[0] if tis else None
                 if ti is None or ti["state"] != state:
                     if ti is not None and ti["state"] in finished:
                         raise LocalAirflowError(
@@ -297,10 +310,11 @@ class ClusterQueries:
                     return None
                 trig = None
                 if ti["trigger_id"] is not None:
-                    trig = conn.execute(
+                    trigs = fetch(
                         "SELECT id, classpath, kwargs, created_date, triggerer_id FROM trigger WHERE id = ?",
                         (ti["trigger_id"],),
-                    ).fetchone()
+                    )
+                    trig = trigs[0] if trigs else None
                 result = dict(ti)
                 result["trigger"] = self._trigger_row(trig) if trig is not None else None
                 return result

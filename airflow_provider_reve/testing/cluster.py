@@ -105,7 +105,14 @@ class LocalAirflow(ClusterQueries):
     :class:`~airflow_provider_reve.testing._cluster_config.ClusterSecrets`: where the keys are
     kept, and their values) and ``env``, the environment of every process, which holds those
     keys too: never log it.
+
+    Subclasses (e.g. :class:`~airflow_provider_reve.testing.production.ProductionAirflow`)
+    reuse start-up, health checks and stopping by overriding the ``_component_*`` hooks,
+    :meth:`_migrate` and :meth:`_not_ready`.
     """
+
+    #: The component names this class knows how to start.
+    KNOWN_COMPONENTS: tuple[str, ...] = DEFAULT_COMPONENTS
 
     def __init__(
         self,
@@ -115,9 +122,9 @@ class LocalAirflow(ClusterQueries):
         env: Mapping[str, str] | None = None,
         components: Sequence[str] = DEFAULT_COMPONENTS,
     ) -> None:
-        unknown = set(components) - set(DEFAULT_COMPONENTS)
+        unknown = set(components) - set(self.KNOWN_COMPONENTS)
         if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; choose from {DEFAULT_COMPONENTS}")
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {self.KNOWN_COMPONENTS}")
         self.dags_folder = Path(dags_folder).resolve()
         self._tmp_home: tempfile.TemporaryDirectory[str] | None = None
         if home is None:
@@ -184,6 +191,13 @@ class LocalAirflow(ClusterQueries):
         return self
 
     def _migrate(self, deadline: float) -> None:
+        self._run_db_migrate(deadline)
+        # WAL lets readers (this object, the api-server) run beside the one writer instead of
+        # making every process wait on "database is locked". The mode is stored in the file.
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+
+    def _run_db_migrate(self, deadline: float) -> None:
         log_path = self.log_dir / "db-migrate.log"
         with log_path.open("wb") as log:
             try:
@@ -201,20 +215,24 @@ class LocalAirflow(ClusterQueries):
                 raise LocalAirflowError(f"`airflow db migrate` timed out\n{self.dump_logs()}") from err
         if proc.returncode != 0:
             raise LocalAirflowError(f"`airflow db migrate` exited {proc.returncode}\n{self.dump_logs()}")
-        # WAL lets readers (this object, the api-server) run beside the one writer instead of
-        # making every process wait on "database is locked". The mode is stored in the file.
-        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
 
     def _spawn(self, component: str) -> None:
         log = (self.log_dir / f"{component}.log").open("ab")
         self._log_files.append(log)
+        self._procs[component] = spawn(
+            self._component_command(component), env=self._component_env(component), cwd=self.home, log=log
+        )
+
+    def _component_command(self, component: str) -> list[str]:
+        """The command line of one component (its name is the ``airflow`` sub-command here)."""
         args: tuple[str, ...] = _COMPONENT_ARGS.get(component, ())
         if component == "api-server":
             args = ("--host", LOOPBACK, "--port", str(self.port))
-        self._procs[component] = spawn(
-            self._airflow_cmd(component, *args), env=self.env, cwd=self.home, log=log
-        )
+        return self._airflow_cmd(component, *args)
+
+    def _component_env(self, component: str) -> dict[str, str]:
+        """The environment of one component: :attr:`env` for every one of them here."""
+        return self.env
 
     @staticmethod
     def _airflow_cmd(*args: str) -> list[str]:
@@ -232,8 +250,6 @@ class LocalAirflow(ClusterQueries):
         kind, which in a reused home can be a dead deployment's. So the ``job`` table is
         checked for a running job of each started component that began after start().
         """
-        kinds = {"scheduler": "SchedulerJob", "triggerer": "TriggererJob", "dag-processor": "DagProcessorJob"}
-        wanted = {kinds[c] for c in self.components if c in kinds}
         last: object = "no answer yet"
         while True:
             self._check_alive()
@@ -246,19 +262,30 @@ class LocalAirflow(ClusterQueries):
                 except requests.RequestException as err:
                     last = repr(err)
             if api_ok:
-                rows = self.query(
-                    "SELECT DISTINCT job_type FROM job WHERE state = 'running' AND start_date >= ?",
-                    (self._started_at,),
-                )
-                running = {r["job_type"] for r in rows}
-                if wanted <= running:
+                missing = self._not_ready()
+                if missing is None:
                     return
-                last = f"running jobs: {sorted(running)}, waiting for {sorted(wanted)}"
+                last = missing
             if time.monotonic() > deadline:
                 raise LocalAirflowError(
                     f"Airflow not healthy in time; last status: {last}\n{self.dump_logs()}"
                 )
             time.sleep(0.5)
+
+    def _not_ready(self) -> str | None:
+        """What is still missing once the api-server is healthy, or ``None`` when all is up:
+        a running job row, started after :meth:`start`, for each scheduler, triggerer and
+        dag-processor."""
+        kinds = {"scheduler": "SchedulerJob", "triggerer": "TriggererJob", "dag-processor": "DagProcessorJob"}
+        wanted = {kinds[c] for c in self.components if c in kinds}
+        rows = self.query(
+            "SELECT DISTINCT job_type FROM job WHERE state = 'running' AND start_date >= ?",
+            (self._started_at,),
+        )
+        running = {r["job_type"] for r in rows}
+        if wanted <= running:
+            return None
+        return f"running jobs: {sorted(running)}, waiting for {sorted(wanted)}"
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop every process this object started; safe to call repeatedly.

@@ -152,11 +152,13 @@ def test_the_example_pipeline_runs_through_the_real_scheduler_and_triggerer(tmp_
     args = ["--dags-folder", str(example_dags), "--out", str(tmp_path / "demo"), "--async-seconds", "4"]
     assert demo.main(args) == 0
     generated = list((tmp_path / "demo" / "generated").rglob("*"))
-    pngs = [p for p in generated if p.suffix == ".png"]
-    mp4s = [p for p in generated if p.suffix == ".mp4"]
-    assert len(pngs) == 5 and len(mp4s) == 1
-    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
-    assert mp4s[0].read_bytes()[4:8] == b"ftyp"
+    images = [p for p in generated if p.suffix == ".png" and p.name != "contact_sheet.png"]
+    sheets = [p for p in generated if p.name == "contact_sheet.png"]
+    prompts = (example_dags / "prompts" / "content_pipeline.txt").read_text().splitlines()
+    assert len(images) == len([line for line in prompts if line.strip() and not line.startswith("#")])
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in images + sheets)
+    assert len(sheets) == 1  # the Pillow step ran on what the generations stored
+    assert [p for p in generated if p.name.endswith("_preview.jpg")]  # the Asset-scheduled DAG ran
 
 
 def test_too_many_tasks_is_waited_out_in_the_triggerer_without_failing_or_retrying(
