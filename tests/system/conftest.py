@@ -149,14 +149,14 @@ def system_fake_reve() -> Iterator[FakeReveServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped before the next module starts its own cluster
 def gallery_airflow(
     system_fake_reve: FakeReveServer,
     logins: dict[str, Login],
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[AirflowWithLogins]:
-    """One Airflow for the session: the example DAGs owned by team ``content``, another team's
+    """One Airflow for the browser tests: the example DAGs owned by team ``content``, another team's
     DAG, three users, the Reve connection pointing at the fake API."""
     base = tmp_path_factory.mktemp("system")
     conn = {"conn_type": "reve", "host": system_fake_reve.url, "password": DEFAULT_API_KEY}
@@ -195,7 +195,7 @@ class ContentRun:
     generations: list[Generation]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def content_run(gallery_airflow: AirflowWithLogins) -> ContentRun:
     """The example content pipeline's first (@daily) run, finished, as ``make demo`` runs it."""
     gallery_airflow.wait_for_dag(CONTENT_DAG_ID, timeout=120)
