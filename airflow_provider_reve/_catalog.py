@@ -3,6 +3,13 @@
 Source: ``models.md`` (the public Image Models / Video Models pages). The catalog is data that
 changes, so unknown models and unknown fields pass through untouched; only values that are
 documented for a known model are checked, before any paid call.
+
+Some input is refused for every model, known or not, because no API could make use of it and
+sending it could only cost money or leak something: a request that is not JSON, parameter names
+that are not strings, an empty or whitespace prompt (for models that take one, and for models the
+catalog does not know), source media URLs that are not absolute ``http(s)`` URLs (a ``file://``
+URL or a local path hands a private path to a third party; a URL with ``user:password@`` hands
+over the password), and a request body larger than :data:`MAX_REQUEST_BYTES`.
 """
 
 from __future__ import annotations
@@ -12,12 +19,20 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_provider_reve.exceptions import ReveValidationError
 
 IMAGE_ASPECT_RATIOS = frozenset({"1:1", "16:9", "3:2", "4:3", "3:4", "2:3", "9:16"})
 IMAGE_OUTPUT_FORMATS = frozenset({"png", "jpeg", "webp"})
 IMAGE_RESOLUTIONS = frozenset({"1K", "2K", "4K"})
+#: The largest request body the provider sends (JSON, as sent). No documented field needs more:
+#: a prompt is a few thousand characters, a signed image URL one or two KiB. A larger body is a
+#: mistake (a file's content templated into the prompt, say) and is refused before it is paid for.
+MAX_REQUEST_BYTES = 256 * 1024
+#: Request fields that hold URLs of source media for the API to fetch (``video_urls``: the
+#: motion-control models' input video, a field the reference does not name).
+SOURCE_URL_FIELDS = ("image_urls", "video_urls")
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,14 @@ def is_synchronous(model: str) -> bool:
 def validate_request(model: Any, params: Mapping[str, Any]) -> None:
     """Raise :class:`ReveValidationError` for input that is certain to be refused (or billed wrongly)."""
     if not isinstance(model, str) or not model.strip():
-        raise ReveValidationError(f"model must be a non-empty string, got {model!r}")
+        raise ReveValidationError(f"model must be a non-empty string, got {_shown(model)}")
+    if model != model.strip() or not model.isprintable():
+        raise ReveValidationError(
+            f"model {_shown(model)} has surrounding spaces or control characters; no model id does"
+        )
+    names = [name for name in params if not isinstance(name, str) or not name.strip()]
+    if names:
+        raise ReveValidationError(f"parameter names must be non-empty strings, got {_shown(names[0])}")
     _check_json_serialisable(params)
     spec = MODELS.get(model)
 
@@ -94,22 +116,24 @@ def validate_request(model: Any, params: Mapping[str, Any]) -> None:
         raise ReveValidationError(f"prompt must be a string, got {type(prompt).__name__}")
     if spec is not None and spec.needs_prompt and (prompt is None or not prompt.strip()):
         raise ReveValidationError(f"model {model!r} needs a prompt, and the prompt is empty")
+    if spec is None and prompt is not None and not prompt.strip():
+        # Every documented model but video-to-video needs a prompt; leave it out (None) for a
+        # model that takes none rather than sending an empty one.
+        raise ReveValidationError(f"the prompt is empty or only whitespace (model {model!r})")
 
     image_urls = params.get("image_urls")
-    if image_urls is not None:
-        if isinstance(image_urls, str) or not isinstance(image_urls, (list, tuple)):
-            raise ReveValidationError("image_urls must be a list of URL strings")
-        if not all(isinstance(u, str) and u.strip() for u in image_urls):
-            raise ReveValidationError("image_urls must contain only non-empty URL strings")
-        if spec is not None and not spec.supports_edit and image_urls:
-            raise ReveValidationError(f"model {model!r} is text-to-image only; it takes no image_urls")
+    for name in SOURCE_URL_FIELDS:
+        _check_source_urls(name, params.get(name))
+    if spec is not None and not spec.supports_edit and image_urls:
+        raise ReveValidationError(f"model {model!r} is text-to-image only; it takes no image_urls")
 
-    if spec is None:
-        return  # unknown model: pass everything through
-    if spec.kind == "image":
-        _validate_image(spec, params)
-    else:
-        _validate_video(spec, params)
+    if spec is not None:
+        if spec.kind == "image":
+            _validate_image(spec, params)
+        else:
+            _validate_video(spec, params)
+    # Last: a value refused above says more than "too large" does.
+    _check_size(params)
 
 
 def _validate_image(spec: ModelSpec, params: Mapping[str, Any]) -> None:
@@ -119,16 +143,22 @@ def _validate_image(spec: ModelSpec, params: Mapping[str, Any]) -> None:
         _one_of(spec, params, "resolution", spec.resolutions)
     num_images = params.get("num_images")
     if num_images is not None and (not _is_int(num_images) or num_images < 1):
-        raise ReveValidationError(f"num_images must be a whole number >= 1, got {num_images!r}")
+        raise ReveValidationError(f"num_images must be a whole number >= 1, got {_shown(num_images)}")
     if spec.model_id == "reve-2.0":
         tts = params.get("test_time_scaling")
         if tts is not None and (not _is_int(tts) or not 1 <= tts <= 15):
-            raise ReveValidationError(f"test_time_scaling must be a whole number from 1 to 15, got {tts!r}")
+            raise ReveValidationError(
+                f"test_time_scaling must be a whole number from 1 to 15, got {_shown(tts)}"
+            )
 
 
 def _validate_video(spec: ModelSpec, params: Mapping[str, Any]) -> None:
     if spec.resolutions:
         _one_of(spec, params, "resolution", spec.resolutions)
+    ratio = params.get("aspect_ratio")
+    if ratio is not None and (not isinstance(ratio, str) or not ratio.strip()):
+        # The allowed ratios of video models are not published; that it is a string is certain.
+        raise ReveValidationError(f"aspect_ratio must be a string such as '16:9', got {_shown(ratio)}")
     duration = params.get("duration")
     if duration is not None:
         if (
@@ -136,7 +166,7 @@ def _validate_video(spec: ModelSpec, params: Mapping[str, Any]) -> None:
             or not isinstance(duration, (int, float))
             or not math.isfinite(duration)
         ):
-            raise ReveValidationError(f"duration must be a number of seconds, got {duration!r}")
+            raise ReveValidationError(f"duration must be a number of seconds, got {_shown(duration)}")
         if spec.duration_choices and duration not in spec.duration_choices:
             allowed = " or ".join(str(d) for d in sorted(spec.duration_choices))
             raise ReveValidationError(f"model {spec.model_id!r} takes duration {allowed} s, got {duration!r}")
@@ -148,7 +178,7 @@ def _validate_video(spec: ModelSpec, params: Mapping[str, Any]) -> None:
     audio = params.get("generate_audio")
     if audio is not None:
         if not isinstance(audio, bool):
-            raise ReveValidationError(f"generate_audio must be true or false, got {audio!r}")
+            raise ReveValidationError(f"generate_audio must be true or false, got {_shown(audio)}")
         if audio and not spec.supports_audio:
             raise ReveValidationError(f"model {spec.model_id!r} cannot generate audio")
 
@@ -157,7 +187,7 @@ def _one_of(spec: ModelSpec, params: Mapping[str, Any], name: str, allowed: froz
     value = params.get(name)
     if value is not None and value not in allowed:
         raise ReveValidationError(
-            f"{name} {value!r} is not valid for model {spec.model_id!r}; use one of {sorted(allowed)}"
+            f"{name} {_shown(value)} is not valid for model {spec.model_id!r}; use one of {sorted(allowed)}"
         )
 
 
@@ -169,8 +199,66 @@ def _check_json_serialisable(params: Mapping[str, Any]) -> None:
     for name, value in params.items():
         try:
             json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as error:
-            raise ReveValidationError(f"parameter {name!r} is not JSON-serialisable: {error}") from None
+        except (TypeError, ValueError, RecursionError) as error:
+            # RecursionError: a structure nested thousands deep (or one that contains itself).
+            why = "it is nested too deeply" if isinstance(error, RecursionError) else str(error)
+            raise ReveValidationError(f"parameter {name!r} is not JSON-serialisable: {why}") from None
+
+
+def _check_size(params: Mapping[str, Any]) -> None:
+    # Measured as the hook sends it (json.dumps' defaults: non-ASCII escaped).
+    size = len(json.dumps(dict(params), allow_nan=False))
+    if size <= MAX_REQUEST_BYTES:
+        return
+    largest = max(params, key=lambda name: len(json.dumps(params[name])))
+    raise ReveValidationError(
+        f"the request is {size // 1024} KiB of JSON, more than the {MAX_REQUEST_BYTES // 1024} KiB "
+        f"the provider sends; the largest field is {largest!r} "
+        f"({len(json.dumps(params[largest])) // 1024} KiB). Shorten it."
+    )
+
+
+def _check_source_urls(name: str, urls: Any) -> None:
+    """``urls`` must be a list of absolute http(s) URLs: the API fetches them from the internet."""
+    if urls is None:
+        return
+    if isinstance(urls, str) or not isinstance(urls, (list, tuple)):
+        raise ReveValidationError(f"{name} must be a list of URL strings, got {type(urls).__name__}")
+    for index, url in enumerate(urls):
+        where = f"{name}[{index}]"
+        if not isinstance(url, str) or not url.strip():
+            raise ReveValidationError(f"{where} must be a non-empty URL string, got {_shown(url)}")
+        try:
+            parts = urlsplit(url)
+            hostname, has_userinfo = parts.hostname, "@" in parts.netloc
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            raise ReveValidationError(f"{where} is not a valid URL: {_shown(url)}") from None
+        if parts.scheme.lower() not in ("http", "https") or not hostname:
+            hint = (
+                "a data: URL is not a documented input"
+                if parts.scheme.lower() == "data"
+                else "upload a local file somewhere the API can fetch it (e.g. a signed https URL)"
+            )
+            raise ReveValidationError(
+                f"{where} must be an absolute http:// or https:// URL, got {_shown(url)}: {hint}"
+            )
+        if has_userinfo:
+            # Never quoted: the password would go into the task log.
+            raise ReveValidationError(
+                f"{where} holds a user name or password (user:password@host), which the API would "
+                "receive and keep; use a signed URL instead"
+            )
+        if not url.isprintable() or any(c.isspace() for c in url):
+            raise ReveValidationError(
+                f"{where} contains spaces or control characters; percent-encode them: {_shown(url)}"
+            )
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: a hostile value must not make the message (and log) huge."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def estimate_credits(model: str, **params: Any) -> int | None:

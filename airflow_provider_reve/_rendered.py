@@ -88,7 +88,7 @@ def parse_rendered_literal(text: str) -> Any:
     the text itself when it is neither."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON overflows the parser's stack
         pass
     try:
         return ast.literal_eval(text.strip())

@@ -1,19 +1,14 @@
-"""The one place that decides what is retried, how long to wait, and what is permanent.
+"""How the provider retries: how long to wait, how often, and the only retry loops.
 
-Three questions, three answers:
-
-* :func:`is_retryable` -- may the *same HTTP request* be sent again? Status polls are reads and
-  are retried on 408/409/429/5xx, garbled answers and connection errors. ``generate`` creates a
-  paid task, so it is retried only when the request provably created nothing.
 * :func:`backoff_seconds` -- how long to wait before the next attempt: exponential backoff from
   0.5 s capped at 8 s, with jitter, lengthened (never shortened) by a sane ``Retry-After`` (<= 60 s).
-* :func:`is_permanent_code` -- will *trying the whole Airflow task again* never help?
+* :class:`RetryPolicy` -- bounds for the hook's loop: attempts *and* total time.
+* :func:`call_with_retries` / :func:`acall_with_retries` are the only retry loops in the codebase.
 
-Result-file downloads (:class:`~airflow_provider_reve.exceptions.ReveDownloadError`) are reads
-too: connection failures, 408/429/5xx are retried by the same loop; a refused URL, a file over
-``max_bytes`` or a 403/404/410 (an expired signed URL) are not.
-
-:func:`call_with_retries` / :func:`acall_with_retries` are the only retry loops in the codebase.
+*Whether* an error may be retried is a fact about the error, stated beside the error classes in
+:mod:`airflow_provider_reve.exceptions` (``is_retryable``, ``is_permanent``, ``PERMANENT_CODES``)
+and re-exported here, so that hook, trigger and operators ask this one module. This module
+imports ``exceptions``; never the other way round.
 """
 
 from __future__ import annotations
@@ -29,104 +24,50 @@ from typing import TypeVar
 
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
-    ReveAmbiguousSubmissionError,
+    PERMANENT_CODES,
     ReveAPIError,
-    ReveConnectionError,
     ReveDownloadError,
-    ReveDownloadTooLargeError,
-    ReveMalformedResponseError,
-    ReveUnsafeURLError,
+    is_permanent,
+    is_permanent_code,
+    is_retryable,
 )
+
+__all__ = [
+    "MAX_SANE_RETRY_AFTER",
+    "NO_RETRIES",
+    "PERMANENT_CODES",
+    "RetryPolicy",
+    "acall_with_retries",
+    "backoff_seconds",
+    "call_with_retries",
+    "is_permanent",
+    "is_permanent_code",
+    "is_retryable",
+    "parse_retry_after",
+    "should_retry_in_hook",
+    "too_many_tasks_wait",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: API error codes for which no retry, by us or by Airflow, can ever succeed.
-PERMANENT_CODES = frozenset(
-    {
-        "INVALID_PROMPT",
-        "INVALID_MODEL",
-        "INVALID_PARAMETER",
-        "CONTENT_POLICY_VIOLATION",
-        "INVALID_API_KEY",
-        "INSUFFICIENT_CREDITS",
-        "TASK_NOT_FOUND",
-    }
-)
-
-# A status poll is a read: any of these may go away on their own.
-_RETRYABLE_STATUS_FOR_READS = frozenset({408, 409, 429, 500, 502, 503, 504})
-# A submission is retried only when the API tells us nothing was created: "slow down",
-# "internal error, safe to retry" (the reference's words) and "temporarily unavailable".
-_SAFE_TO_RESUBMIT_CODES = frozenset({"RATE_LIMITED", "GENERATION_FAILED", "SERVICE_UNAVAILABLE"})
-
 MAX_SANE_RETRY_AFTER = 60.0
-# Answers without a machine code whose status alone says "this request is wrong".
-_PERMANENT_STATUS_WITHOUT_CODE = frozenset({400, 401, 402, 403, 404, 422})
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Whether the request that raised ``error`` may be sent again as it is."""
-    if isinstance(error, ReveAmbiguousSubmissionError):
-        return False
-    if isinstance(error, ReveDownloadError):
-        if isinstance(error, (ReveUnsafeURLError, ReveDownloadTooLargeError)):
-            return False
-        return error.http_status is None or error.http_status in _RETRYABLE_STATUS_FOR_READS
-    if not isinstance(error, ReveAPIError):
-        return False
-    if isinstance(error, ReveConnectionError):
-        # A read may always be re-sent; a submission only if it never left this machine.
-        return error.endpoint != GENERATE_ENDPOINT or not error.request_sent
-    if error.endpoint == GENERATE_ENDPOINT:
-        if error.code == "TOO_MANY_TASKS":
-            # Nothing was created, so re-sending is safe -- but the wait is for other tasks to
-            # finish (minutes), which the operator handles by deferring, not the hook by sleeping.
-            return True
-        # Without a documented machine code (a gateway's page), only a 429 proves nothing was
-        # made: rate limiters refuse before forwarding, while proxies also answer 503 after
-        # forwarding (an upstream reset or timeout), when the task may already exist.
-        return error.code in _SAFE_TO_RESUBMIT_CODES or (error.code is None and error.http_status == 429)
-    if isinstance(error, ReveMalformedResponseError):
-        return True
-    return error.http_status in _RETRYABLE_STATUS_FOR_READS
 
 
 def should_retry_in_hook(error: BaseException) -> bool:
-    """Whether the hook's own short retry loop should try again (vs. raising at once)."""
-    if isinstance(error, ReveAPIError) and error.code == "TOO_MANY_TASKS":
+    """Whether the hook's own short retry loop should try again (vs. raising at once).
+
+    A submission refused with ``TOO_MANY_TASKS`` waits for other tasks to finish (minutes): the
+    operator does that, deferring. A status read refused so is a read like any other 429.
+    """
+    if (
+        isinstance(error, ReveAPIError)
+        and error.code == "TOO_MANY_TASKS"
+        and error.endpoint == GENERATE_ENDPOINT
+    ):
         return False
     return is_retryable(error)
-
-
-def is_permanent_code(code: str | None) -> bool:
-    """Whether an API error code (at submit, or on a FAILED task) can never succeed on retry.
-
-    Unknown codes are treated as transient: failed tasks are refunded, so one more try costs
-    nothing, while wrongly calling an error permanent would drop work a retry could have done.
-    """
-    return code in PERMANENT_CODES
-
-
-def is_permanent(error: BaseException) -> bool:
-    """Whether an error means the Airflow task can never succeed by being tried again."""
-    from airflow_provider_reve.exceptions import ReveConfigurationError, ReveValidationError
-
-    if isinstance(error, (ReveValidationError, ReveConfigurationError)):
-        return True
-    if isinstance(error, ReveDownloadError):
-        # A refused URL, an oversized file or an expired link stays so on every try.
-        return not is_retryable(error)
-    if isinstance(error, ReveAPIError):
-        if error.code is not None:
-            return is_permanent_code(error.code)
-        if error.endpoint != GENERATE_ENDPOINT and error.http_status == 404:
-            # A gateway's bare 404 on a status read says nothing about the task; only the API's
-            # own TASK_NOT_FOUND may end a wait for a paid task.
-            return False
-        return error.http_status in _PERMANENT_STATUS_WITHOUT_CODE
-    return False
 
 
 def too_many_tasks_wait(attempt: int, retry_after: float | None = None) -> float:

@@ -1,9 +1,14 @@
-"""Every error the provider raises, in one family.
+"""Every error the provider raises, in one family, and what each one means for a retry.
 
 Users catch what they mean: ``ReveAuthenticationError`` for a bad key,
 ``ReveInsufficientCreditsError`` to top up, ``ReveRateLimitError`` to slow down, and so on.
-Whether an error may be retried is decided in one place, :mod:`airflow_provider_reve._retry`;
-``ReveAPIError.retryable`` only asks it.
+
+Whether an error may be retried is a fact about the error, so it is stated here, once, beside
+the classes: :func:`is_retryable` (may the same request be sent again?) and :func:`is_permanent`
+(can trying the Airflow task again ever help?). ``ReveAPIError.retryable`` asks the first.
+*How* to retry -- waits, ``Retry-After``, budgets, the loops -- is :mod:`airflow_provider_reve._retry`,
+which imports this module; this module imports nothing of the provider's but the ``ReveTask``
+type, so the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -61,9 +66,7 @@ class ReveAPIError(ReveError):
 
     @property
     def retryable(self) -> bool:
-        """Whether sending the same request again is safe and may succeed."""
-        from airflow_provider_reve._retry import is_retryable
-
+        """Whether sending the same request again is safe and may succeed (:func:`is_retryable`)."""
         return is_retryable(self)
 
     def __repr__(self) -> str:
@@ -223,3 +226,87 @@ def api_error_class(http_status: int | None, code: str | None) -> type[ReveAPIEr
         if http_status >= 500:
             return ReveServerError
     return ReveAPIError
+
+
+# -- what a retry can do ---------------------------------------------------------------------------
+
+#: API error codes for which no retry, by us or by Airflow, can ever succeed.
+PERMANENT_CODES = frozenset(
+    {
+        "INVALID_PROMPT",
+        "INVALID_MODEL",
+        "INVALID_PARAMETER",
+        "CONTENT_POLICY_VIOLATION",
+        "INVALID_API_KEY",
+        "INSUFFICIENT_CREDITS",
+        "TASK_NOT_FOUND",
+    }
+)
+# A status poll is a read: any of these may go away on their own.
+_RETRYABLE_STATUS_FOR_READS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# A submission is retried only when the API tells us nothing was created: "slow down",
+# "internal error, safe to retry" (the reference's words) and "temporarily unavailable".
+_SAFE_TO_RESUBMIT_CODES = frozenset({"RATE_LIMITED", "GENERATION_FAILED", "SERVICE_UNAVAILABLE"})
+# Answers without a machine code whose status alone says "this request is wrong".
+_PERMANENT_STATUS_WITHOUT_CODE = frozenset({400, 401, 402, 403, 404, 422})
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether the request that raised ``error`` may be sent again as it is.
+
+    Status polls are reads and may be re-sent on 408/409/429/5xx, garbled answers and connection
+    errors. ``generate`` creates a paid task, so it may be re-sent only when the request provably
+    created nothing. Result-file downloads are reads too; a refused URL, a file over
+    ``max_bytes`` or a 403/404/410 (an expired signed URL) are not worth reading again.
+    """
+    if isinstance(error, ReveAmbiguousSubmissionError):
+        return False
+    if isinstance(error, ReveDownloadError):
+        if isinstance(error, (ReveUnsafeURLError, ReveDownloadTooLargeError)):
+            return False
+        return error.http_status is None or error.http_status in _RETRYABLE_STATUS_FOR_READS
+    if not isinstance(error, ReveAPIError):
+        return False
+    if isinstance(error, ReveConnectionError):
+        # A read may always be re-sent; a submission only if it never left this machine.
+        return error.endpoint != GENERATE_ENDPOINT or not error.request_sent
+    if error.endpoint == GENERATE_ENDPOINT:
+        if error.code == "TOO_MANY_TASKS":
+            # Nothing was created, so re-sending is safe -- but the wait is for other tasks to
+            # finish (minutes), which the operator handles by deferring, not the hook by sleeping.
+            return True
+        # Without a documented machine code (a gateway's page), only a 429 proves nothing was
+        # made: rate limiters refuse before forwarding, while proxies also answer 503 after
+        # forwarding (an upstream reset or timeout), when the task may already exist.
+        return error.code in _SAFE_TO_RESUBMIT_CODES or (error.code is None and error.http_status == 429)
+    if isinstance(error, ReveMalformedResponseError):
+        return True
+    return error.http_status in _RETRYABLE_STATUS_FOR_READS
+
+
+def is_permanent_code(code: object) -> bool:
+    """Whether an API error code (at submit, or on a FAILED task) can never succeed on retry.
+
+    Unknown codes are treated as transient: failed tasks are refunded, so one more try costs
+    nothing, while wrongly calling an error permanent would drop work a retry could have done.
+    Anything that is not a string (a task dict from a trigger event is data) is no code at all.
+    """
+    return isinstance(code, str) and code in PERMANENT_CODES
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether an error means the Airflow task can never succeed by being tried again."""
+    if isinstance(error, (ReveValidationError, ReveConfigurationError)):
+        return True
+    if isinstance(error, ReveDownloadError):
+        # A refused URL, an oversized file or an expired link stays so on every try.
+        return not is_retryable(error)
+    if isinstance(error, ReveAPIError):
+        if error.code is not None:
+            return is_permanent_code(error.code)
+        if error.endpoint != GENERATE_ENDPOINT and error.http_status == 404:
+            # A gateway's bare 404 on a status read says nothing about the task; only the API's
+            # own TASK_NOT_FOUND may end a wait for a paid task.
+            return False
+        return error.http_status in _PERMANENT_STATUS_WITHOUT_CODE
+    return False

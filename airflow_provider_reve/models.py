@@ -73,6 +73,9 @@ class ReveTask:
         urls = data.get("result_urls") or []
         if not isinstance(urls, (list, tuple)) or not all(isinstance(u, str) for u in urls):
             raise ValueError("ReveTask.result_urls must be a list of strings")
+        for name in ("error_code", "error_message", "model"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise ValueError(f"ReveTask.{name} must be a string or null")
         credits = data.get("consumed_credits")
         if credits is not None and (isinstance(credits, bool) or not isinstance(credits, int)):
             raise ValueError("ReveTask.consumed_credits must be an integer or null")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 # Must happen before anything imports airflow: its configuration is read at import time.
@@ -53,4 +54,6 @@ def no_defer_settle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     slower. The real delay is covered by its own tests and by every E2E run.
     """
     assert REAL_SETTLE_TIME.__name__ == "settle_time"  # kept for the tests of the real delay
-    monkeypatch.setattr("airflow_provider_reve.triggers.reve.settle_time", lambda: 0.0)
+    # "Now", not 0.0: polling paces itself from this moment (a wait that began in 1970 would
+    # already count as long-running and be polled at the slowest rate).
+    monkeypatch.setattr("airflow_provider_reve.triggers.reve.settle_time", time.time)

@@ -237,10 +237,13 @@ def resolve_reve_task_id(value: Any) -> str:
         text = value.strip()
         if text.startswith("{"):
             value = parse_rendered_literal(text)
-        elif text:
+        elif text and text.isprintable():
             return text
-    if isinstance(value, dict) and isinstance(value.get("task_id"), str) and value["task_id"].strip():
-        return value["task_id"].strip()
+    found = value.get("task_id") if isinstance(value, dict) else None
+    if isinstance(found, str) and found.strip() and found.strip().isprintable():
+        return found.strip()
+    # A control character (CR/LF...) in an id would forge lines in every log that names it.
     raise AirflowFailException(
-        f"reve_task_id must be a Reve task id or the dict ReveGenerateOperator returns, got {value!r}"
+        "reve_task_id must be a Reve task id (printable characters) or the dict "
+        f"ReveGenerateOperator returns, got {value!r:.200}"
     )
