@@ -188,11 +188,17 @@ def _open_local(entry: Entry) -> Opened:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         raise MediaRefused("not readable") from None
-    handle = os.fdopen(fd, "rb")
     try:
+        # Checked on the raw descriptor, closed on every way out: a directory opens fine but
+        # fails fdopen(), and a leaked descriptor per request would starve the api-server.
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size:
             raise MediaRefused("not the stored file")
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
         key = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, entry.sha256)
         if entry.size <= _IN_MEMORY:
             data = handle.read(entry.size + 1)

@@ -41,7 +41,7 @@ def esc(value: object) -> str:
 
 def url(target: str) -> str:
     """``target`` escaped for an attribute, if it is one of ours or a safe http(s) URL."""
-    if target.startswith(("http://", "https://")):
+    if target[:8].lower().startswith(("http://", "https://")):  # safe_link accepts "HTTPS://" too
         if safe_link(target) != target:
             raise ValueError("unsafe URL")
     elif not target.startswith(_OWN_ROUTES):

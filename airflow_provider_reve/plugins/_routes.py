@@ -61,6 +61,8 @@ def _text(request: Request, name: str, limit: int = 1000) -> str | None:
     if value is None:
         return None
     value = value.strip()
+    if "\x00" in value:  # no id holds a NUL, and PostgreSQL refuses one in a query
+        return None
     return value[:limit] or None
 
 
@@ -77,10 +79,13 @@ def _day(request: Request, name: str, notes: list[str]) -> date | None:
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
+        day = None
+    if day is None or not date.min < day < date.max:  # the day after date.max overflows
         notes.append(f"Ignored {name}={value!r}: not a date (YYYY-MM-DD).")
         return None
+    return day
 
 
 def _html(body: str, status_code: int = 200) -> HTMLResponse:
@@ -180,6 +185,8 @@ def _serve_media(request: Request, user: Any) -> Response:
         map_index = int(request.query_params.get("map_index", "-1"))
         index = int(request.query_params.get("index", ""))
     except ValueError:
+        return _not_found()
+    if not (-1 <= map_index < 2**31 and 0 <= index < 2**31):  # beyond what a DB integer holds
         return _not_found()
     if not dag_id or not run_id or not task_id or not reve_task_id:
         return _not_found()
