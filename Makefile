@@ -16,7 +16,7 @@ FLOOR_STAMP := $(FLOOR_VENV)/.installed-stamp
 # pip on some machines warns about absent local mirrors; those lines are noise, not errors.
 QUIET_PIP := { grep -v "^WARNING: Location '" || true; }
 
-.PHONY: help venv lint unit e2e test test-floor test-system system-deps demo bench clean
+.PHONY: help venv lint unit e2e test test-floor test-system system-deps demo bench stress clean
 
 help:
 	@echo "make demo   - run the example pipeline through a real Airflow scheduler + triggerer against the fake Reve API"
@@ -28,6 +28,8 @@ help:
 	@echo "              Installs Debian's $(SYSTEM_PACKAGES) with apt-get when missing (as root;"
 	@echo "              otherwise prints the command to run). Screenshots: tests/system/artifacts/"
 	@echo "make bench  - print the benchmark tables"
+	@echo "make stress - 1,000 mapped deferrable generations through a real scheduler + triggerer against the"
+	@echo "              fake API with faults; checks ledger, submissions, blocked loop (ARGS=\"--n 200\": fewer)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +83,10 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/run.py
+
+# About 8 minutes on 2 cores; stops by itself after 14 minutes (--timeout) whatever happens.
+stress: venv
+	$(PY) benchmarks/stress.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

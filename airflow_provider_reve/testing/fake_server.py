@@ -278,7 +278,9 @@ class FakeReveServer(FakeState):
         try:
             ssl_context = self._ssl_context()
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=ssl_context)
+            # A real API's listen queue, not aiohttp's 128: thousands of clients connecting in
+            # the same second (a benchmark's baseline) must not be dropped by the fake alone.
+            site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=ssl_context, backlog=1024)
             loop.run_until_complete(site.start())
             self._port = int(runner.addresses[0][1])
             self._loop = loop

@@ -115,8 +115,8 @@ class _Api:
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         state = self.state
-        state.count(STATUS, _connection(request))
         task_id = request.query.get("task_id", "").strip()
+        state.count(STATUS, _connection(request), task_id)
         try:
             fault = state.match_fault(STATUS, state.task_model(task_id), request.headers.get(FAULT_HEADER))
         except ValueError as error:

@@ -95,6 +95,9 @@ class Fault:
     :param retry_after: value of a ``Retry-After`` header (seconds, or an HTTP date string).
     :param delay: seconds, for ``slow`` and (between chunks) ``trickle``.
     :param times: how many requests the rule applies to; ``None`` forever.
+    :param probability: the chance (0 < p <= 1) that a request the rule could match is hit; a
+        request it spares does not use up ``times``. For load tests: ``times=None,
+        probability=0.05`` fails about one request in twenty.
     :param model: only match requests for this model (``status``: the polled task's model).
     :param detail: the error's ``detail`` (``error``) or the failed task's message (``fail_task``).
     :param chunk_size: bytes per piece, for ``trickle``.
@@ -110,6 +113,7 @@ class Fault:
     retry_after: float | str | None = None
     delay: float = 1.0
     times: int | None = 1
+    probability: float = 1.0
     model: str | None = None
     detail: str | None = None
     chunk_size: int = 4
@@ -138,6 +142,9 @@ class Fault:
         if self.status is not None and (not _is_int(self.status) or not 100 <= self.status <= 599):
             raise ValueError(f"status must be an HTTP status code, got {self.status!r}")
         _check_number("delay", self.delay, minimum=0)
+        _check_number("probability", self.probability, minimum=0)
+        if not 0 < self.probability <= 1:
+            raise ValueError(f"probability must be > 0 and <= 1, got {self.probability!r}")
         _check_number("size_mib", self.size_mib, minimum=0)
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a whole number >= 1, got {self.chunk_size!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -30,6 +31,8 @@ log = logging.getLogger("airflow_provider_reve.testing.fake_server")
 
 DEFAULT_API_KEY = "sk-fake-reve-test-key"
 DEFAULT_CREDITS = 1_000_000
+#: How many API requests :meth:`FakeState.request_log` remembers (the oldest are forgotten).
+REQUEST_LOG_SIZE = 100_000
 
 #: Every setting, with its default: off unless a test turns it on.
 SETTING_DEFAULTS: Mapping[str, Any] = {
@@ -141,6 +144,7 @@ class FakeState:
         self._requests: dict[str, int] = {}
         self._connections: set[tuple[str, int]] = set()
         self._hits: dict[str, deque[float]] = {}
+        self._log: deque[tuple[float, str, str | None]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._submissions = 0
         self._reset_state()
 
@@ -186,6 +190,8 @@ class FakeState:
             for index, rule in enumerate(self._faults):
                 if not rule.applies_to(endpoint) or (rule.model is not None and rule.model != model):
                     continue
+                if rule.probability < 1 and random.random() >= rule.probability:
+                    continue  # spared: a probabilistic rule only uses up ``times`` when it hits
                 if rule.times is not None:
                     rule.times -= 1
                     if rule.times <= 0:
@@ -279,6 +285,7 @@ class FakeState:
         self._requests = {"total": 0, GENERATE: 0, STATUS: 0, FILES: 0}
         self._connections.clear()
         self._hits.clear()
+        self._log.clear()
         self._submissions = 0
         self._settings = dict(self._initial_settings)
 
@@ -322,6 +329,19 @@ class FakeState:
                 raise ValueError(f"unknown endpoint {endpoint!r}; use one of {sorted(self._requests)}")
             return self._requests[endpoint]
 
+    def request_log(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """The API requests received, oldest first (at most ``REQUEST_LOG_SIZE``), as
+        ``{"at", "endpoint", "task_id"}``: ``at`` is this process's ``time.monotonic()`` when the
+        request arrived (comparable with a test's own clock when the fake runs in-process),
+        ``task_id`` the polled task (status requests only). ``endpoint`` filters."""
+        with self._lock:
+            entries = list(self._log)
+        return [
+            {"at": at, "endpoint": name, "task_id": task_id}
+            for at, name, task_id in entries
+            if endpoint is None or name == endpoint
+        ]
+
     @property
     def connections(self) -> int:
         with self._lock:
@@ -342,8 +362,10 @@ class FakeState:
 
     # ------------------------------------------------------------------ used by the request handlers
 
-    def count(self, endpoint: str, connection: tuple[str, int] | None) -> None:
+    def count(self, endpoint: str, connection: tuple[str, int] | None, task_id: str | None = None) -> None:
         with self._lock:
+            if endpoint != FILES:
+                self._log.append((time.monotonic(), endpoint, task_id))
             self._requests["total"] += 1
             self._requests[endpoint] += 1
             if connection is not None:
