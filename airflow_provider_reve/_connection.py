@@ -7,6 +7,7 @@ the same way: base URL from ``host``, API key from ``password``, our options fro
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ DEFAULT_BASE_URL = "https://reve2img.com"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 # Extra keys we understand. Anything else in extra is ignored -- never sent as an HTTP header.
-KNOWN_EXTRA_KEYS = frozenset({"allow_insecure_http", "connect_timeout", "read_timeout"})
+KNOWN_EXTRA_KEYS = frozenset(
+    {"allow_insecure_http", "connect_timeout", "read_timeout", "max_requests_per_second"}
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ConnectionSettings:
     api_key: str = field(repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: A client-side cap shared by everything using this Base URL and key (``None``: no cap).
+    max_requests_per_second: float | None = None
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -53,6 +58,7 @@ def settings_from_connection(
         api_key=api_key,
         connect_timeout=_seconds(conn_id, extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         read_timeout=_seconds(conn_id, extra, "read_timeout", DEFAULT_READ_TIMEOUT),
+        max_requests_per_second=_rate(conn_id, extra, "max_requests_per_second"),
     )
 
 
@@ -174,3 +180,20 @@ def _seconds(conn_id: str, extra: Mapping[str, Any], name: str, default: float) 
             f"Connection {conn_id!r}: extra {name!r} must be a positive number of seconds, got {value!r}."
         )
     return seconds
+
+
+def _rate(conn_id: str, extra: Mapping[str, Any], name: str) -> float | None:
+    value = extra.get(name)
+    if value is None or value == "":
+        return None  # off: the default
+    try:
+        # true/false would pass float() as 1/0: a checkbox is not a rate.
+        rate = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not (math.isfinite(rate) and rate > 0):
+        raise ReveConfigurationError(
+            f"Connection {conn_id!r}: extra {name!r} must be a positive number of requests per "
+            f"second (e.g. 20), or empty for no limit; got {value!r}."
+        )
+    return rate

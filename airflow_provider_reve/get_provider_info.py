@@ -64,6 +64,13 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Seconds (more than 0) to wait for an answer. Default 60.",
                         "schema": {"type": ["number", "null"], "minimum": 0, "exclusiveMinimum": 0},
                     },
+                    "max_requests_per_second": {
+                        "label": "Max requests per second",
+                        "description": "Client-side cap on requests to this Base URL with this key, "
+                        "shared by every trigger in a triggerer and every hook in a worker process. "
+                        "Empty: no cap (default).",
+                        "schema": {"type": ["number", "null"], "minimum": 0, "exclusiveMinimum": 0},
+                    },
                 },
             }
         ],

@@ -35,7 +35,12 @@ def test_connection_form_shows_api_key_as_masked_password_and_only_our_options_a
     assert standard.host.placeholder == "https://reve2img.com"
     assert standard.login.hidden and standard.port.hidden and standard.url_schema.hidden
     extras = reve.extra_fields or {}
-    assert set(extras) == {"allow_insecure_http", "connect_timeout", "read_timeout"}
+    assert set(extras) == {
+        "allow_insecure_http",
+        "connect_timeout",
+        "read_timeout",
+        "max_requests_per_second",
+    }
     # The key is never an extra field: it is the standard (masked) password.
     assert not any("key" in name for name in extras)
 

@@ -29,6 +29,7 @@ from airflow_provider_reve import __version__
 from airflow_provider_reve._catalog import is_synchronous, validate_request
 from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
 from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
+from airflow_provider_reve._ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
 from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
 from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, StoredResults, store_results, tasks_from_results
 from airflow_provider_reve._transport import request_may_have_been_sent
@@ -124,6 +125,8 @@ class ReveHook(HttpHook):
     default_conn_name = "reve_default"
     conn_type = "reve"
     hook_name = "Reve"
+    # HttpHook builds a requests adapter per hook (a few KiB); only the sync session uses it.
+    _tcp_keep_alive = True
 
     def __init__(
         self,
@@ -132,7 +135,7 @@ class ReveHook(HttpHook):
         timeout: tuple[float, float] | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(method="POST", http_conn_id=reve_conn_id)
+        super().__init__(method="POST", http_conn_id=reve_conn_id, tcp_keep_alive=self._tcp_keep_alive)
         self.reve_conn_id = reve_conn_id
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy()
@@ -313,6 +316,9 @@ class ReveHook(HttpHook):
         session = self.get_conn()
         url = self.settings.base_url + path
         connect, read = timeout or self._timeouts
+        # The connection's shared budget (max_requests_per_second, 429 pauses) within this process.
+        gate = process_gate(self.settings)
+        gate.acquire(endpoint)
         deadline = time.monotonic() + connect + read
         try:
             # Streamed, so that no more than MAX_RESPONSE_BYTES of an answer is ever held.
@@ -321,14 +327,18 @@ class ReveHook(HttpHook):
                 body, truncated = _read_capped(response, deadline)
         except requests.exceptions.RequestException as error:
             raise self._transport_error(endpoint, error) from None
-        return parse_task_response(
-            endpoint,
-            response.status_code,
-            body,
-            retry_after_header=response.headers.get("Retry-After"),
-            secrets=[self.settings.api_key],
-            truncated=truncated,
-        )
+        try:
+            return parse_task_response(
+                endpoint,
+                response.status_code,
+                body,
+                retry_after_header=response.headers.get("Retry-After"),
+                secrets=[self.settings.api_key],
+                truncated=truncated,
+            )
+        except ReveAPIError as error:
+            gate.observe(error)  # a 429 holds this process's other requests too
+            raise
 
     def _transport_error(self, endpoint: str, error: requests.exceptions.RequestException) -> ReveAPIError:
         sent = request_may_have_been_sent(error)
@@ -367,7 +377,7 @@ async def shared_client_session() -> AsyncIterator[aiohttp.ClientSession]:
     entry = _SESSIONS.get(loop)
     if entry is None or entry.session.closed:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT, keepalive_timeout=30),
             headers={"User-Agent": USER_AGENT},
         )
         entry = _SESSIONS[loop] = _LoopSession(session)
@@ -383,6 +393,8 @@ async def shared_client_session() -> AsyncIterator[aiohttp.ClientSession]:
 
 class ReveAsyncHook(ReveHook):
     """Async status reads for triggers: never blocks the loop, shares the loop's HTTP session."""
+
+    _tcp_keep_alive = False  # a trigger holds thousands of these and never uses requests
 
     @asynccontextmanager
     async def keep_session(self) -> AsyncIterator[None]:
@@ -448,15 +460,18 @@ class ReveAsyncHook(ReveHook):
     async def _aget_status_once(
         self, settings: ConnectionSettings, task_id: str, ends_at: float | None = None
     ) -> ReveTask:
-        timeout = self._request_timeout(settings, ends_at)
+        # The connection's shared budget on this loop: 429 pauses, max_requests_per_second, and
+        # at most MAX_IN_FLIGHT requests at once (the rest wait there, holding next to nothing).
+        gate = loop_gate(settings)
         try:
             async with (
+                gate.request(STATUS_ENDPOINT, ends_at),
                 shared_client_session() as session,
                 session.get(
                     settings.base_url + STATUS_PATH,
                     params={"task_id": task_id},
                     headers=settings.auth_headers,
-                    timeout=timeout,
+                    timeout=self._request_timeout(settings, ends_at),
                 ) as response,
             ):
                 body, truncated = await _aread_capped(response)
@@ -473,11 +488,15 @@ class ReveAsyncHook(ReveHook):
                 endpoint=STATUS_ENDPOINT,
                 request_sent=True,
             ) from None
-        return parse_task_response(
-            STATUS_ENDPOINT,
-            status,
-            body,
-            retry_after_header=retry_after,
-            secrets=[settings.api_key],
-            truncated=truncated,
-        )
+        try:
+            return parse_task_response(
+                STATUS_ENDPOINT,
+                status,
+                body,
+                retry_after_header=retry_after,
+                secrets=[settings.api_key],
+                truncated=truncated,
+            )
+        except ReveAPIError as error:
+            gate.observe(error)  # a 429 pauses every trigger of this connection on the loop
+            raise

@@ -8,10 +8,13 @@ kwargs in plain text. The connection is resolved inside ``run()``, asynchronousl
 from __future__ import annotations
 
 import asyncio
+import importlib
+import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -24,10 +27,34 @@ from airflow_provider_reve._defaults import (  # re-exported: the event protocol
     OUTCOMES,
     PROGRESS_LOG_INTERVAL,
 )
+from airflow_provider_reve._polling import (
+    LONG_WAIT_AFTER,
+    LONG_WAIT_INTERVAL,
+    current_interval,
+    first_read_at,
+    wait_origin,
+)
 from airflow_provider_reve._retry import NO_RETRIES, backoff_seconds, is_permanent
 from airflow_provider_reve.exceptions import ReveAPIError, ReveError
-from airflow_provider_reve.hooks.reve import ReveAsyncHook
 from airflow_provider_reve.models import ReveTask
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.hooks.reve import ReveAsyncHook
+
+_HOOK_MODULE = "airflow_provider_reve.hooks.reve"
+
+
+async def _hooks() -> Any:
+    """The hook module, imported off the event loop the first time.
+
+    The triggerer imports this module on its loop when the first trigger arrives; aiohttp and
+    the rest of the hook take ~0.2 s to import, which Airflow reports as a blocked loop. So
+    this module imports neither, and the first ``run()`` imports them in a thread.
+    """
+    module = sys.modules.get(_HOOK_MODULE)
+    if module is None:
+        module = await asyncio.to_thread(importlib.import_module, _HOOK_MODULE)
+    return module
 
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
 # Transient errors back off from one poll interval up to a few of them, but never past this.
@@ -55,7 +82,8 @@ class ReveTaskTrigger(BaseTrigger):
 
     :param reve_task_id: the Reve task to wait for.
     :param reve_conn_id: the ``reve`` connection to use (resolved in the triggerer).
-    :param poll_interval: seconds between status polls.
+    :param poll_interval: seconds between status polls; after :attr:`long_wait_after` seconds of
+        waiting, ``max(poll_interval, long_wait_interval)`` (see ``_polling`` for the rule).
     :param deadline: absolute UNIX time after which the wait ends with outcome ``timeout``;
         absolute so that a triggerer restart does not extend the wait. The task is always read
         once at or after the deadline before ``timeout`` is reported, so a task that finished
@@ -66,8 +94,9 @@ class ReveTaskTrigger(BaseTrigger):
         off and ridden out until the deadline, as a poking sensor does. After this many in a
         row the log says so at ERROR level, once per streak.
     :param not_before: absolute UNIX time before which the first poll is not made (see
-        :func:`settle_time`), even when the deadline has already passed; by default the first
-        poll comes one ``poll_interval`` after start.
+        :func:`settle_time`), even when the deadline has already passed. The first poll comes at
+        a random moment in the ``poll_interval`` after the later of ``not_before`` and one
+        ``poll_interval`` after start.
 
     The log says when the status changes, and otherwise at most every
     :attr:`progress_log_interval` seconds that the task is still waiting (with the time spent).
@@ -77,6 +106,12 @@ class ReveTaskTrigger(BaseTrigger):
     progress_log_interval: float = PROGRESS_LOG_INTERVAL
     # The clock of those lines' elapsed time (monotonic: a wall-clock jump must not spam the log).
     _clock: Callable[[], float] = staticmethod(time.monotonic)
+    #: Class-level too: after this many seconds of waiting, the task is read every
+    #: ``max(poll_interval, long_wait_interval)`` seconds.
+    long_wait_after: float = LONG_WAIT_AFTER
+    long_wait_interval: float = LONG_WAIT_INTERVAL
+    # The first poll's jitter.
+    _rng: Callable[[], float] = staticmethod(random.random)
 
     def __init__(
         self,
@@ -114,7 +149,7 @@ class ReveTaskTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # This loop is the retry loop: it backs off, logs and keeps waiting on transient errors,
         # so the hook makes one attempt per poll.
-        hook = ReveAsyncHook(self.reve_conn_id, retry_policy=NO_RETRIES)
+        hook = (await _hooks()).ReveAsyncHook(self.reve_conn_id, retry_policy=NO_RETRIES)
         # One keep-alive session for the whole wait, shared with every other trigger on this loop.
         async with hook.keep_session():
             event = await self._wait(hook)
@@ -125,6 +160,7 @@ class ReveTaskTrigger(BaseTrigger):
         last_error: ReveError | None = None
         errors_in_a_row = 0
         progress = _WaitLog(self.log, self.reve_task_id, self.progress_log_interval, self._clock)
+        origin = wait_origin(time.time(), self.not_before)
         await asyncio.sleep(self._first_wait())
         while True:
             remaining = self._remaining()
@@ -145,7 +181,8 @@ class ReveTaskTrigger(BaseTrigger):
                 progress.unreadable()
                 if final:
                     return self._timeout(last, last_error)
-                wait = self._capped(self._error_backoff(errors_in_a_row, error))
+                interval = self._interval(origin)
+                wait = self._capped(self._error_backoff(errors_in_a_row, error, interval))
                 self._log_transient(error, errors_in_a_row, wait)
                 await asyncio.sleep(wait)
                 continue
@@ -162,27 +199,42 @@ class ReveTaskTrigger(BaseTrigger):
                 )
             if final:
                 return self._timeout(task, None)
-            await asyncio.sleep(self._capped(self.poll_interval))
+            # Counted from the answer: two reads of a task are never closer than the interval.
+            await asyncio.sleep(self._capped(self._interval(origin)))
+
+    def _interval(self, origin: float) -> float:
+        return current_interval(
+            self.poll_interval,
+            time.time() - origin,
+            long_wait_after=self.long_wait_after,
+            long_wait_interval=self.long_wait_interval,
+        )
 
     def _first_wait(self) -> float:
-        # Whoever deferred has just seen the task IN_PROGRESS: wait one interval, but not past
-        # the deadline. ``not_before`` wins over the deadline: firing sooner races the worker's
-        # exit record (see settle_time), and the final look must come after it too.
-        wait = self._capped(self.poll_interval)
+        # Whoever deferred has just seen the task IN_PROGRESS: wait at least one interval, plus a
+        # random part of another so that triggers started together do not poll together -- but
+        # not past the deadline. ``not_before`` wins over the deadline: firing sooner races the
+        # worker's exit record (see settle_time), and the final look must come after it too.
+        now = time.time()
+        wait = self._capped(first_read_at(now, self.poll_interval, self.not_before, self._rng) - now)
         if self.not_before is not None:
-            wait = max(wait, self.not_before - time.time())
+            wait = max(wait, self.not_before - now)
         return wait
 
     async def _final_read_seconds(self, hook: ReveAsyncHook) -> float:
         settings = await hook.async_settings()
         return min(settings.read_timeout, FINAL_READ_MAX_SECONDS)
 
-    def _error_backoff(self, errors_in_a_row: int, error: ReveAPIError) -> float:
-        """From one poll interval, growing to a few of them (at most 30 s); a sane Retry-After wins."""
-        cap = max(self.poll_interval, min(self.poll_interval * _ERROR_BACKOFF_INTERVALS, MAX_ERROR_BACKOFF))
-        wait = backoff_seconds(errors_in_a_row, error.retry_after, initial=self.poll_interval, cap=cap)
-        # Never poll faster than the interval the user chose, whatever Retry-After says.
-        return max(self.poll_interval, wait)
+    def _error_backoff(
+        self, errors_in_a_row: int, error: ReveAPIError, interval: float | None = None
+    ) -> float:
+        """From one (current) poll interval, growing to a few of them (at most 30 s); a sane
+        Retry-After wins."""
+        interval = self.poll_interval if interval is None else interval
+        cap = max(interval, min(interval * _ERROR_BACKOFF_INTERVALS, MAX_ERROR_BACKOFF))
+        wait = backoff_seconds(errors_in_a_row, error.retry_after, initial=interval, cap=cap)
+        # Never poll faster than the interval in force, whatever Retry-After says.
+        return max(interval, wait)
 
     def _log_transient(self, error: ReveAPIError, errors_in_a_row: int, wait: float) -> None:
         self.log.warning(

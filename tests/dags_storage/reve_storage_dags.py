@@ -36,9 +36,9 @@ with DAG(dag_id="reve_storage_sense_then_download", schedule=None, start_date=da
     submitted = ReveGenerateOperator.partial(
         task_id="submit", model="nano-banana", wait_for_completion=False
     ).expand(prompt=PROMPTS)
-    sensed = ReveTaskSensor.partial(
-        task_id="wait", deferrable=True, poke_interval=0.1, timeout=60
-    ).expand(reve_task_id=submitted.output)
+    sensed = ReveTaskSensor.partial(task_id="wait", deferrable=True, poke_interval=0.1, timeout=60).expand(
+        reve_task_id=submitted.output
+    )
     ReveDownloadResultsOperator(
         task_id="store",
         results=sensed.output,
