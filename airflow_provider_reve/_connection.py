@@ -53,6 +53,14 @@ def settings_from_connection(
     """
     api_key = _api_key(conn_id, password)
     base_url = _base_url(conn_id, host, port, _flag(extra.get("allow_insecure_http")))
+    from airflow_provider_reve._redact import Redactor
+
+    if Redactor([api_key]).reveals_secret(base_url):
+        # The Base URL is printed in connection-error messages and logs; the key must not be.
+        raise ReveConfigurationError(
+            f"Connection {conn_id!r}: the Base URL (host) contains the API key, or a part of it. Put "
+            "the key in the password field (\"API key\") only."
+        )
     return ConnectionSettings(
         base_url=base_url,
         api_key=api_key,

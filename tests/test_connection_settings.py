@@ -163,3 +163,19 @@ async def test_the_async_hook_refuses_such_a_key_with_the_same_error_not_a_bare_
 
     assert not quotes_any_of(str(raised.value), key)
     assert fake_reve_server.requests_to("total") == 0
+
+
+@pytest.mark.parametrize("where", ["path", "subdomain"])  # a query string is dropped anyway
+def test_a_base_url_that_carries_the_api_key_is_refused_without_quoting_either(where):
+    from airflow_provider_reve._connection import settings_from_connection
+    from airflow_provider_reve.exceptions import ReveConfigurationError
+
+    key = "sk-live-Qm9PaZ27xLw3Rk8v"
+    host = {
+        "path": f"https://reve.example.com/{key}",
+        "subdomain": f"https://{key[3:].lower()}.reve.example.com",
+    }[where]
+
+    with pytest.raises(ReveConfigurationError, match="Base URL \\(host\\) contains the API key") as caught:
+        settings_from_connection("reve_default", host, None, key, {})
+    assert key[3:11] not in str(caught.value).lower()

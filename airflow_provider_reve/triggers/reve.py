@@ -56,6 +56,7 @@ async def _hooks() -> Any:
         module = await asyncio.to_thread(importlib.import_module, _HOOK_MODULE)
     return module
 
+
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
 # Transient errors back off from one poll interval up to a few of them, but never past this.
 MAX_ERROR_BACKOFF = 30.0
