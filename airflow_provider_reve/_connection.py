@@ -59,7 +59,7 @@ def settings_from_connection(
         # The Base URL is printed in connection-error messages and logs; the key must not be.
         raise ReveConfigurationError(
             f"Connection {conn_id!r}: the Base URL (host) contains the API key, or a part of it. Put "
-            "the key in the password field (\"API key\") only."
+            'the key in the password field ("API key") only.'
         )
     return ConnectionSettings(
         base_url=base_url,
