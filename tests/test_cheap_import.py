@@ -58,3 +58,25 @@ def test_the_triggerer_importing_our_trigger_on_its_event_loop_loads_no_http_cli
     # The triggerer imports a trigger's module on its loop; aiohttp alone took ~0.2 s there and
     # was reported as "async thread was blocked". The first run() imports it in a thread instead.
     assert loaded_after_import("airflow_provider_reve.triggers.reve") == []
+
+
+def test_triggers_starting_together_in_a_fresh_triggerer_all_get_the_fully_imported_hook():
+    # The first run() imports the hook in a thread; the others must wait for that import to
+    # finish, not pick up the half-initialised module from sys.modules (seen in E2E: the trigger
+    # "exited with error ... partially initialized module" and its task failed).
+    probe = (
+        "import asyncio, airflow.sdk\n"
+        "from airflow_provider_reve.triggers import reve\n"
+        "async def complete_when_returned():\n"
+        "    return hasattr(await reve._hooks(), 'ReveAsyncHook')  # judged at once, as run() uses it\n"
+        "async def main():\n"
+        "    started = []\n"
+        "    for _ in range(300):  # triggers arriving one by one while the first imports\n"
+        "        started.append(asyncio.ensure_future(complete_when_returned()))\n"
+        "        await asyncio.sleep(0.001)\n"
+        "    print(all(await asyncio.gather(*started)))\n"
+        "asyncio.run(main())\n"
+    )
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stderr[-2000:]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import random
-import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,6 +42,16 @@ if TYPE_CHECKING:
     from airflow_provider_reve.hooks.reve import ReveAsyncHook
 
 _HOOK_MODULE = "airflow_provider_reve.hooks.reve"
+_hook_module: Any = None  # set once the import has *finished*
+_hook_module_lock = threading.Lock()
+
+
+def _import_hooks() -> Any:
+    global _hook_module
+    with _hook_module_lock:
+        if _hook_module is None:
+            _hook_module = importlib.import_module(_HOOK_MODULE)
+        return _hook_module
 
 
 async def _hooks() -> Any:
@@ -49,12 +59,13 @@ async def _hooks() -> Any:
 
     The triggerer imports this module on its loop when the first trigger arrives; aiohttp and
     the rest of the hook take ~0.2 s to import, which Airflow reports as a blocked loop. So
-    this module imports neither, and the first ``run()`` imports them in a thread.
+    this module imports neither, and the first ``run()`` imports them in a thread. Triggers that
+    start meanwhile wait for that import to finish: ``sys.modules`` already holds the module
+    while it is only partly initialised.
     """
-    module = sys.modules.get(_HOOK_MODULE)
-    if module is None:
-        module = await asyncio.to_thread(importlib.import_module, _HOOK_MODULE)
-    return module
+    if _hook_module is not None:
+        return _hook_module
+    return await asyncio.to_thread(_import_hooks)
 
 
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
