@@ -11,9 +11,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve.exceptions import ReveConfigurationError
 
 DEFAULT_BASE_URL = "https://reve2img.com"
@@ -34,6 +36,11 @@ class ConnectionSettings:
     #: A client-side cap shared by everything using this Base URL and key (``None``: no cap).
     max_requests_per_second: float | None = None
 
+    @cached_property
+    def redactor(self) -> Redactor:
+        """Scrubs this key from what the server sends; built once per settings, not per answer."""
+        return Redactor([self.api_key])
+
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
@@ -53,8 +60,6 @@ def settings_from_connection(
     """
     api_key = _api_key(conn_id, password)
     base_url = _base_url(conn_id, host, port, _flag(extra.get("allow_insecure_http")))
-    from airflow_provider_reve._redact import Redactor
-
     if Redactor([api_key]).reveals_secret(base_url):
         # The Base URL is printed in connection-error messages and logs; the key must not be.
         raise ReveConfigurationError(

@@ -251,7 +251,7 @@ def _check_url(url: str, previous_scheme: str | None) -> SplitResult:
     return parts
 
 
-def _is_public(address: str) -> bool:
+def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
@@ -280,7 +280,7 @@ def _check_resolved(parts: SplitResult, url: str) -> None:
         reason = err.strerror or type(err).__name__
     else:
         for address in _addresses(info[4] for info in infos):
-            if not _is_public(address):
+            if not is_public_address(address):
                 raise _refuse_address(url, address)
         return
     shown = redact_url(url)
@@ -304,7 +304,7 @@ def _check_peer(response: requests.Response, url: str) -> None:
         raise ReveUnsafeURLError(
             f"refusing {shown}: cannot tell which address the connection went to", url=shown
         )
-    if not _is_public(address):
+    if not is_public_address(address):
         raise _refuse_address(url, address)
 
 

@@ -12,7 +12,6 @@ event loop and shares one ``aiohttp`` session per running loop among all trigger
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from airflow.providers.http.hooks.http import HttpHook
 from airflow_provider_reve import __version__
 from airflow_provider_reve._catalog import is_synchronous, validate_request
 from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_reve._download import is_public_address
 from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
 from airflow_provider_reve._ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
 from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
@@ -60,8 +60,9 @@ def is_private_host(host: str) -> bool:
     if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
         return True
     try:
-        return not ipaddress.ip_address(host.strip("[]")).is_global
-    except ValueError:
+        # The download policy's own notion of "public", so the two can never disagree.
+        return not is_public_address(host.strip("[]"))
+    except ValueError:  # a name, not an address
         return False
 
 
@@ -333,7 +334,7 @@ class ReveHook(HttpHook):
                 response.status_code,
                 body,
                 retry_after_header=response.headers.get("Retry-After"),
-                secrets=[self.settings.api_key],
+                redactor=self.settings.redactor,
                 truncated=truncated,
             )
         except ReveAPIError as error:
@@ -494,7 +495,7 @@ class ReveAsyncHook(ReveHook):
                 status,
                 body,
                 retry_after_header=retry_after,
-                secrets=[settings.api_key],
+                redactor=settings.redactor,
                 truncated=truncated,
             )
         except ReveAPIError as error:
