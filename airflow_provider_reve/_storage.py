@@ -14,7 +14,8 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
   computed. Locally the spool lives beside the target under a hidden ``.reve-*.part`` name
   and is renamed into place; on an object store the final key is written in one upload from
   a local spool (an object becomes visible only once complete). A try killed midway leaves
-  no file that looks complete.
+  no file that looks complete, only a hidden spool, which a later store into the same
+  folder removes once nothing has written to it for a day.
 * **Idempotent.** A file already at its final name with the same size and sha256 is left
   alone, so a retry over stored results does no work beyond the download check.
 """
@@ -80,6 +81,10 @@ _LOCAL_PROTOCOLS = ("", "file", "local")
 # HTTP statuses with which CDNs refuse a signed URL past its lifetime (or a deleted object).
 _EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
 _HASH_CHUNK = 1024 * 1024
+# A live spool is written to at least every read timeout; one untouched for a day belongs to a
+# killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
+STALE_SPOOL_SECONDS = 24 * 3600
+_SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
 
 
 @dataclass(frozen=True)
@@ -263,6 +268,7 @@ def store_results(
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
     prepare_destination(where)
+    _remove_stale_spools(where.local, logger)
     earlier = _earlier_entries(where, tasks)
     files: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -384,6 +390,26 @@ def prepare_destination(where: Destination) -> None:
             f"download destination {where.local} is not writable: {type(error).__name__}: "
             f"{error.strerror or error}"
         ) from None
+
+
+def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
+    """Delete our own hidden spools in ``folder`` that nothing has written to for a day."""
+    if folder is None:
+        return
+    cutoff = time.time() - STALE_SPOOL_SECONDS
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not _SPOOL_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                logger.info("Removed %s, a download spool left by a killed try", entry.path)
+        except OSError:  # gone already (a peer swept it), or not ours to delete: harmless
+            continue
 
 
 def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tuple[str, int], dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_reve._storage import asset_uri, file_name, safe_stem
+from airflow_provider_reve._storage import STALE_SPOOL_SECONDS, asset_uri, file_name, safe_stem
 from airflow_provider_reve.exceptions import (
     ReveDownloadError,
     ReveDownloadTooLargeError,
@@ -313,6 +313,26 @@ def test_a_worker_killed_mid_transfer_leaves_only_a_hidden_part_file_and_a_rerun
     stored = store([succeeded("killed", url)], destination)
     assert Path(stored.files[0]["path"]).read_bytes() == big
     assert "killed_0.png" in visible(destination)
+
+
+def test_a_spool_left_by_a_killed_try_is_removed_a_day_later_and_nothing_else_is(
+    cdn: CdnStub, tmp_path: Path
+) -> None:
+    dead = tmp_path / ".reve-0123456789abcdef.part"  # a try SIGKILLed mid-download, a day ago
+    live = tmp_path / ".reve-fedcba9876543210.part"  # another task downloading right now
+    users = [tmp_path / ".reve-notes.part", tmp_path / "old.part"]  # not names we give spools
+    for path in (dead, live, *users):
+        path.write_bytes(b"partial")
+    day_ago = time.time() - STALE_SPOOL_SECONDS - 60
+    for path in (dead, *users):
+        os.utime(path, (day_ago, day_ago))
+    url = cdn.route("/a.png", file(PNG))
+
+    store([succeeded("t1", url)], tmp_path)
+
+    assert not dead.exists(), "a dead try's spool stayed in the folder"
+    assert live.read_bytes() == b"partial", "a live download's spool was removed"
+    assert all(path.exists() for path in users), "a file we did not create was removed"
 
 
 # -- re-runs -------------------------------------------------------------------------------------
