@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import IO
 
+from airflow_provider_reve.testing._reaper import release_session, watch_session
+
 TASK_TERM_GRACE = 3.0
 """Seconds between SIGTERM (-> ``on_kill()``) and SIGKILL of running tasks in :func:`stop_sessions`."""
 
@@ -45,9 +47,10 @@ def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log: IO[bytes]) 
 
     A new session per component: :func:`stop_sessions` can then signal the whole tree
     (uvicorn workers, LocalExecutor workers, task supervisors) and recognise its members by
-    session id even after they ``setpgid()`` into their own process groups.
+    session id even after they ``setpgid()`` into their own process groups. Should this process
+    die without stopping it, the reaper (:mod:`._reaper`) does.
     """
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         cmd,
         env=dict(env),
         cwd=cwd,
@@ -56,6 +59,8 @@ def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log: IO[bytes]) 
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    watch_session(proc.pid)
+    return proc
 
 
 def session_members(sessions: Iterable[int]) -> list[int]:
@@ -108,6 +113,7 @@ def stop_sessions(procs: Mapping[str, subprocess.Popen[bytes]], timeout: float) 
     for p in procs.values():
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=10)
+        release_session(p.pid)
 
 
 def _process_groups(pids: Iterable[int]) -> set[int]:

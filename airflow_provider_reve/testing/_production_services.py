@@ -26,9 +26,12 @@ from typing import IO, Any
 
 from airflow_provider_reve.testing._cluster_config import LOOPBACK, ClusterSecrets, load_or_create_secret
 from airflow_provider_reve.testing._cluster_processes import free_port, spawn
+from airflow_provider_reve.testing._reaper import release_folder, watch_folder
 
 #: The one command that installs what these services need (``make test-system`` runs it as root).
-INSTALL_HINT = "apt-get install -y --no-install-recommends postgresql redis-server"
+INSTALL_HINT = (
+    "sudo sh -c 'apt-get update && apt-get install -y --no-install-recommends postgresql redis-server'"
+)
 
 #: Airflow's ``[core] hostname_callable`` in a ``ProductionAirflow``: see :func:`process_hostname`.
 HOSTNAME_CALLABLE = "airflow_provider_reve.testing._production_services.process_hostname"
@@ -81,6 +84,13 @@ def _major_version(path: str) -> int:
     return 0
 
 
+def _service_env() -> dict[str, str]:
+    """The servers' environment: enough to run, nothing of the caller's (as root they run as
+    ``postgres``, and any process of that user may read ``/proc/<pid>/environ``)."""
+    kept = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "TZ")
+    return {name: os.environ[name] for name in kept if name in os.environ}
+
+
 def _as_service_user(cmd: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root; as anyone else it runs as that user.
     return ["runuser", "-u", _SERVICE_USER, "--", *cmd] if _is_root() else cmd
@@ -123,6 +133,7 @@ class PostgresService:
         # Its own folder, not one under the Airflow home: as root the server runs as `postgres`,
         # which must own it and cannot enter a home that is private to root.
         self.root = Path(tempfile.mkdtemp(prefix="reve-postgres-"))
+        watch_folder(str(self.root))  # deleted by the reaper should this process die
         data, sockets = self.root / "data", self.root / "sockets"
         sockets.mkdir(mode=0o700)
         pwfile = self.root / "pwfile"
@@ -157,6 +168,7 @@ class PostgresService:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
+                env=_service_env(),
                 timeout=max(1.0, deadline - time.monotonic()),
                 check=True,
             )
@@ -178,7 +190,7 @@ class PostgresService:
         cmd = [postgres, "-D", str(data)]
         for name, value in settings.items():
             cmd += ["-c", f"{name}={value}"]
-        self.proc = spawn(_as_service_user(cmd), env=dict(os.environ), cwd=self.root, log=self._log)
+        self.proc = spawn(_as_service_user(cmd), env=_service_env(), cwd=self.root, log=self._log)
         self._wait_ready(deadline)
 
     def _wait_ready(self, deadline: float) -> None:
@@ -208,6 +220,7 @@ class PostgresService:
             self._log = None
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+            release_folder(str(self.root))
             self.root = None
 
 
@@ -249,7 +262,6 @@ class RedisService:
             "protected-mode yes",
             'save ""',
             "appendonly no",
-            f"dir {self.home}",
             'logfile ""',
             "daemonize no",
             f"requirepass {self.password}",
@@ -259,7 +271,9 @@ class RedisService:
             fh.write("\n".join(lines) + "\n")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        self.proc = spawn([binary, str(self.config_path)], env=dict(os.environ), cwd=self.home, log=self._log)
+        # No "dir" line: the working directory is the home, and a path in Redis' config would
+        # need Redis' own quoting (a space in it stops the server).
+        self.proc = spawn([binary, str(self.config_path)], env=_service_env(), cwd=self.home, log=self._log)
         self._wait_ready(deadline)
 
     def _wait_ready(self, deadline: float) -> None:

@@ -66,6 +66,7 @@ from airflow_provider_reve.testing._cluster_processes import (
     stop_sessions,
 )
 from airflow_provider_reve.testing._cluster_queries import ClusterQueries, LocalAirflowError
+from airflow_provider_reve.testing._reaper import release_folder, watch_folder
 
 __all__ = ["DEFAULT_COMPONENTS", "LocalAirflow", "LocalAirflowError"]
 
@@ -130,6 +131,7 @@ class LocalAirflow(ClusterQueries):
         if home is None:
             self._tmp_home = tempfile.TemporaryDirectory(prefix="local-airflow-")
             home = self._tmp_home.name
+            watch_folder(home)  # deleted by the reaper should this process die
         self.home = Path(home).resolve()
         self.log_dir = self.home / "logs"
         self.db_path = self.home / "airflow.db"
@@ -314,6 +316,7 @@ class LocalAirflow(ClusterQueries):
         self.stop()
         if self._tmp_home is not None:
             self._tmp_home.cleanup()
+            release_folder(self._tmp_home.name)
             self._tmp_home = None
 
     @property

@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
+
 from airflow_provider_reve.testing._cluster_config import ClusterSecrets
 from airflow_provider_reve.testing._cluster_processes import session_members, stop_sessions
 from airflow_provider_reve.testing._cluster_queries import Fetch, LocalAirflowError, Params
@@ -60,6 +62,7 @@ from airflow_provider_reve.testing._production_services import (
     PostgresService,
     RedisService,
 )
+from airflow_provider_reve.testing._reaper import release_session
 from airflow_provider_reve.testing.cluster import LocalAirflow
 
 __all__ = ["ProductionAirflow"]
@@ -133,6 +136,7 @@ class ProductionAirflow(LocalAirflow):
         self._tmp_home = tmp_home
         self._services: dict[str, subprocess.Popen[bytes]] = {}
         self._celery: Any = None
+        self._signalled: dict[str, subprocess.Popen[bytes]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,12 +174,22 @@ class ProductionAirflow(LocalAirflow):
         PostgreSQL's data folder is deleted. Safe to call repeatedly.
         """
         try:
-            if self._celery is not None:
-                self._celery.close()
-                self._celery = None
+            celery, self._celery = self._celery, None
+            if celery is not None:
+                with contextlib.suppress(Exception):  # a probe client; never a reason to skip the rest
+                    celery.close()
+            # Components sent a signal other than SIGKILL may still be shutting down (a Celery
+            # worker's warm shutdown waits for its tasks): they are stopped like the others.
+            self._procs.update({f"{name} (signalled)": proc for name, proc in self._signalled.items()})
+            self._signalled = {}
             super().stop(timeout)
         finally:
             services, self._services = self._services, {}
+            # A server spawned but not yet answering (start() failed or was interrupted while
+            # waiting for it) is stopped too, before its data folder is deleted.
+            for name, service in (("postgresql", self.postgres), ("redis", self.redis)):
+                if service.proc is not None and service.proc.poll() is None:
+                    services.setdefault(name, service.proc)
             try:
                 stop_sessions(services, timeout)
             finally:
@@ -240,11 +254,20 @@ class ProductionAirflow(LocalAirflow):
         )
         running = Counter(r["hostname"] for r in rows if r["job_type"] == _job_type(r["hostname"] or ""))
         missing = sorted(c for c in wanted if running[c] < 1)
+        if "api-server" in components and not self._api_server_healthy():
+            missing.append("api-server")  # it writes no job row and answers no ping
         workers = [c for c in components if c in self.workers]
         if workers:
             answered = self.worker_pings()
             missing += sorted(c for c in workers if self.celery_hostname(c) not in answered)
         return f"not up yet: {missing}" if missing else None
+
+    def _api_server_healthy(self) -> bool:
+        try:
+            resp = self._http.get(f"{self.base_url}/api/v2/monitor/health", timeout=5)
+            return resp.ok and resp.json().get("metadatabase", {}).get("status") == "healthy"
+        except (requests.RequestException, ValueError):
+            return False
 
     def worker_pings(self, timeout: float = 1.0) -> set[str]:
         """Celery node names of the workers that answer a ping within ``timeout`` seconds."""
@@ -262,10 +285,12 @@ class ProductionAirflow(LocalAirflow):
 
         Every member of the component's session is signalled: the worker, its pool processes, the
         task supervisors and task processes that moved into process groups of their own. The
-        component is forgotten (:meth:`start_component` starts it again); with SIGKILL this
-        returns once they are all gone.
+        component counts as stopped (:meth:`start_component` starts it again); with SIGKILL this
+        returns once they are all gone. With another signal what is left is still stopped by
+        :meth:`stop`, or by a second ``kill()``, and :meth:`start_component` refuses while any
+        of it runs.
         """
-        proc = self._procs.pop(component, None)
+        proc = self._procs.pop(component, None) or self._signalled.pop(component, None)
         if proc is None:
             raise LocalAirflowError(f"{component!r} is not running")
         members = session_members([proc.pid])
@@ -276,6 +301,9 @@ class ProductionAirflow(LocalAirflow):
             self._poll(
                 f"{component} to be gone", timeout, lambda: None if session_members([proc.pid]) else True
             )
+            release_session(proc.pid)
+        else:  # it may take its time, or ignore the signal: stop() still stops what is left
+            self._signalled[component] = proc
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
         return members
@@ -293,6 +321,12 @@ class ProductionAirflow(LocalAirflow):
             raise ValueError(f"unknown component {component!r}; choose from {self.components}")
         if component in self._procs:
             raise LocalAirflowError(f"{component!r} is already running")
+        signalled = self._signalled.get(component)
+        if signalled is not None:
+            if session_members([signalled.pid]):
+                # Two workers with one Celery node name, two triggerers with one hostname: no.
+                raise LocalAirflowError(f"{component!r} was signalled but is still running; kill it first")
+            del self._signalled[component]
         since = self._db_now()
         self._spawn(component)
         self._poll(

@@ -14,8 +14,12 @@ module and written to ``tests/system/artifacts/production_topology.json``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import re
 import secrets
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -216,6 +220,7 @@ def test_a_sigkilled_triggerer_hands_every_wait_to_the_other_with_the_same_deadl
 ) -> None:
     af = production
     reset(fake)
+    triggered_at = time.time()
     run_id = af.trigger(FAILOVER)
     before = wait_until_all_wait_in_triggerers(af, FAILOVER, run_id, 30)
     victim = holder_names(af, before).most_common(1)[0][0]
@@ -223,7 +228,7 @@ def test_a_sigkilled_triggerer_hands_every_wait_to_the_other_with_the_same_deadl
     survivor_job = running_job_id(af, survivor)
     assert fake.submissions == 30
 
-    killed_at = time.monotonic()
+    killed_at, killed_wall = time.monotonic(), time.time()
     af.kill(victim)
 
     def all_with_survivor() -> dict[int, dict[str, Any]] | None:
@@ -237,10 +242,13 @@ def test_a_sigkilled_triggerer_hands_every_wait_to_the_other_with_the_same_deadl
     after = af.wait_until(f"{survivor} to take over every trigger", all_with_survivor, timeout=180)
     MEASURED["triggerer_takeover_seconds"] = time.monotonic() - killed_at
 
-    # The survivor runs each trigger again from the same stored kwargs: the absolute deadline
-    # (an hour after the deferral, not an hour after the takeover) is unchanged.
+    # The survivor runs each trigger again from the same stored kwargs (Airflow builds the new
+    # run() from them), and the deadline in them is absolute: an hour (the operator's default
+    # timeout) after the deferral, which came before the kill -- not an hour after the takeover.
     for trigger_id, row in before.items():
         assert after[trigger_id]["kwargs"] == row["kwargs"]
+        deadline = row["kwargs"]["deadline"]
+        assert isinstance(deadline, float) and triggered_at + 3600 <= deadline <= killed_wall + 3600
 
     fake.set_async_seconds(0)
     assert af.wait_for_run(FAILOVER, run_id, timeout=300) == "success"
@@ -364,16 +372,33 @@ def test_too_many_tasks_across_both_workers_is_waited_out_in_triggers_with_one_s
     assert len({r["task_id"] for r in results(af, BACK_PRESSURE, run_id).values()}) == 20
 
 
-def test_the_api_key_is_in_no_log_file_no_table_but_connection_and_no_redis_key_or_value(
+def test_the_api_key_is_in_no_log_file_no_table_but_connection_no_redis_traffic_and_no_database_file(
     production: ProductionAirflow, fake: FakeReveServer, api_key: str, timed: None
 ) -> None:
     af = production
-    reset(fake, async_seconds=3)
-    run_id = af.trigger(SECRETS_DAG)
-    assert af.wait_for_run(SECRETS_DAG, run_id, timeout=300) == "success"
-    assert fake.submissions == 2  # the key was used, by a worker and by a triggerer
-
+    reset(fake)  # the tasks wait until released, so that what exists only while they wait is read
     places: dict[str, str] = {}
+    with RedisMonitor(af.redis.port, af.redis.password) as traffic:
+        run_id = af.trigger(SECRETS_DAG)
+        waiting = wait_until_all_wait_in_triggerers(af, SECRETS_DAG, run_id, 1)
+
+        def polling_in_a_worker() -> bool | None:
+            rows = task_rows(af, SECRETS_DAG, run_id)
+            return any(ti["task_id"] == "polled" and ti["state"] == "running" for ti in rows) or None
+
+        af.wait_until("the polled generation to poll in a worker", polling_in_a_worker, timeout=300)
+        # Trigger rows are deleted once their task resumes: read them (kwargs and all) now.
+        for table in ("trigger", "task_instance", "task_state_store", "xcom"):
+            places[f"table {table}, while the tasks wait"] = af.table_text(table)
+        waited_for = next(iter(waiting.values()))["kwargs"]["reve_task_id"]
+        assert waited_for in places["table trigger, while the tasks wait"]
+        fake.set_async_seconds(0)
+        assert af.wait_for_run(SECRETS_DAG, run_id, timeout=300) == "success"
+    assert fake.submissions == 2  # the key was used, by a worker and by a triggerer
+    # Every command sent to Redis, Celery's messages with their decoded bodies among them.
+    places["redis traffic (MONITOR)"] = traffic.text
+    assert SECRETS_DAG in traffic.text, "no Celery message to this DAG's tasks was seen"
+
     files = [p for p in af.home.rglob("*") if p.is_file()]
     assert any(p.name.startswith("worker-") for p in files) and any(".trigger." in p.name for p in files)
     for path in files:
@@ -386,6 +411,16 @@ def test_the_api_key_is_in_no_log_file_no_table_but_connection_and_no_redis_key_
             places[f"table {table}"] = af.table_text(table)
     # Stored, but encrypted: the one table where the key lives.
     assert af.table_text("connection") and api_key not in af.table_text("connection")
+    # PostgreSQL's own files: heap pages with the deleted and updated rows no SELECT shows, and
+    # the write-ahead log with every change made.
+    assert af.postgres.root is not None
+    database_files = [p for p in af.postgres.root.rglob("*") if p.is_file()]
+    assert any("pg_wal" in p.parts for p in database_files)
+    for path in database_files:
+        places[f"postgres {path.relative_to(af.postgres.root)}"] = path.read_bytes().decode("latin-1")
+    assert any(waited_for in text for place, text in places.items() if place.startswith("postgres ")), (
+        "the database files show no row data: the scan would miss a key too"
+    )
 
     redis = af.redis.client()
     try:
@@ -397,6 +432,58 @@ def test_the_api_key_is_in_no_log_file_no_table_but_connection_and_no_redis_key_
         redis.close()
 
     assert leak_report(places, api_key) == {}
+
+
+class RedisMonitor:
+    """Records every command any client sends to Redis (``MONITOR``) from ``__enter__`` to
+    ``__exit__``. ``text``: the raw stream, then each base64 run in it decoded (kombu keeps a
+    Celery message's body in base64)."""
+
+    def __init__(self, port: int, password: str) -> None:
+        self._address, self._password = ("127.0.0.1", port), password
+        self._chunks: list[bytes] = []
+        self.text = ""
+
+    def __enter__(self) -> RedisMonitor:
+        self._socket = socket.create_connection(self._address, timeout=10)
+        self._socket.sendall(_resp("AUTH", self._password) + _resp("MONITOR"))
+        received = b""
+        while received.count(b"+OK\r\n") < 2:  # MONITOR is on: no later command is missed
+            chunk = self._socket.recv(65536)
+            assert chunk, f"Redis refused MONITOR: {received[:200]!r}"
+            received += chunk
+        self._chunks.append(received.split(b"+OK\r\n", 2)[2])
+        self._socket.settimeout(None)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := self._socket.recv(65536):
+                self._chunks.append(chunk)
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._reader.join(30)
+        self._socket.close()
+        raw = b"".join(self._chunks).decode("latin-1")
+        decoded = [_lenient_b64(run) for run in re.findall(r"[A-Za-z0-9+/]{16,}={0,2}", raw)]
+        self.text = "\n".join([raw, *decoded])
+
+
+def _resp(*words: str) -> bytes:
+    """One Redis command in the wire protocol (no quoting rules to get wrong)."""
+    encoded = [word.encode() for word in words]
+    return b"".join([f"*{len(encoded)}\r\n".encode(), *(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)])
+
+
+def _lenient_b64(run: str) -> str:
+    try:
+        return base64.b64decode(run + "=" * (-len(run) % 4)).decode("utf-8", errors="replace")
+    except ValueError:
+        return ""
 
 
 def _redis_value(redis: Any, key: bytes) -> str:

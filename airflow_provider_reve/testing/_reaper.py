@@ -1,0 +1,150 @@
+"""A watchdog that stops a test deployment's processes when the Python process that started them dies.
+
+``LocalAirflow`` and ``ProductionAirflow`` start every component as the leader of a session of its
+own, so that a Ctrl-C or a ``killpg`` aimed at the test run does not tear components down
+mid-write. The other side of that: when the test process dies without calling ``stop()`` --
+SIGKILL, an OOM kill, a CI job timeout, SIGTERM (Python's default is to die without running
+``finally``) -- nothing would stop them, and schedulers, Celery workers, PostgreSQL and Redis would
+run on, holding ports, memory and CPU.
+
+So the first component started also starts this reaper, in a session of its own, reading its
+stdin from a pipe that only the test process holds. The test process writes a line per session
+it starts (``+<leader pid> <leader start time>``) and stops (``-<leader pid>``), and per throw-away
+folder (``d<path>``, for PostgreSQL's data). When the pipe reaches end-of-file the test process is
+gone; still registered sessions get SIGTERM, then SIGKILL after a grace, and the folders are
+deleted. A normal ``stop()`` unregisters everything first, so the reaper then just exits.
+
+A session is recognised by its leader's pid *and* start time: if that pid is alive but started at
+another time, the session ended long ago and the pid was reused, and nothing is signalled. (While
+any member of a session is alive, Linux never hands its id out as a new pid.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO
+
+GRACE_SECONDS = 5.0
+"""Between SIGTERM and SIGKILL of an orphaned deployment."""
+
+_lock = threading.Lock()
+_pipe: IO[str] | None = None
+_pipe_owner: int | None = None
+
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _send(line: str) -> None:
+    """Tell this process's reaper ``line``, starting the reaper on first use (and after a fork)."""
+    global _pipe, _pipe_owner
+    with _lock:
+        if _pipe is None or _pipe_owner != os.getpid():
+            reaper = subprocess.Popen(
+                [sys.executable, "-m", "airflow_provider_reve.testing._reaper"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                text=True,
+            )
+            _pipe, _pipe_owner = reaper.stdin, os.getpid()
+        assert _pipe is not None
+        # A reaper that is gone cannot be helped; the deployment itself still works.
+        with contextlib.suppress(OSError, ValueError):
+            _pipe.write(line + "\n")
+            _pipe.flush()
+
+
+def watch_session(leader: int) -> None:
+    """Have the reaper stop session ``leader`` should this process die before :func:`release_session`."""
+    started = _start_time(leader)
+    if started is not None:
+        _send(f"+{leader} {started!r}")
+
+
+def release_session(leader: int) -> None:
+    """The session was stopped on purpose: the reaper forgets it."""
+    _send(f"-{leader}")
+
+
+def watch_folder(path: str) -> None:
+    """Have the reaper delete ``path`` should this process die before :func:`release_folder`."""
+    _send(f"d{path}")
+
+
+def release_folder(path: str) -> None:
+    _send(f"r{path}")
+
+
+# ---------------------------------------------------------------------- the reaper process
+
+
+def _members(sessions: dict[int, float]) -> list[int]:
+    import psutil
+
+    ours = {
+        leader
+        for leader, started in sessions.items()
+        if (current := _start_time(leader)) is None or abs(current - started) < 0.001
+    }
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            # A zombie is dead already; it waits for its parent to read its exit status.
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            if os.getsid(proc.pid) in ours:
+                found.append(proc.pid)
+    return found
+
+
+def _reap(sessions: dict[int, float], folders: set[str]) -> None:
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 10.0)):
+        members = _members(sessions)
+        for pid in members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while members and time.monotonic() < deadline:
+            time.sleep(0.1)
+            members = _members(sessions)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    # Ctrl-C in the test's terminal is the test process's business, not ours.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sessions: dict[int, float] = {}
+    folders: set[str] = set()
+    for line in sys.stdin:
+        kind, rest = line[:1], line[1:].rstrip("\n")
+        with contextlib.suppress(ValueError):
+            if kind == "+":
+                leader, started = rest.split(" ", 1)
+                sessions[int(leader)] = float(started)
+            elif kind == "-":
+                sessions.pop(int(rest), None)
+            elif kind == "d":
+                folders.add(rest)
+            elif kind == "r":
+                folders.discard(rest)
+    _reap(sessions, folders)
+
+
+if __name__ == "__main__":
+    main()
