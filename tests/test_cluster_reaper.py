@@ -31,6 +31,10 @@ component = "import os, time\\nif os.fork() == 0:\\n    os.setpgid(0, 0)\\ntime.
 with open(sys.argv[1], "ab") as log:
     proc = spawn([sys.executable, "-c", component], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), log=log)
 print(proc.pid, flush=True)
+for _ in sys.stdin:  # each line: start one more component
+    with open(sys.argv[1], "ab") as log:
+        more = spawn([sys.executable, "-c", component], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), log=log)
+    print(more.pid, flush=True)
 time.sleep(600)
 """
 
@@ -44,6 +48,13 @@ def session(sid: int) -> list[int]:
         except (OSError, psutil.Error):
             continue
     return found
+
+
+def dead(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE  # dead; its parent has not asked yet
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -70,6 +81,7 @@ def test_a_dead_test_process_takes_its_components_and_their_task_groups_with_it(
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, str(tmp_path / "component.log")],
         cwd=REPO,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -90,6 +102,42 @@ def test_a_dead_test_process_takes_its_components_and_their_task_groups_with_it(
         for pid in session(sid) if "sid" in locals() else []:
             os.kill(pid, signal.SIGKILL)
     assert bystander.poll() is None, "the reaper killed a process that was not the deployment's"
+
+
+def test_a_reaper_killed_by_someone_is_replaced_by_one_that_still_knows_every_component(
+    tmp_path: Path,
+) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "component.log")],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sessions: list[int] = []
+    try:
+        assert parent.stdin is not None and parent.stdout is not None
+        sessions.append(int(parent.stdout.readline()))
+        children = psutil.Process(parent.pid).children()
+        (first_reaper,) = [child for child in children if child.pid not in sessions]
+        first_reaper.kill()
+        wait_until(lambda: dead(first_reaper), "the first reaper to die")
+
+        parent.stdin.write("one more\n")  # the next call notices, and starts a new reaper
+        parent.stdin.flush()
+        sessions.append(int(parent.stdout.readline()))
+        wait_until(lambda: all(len(session(sid)) == 2 for sid in sessions), "both components to run")
+        parent.kill()
+        parent.wait(30)
+
+        wait_until(lambda: not any(session(sid) for sid in sessions), "both orphaned components to stop")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(30)
+        for sid in sessions:
+            for pid in session(sid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def reaper() -> subprocess.Popen[str]:

@@ -29,14 +29,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO
 
 GRACE_SECONDS = 5.0
 """Between SIGTERM and SIGKILL of an orphaned deployment."""
 
 _lock = threading.Lock()
-_pipe: IO[str] | None = None
-_pipe_owner: int | None = None
+_reaper: subprocess.Popen[str] | None = None
+_reaper_owner: int | None = None
+# What this process asked to be watched, so that a reaper that died (killed by someone, say)
+# is replaced by one that knows all of it.
+_watched: dict[str, str] = {}
 
 
 def _start_time(pid: int) -> float | None:
@@ -48,46 +50,63 @@ def _start_time(pid: int) -> float | None:
         return None
 
 
-def _send(line: str) -> None:
-    """Tell this process's reaper ``line``, starting the reaper on first use (and after a fork)."""
-    global _pipe, _pipe_owner
+def _write(lines: list[str]) -> bool:
+    assert _reaper is not None and _reaper.stdin is not None
+    try:
+        _reaper.stdin.write("".join(f"{line}\n" for line in lines))
+        _reaper.stdin.flush()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _send(line: str, *, key: str, watch: bool) -> None:
+    """Tell this process's reaper ``line``; start a reaper on first use, after a fork, or when
+    the one there was has died, and then tell it everything still watched."""
+    global _reaper, _reaper_owner
     with _lock:
-        if _pipe is None or _pipe_owner != os.getpid():
-            reaper = subprocess.Popen(
-                [sys.executable, "-m", "airflow_provider_reve.testing._reaper"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                text=True,
-            )
-            _pipe, _pipe_owner = reaper.stdin, os.getpid()
-        assert _pipe is not None
-        # A reaper that is gone cannot be helped; the deployment itself still works.
-        with contextlib.suppress(OSError, ValueError):
-            _pipe.write(line + "\n")
-            _pipe.flush()
+        if _reaper_owner != os.getpid():
+            # First use, or a forked child: what the parent watches stays the parent's business
+            # (a child's reaper replaying it would stop the parent's deployment when the child exits).
+            _watched.clear()
+            _reaper = None
+        if watch:
+            _watched[key] = line
+        else:
+            _watched.pop(key, None)
+        if _reaper is not None and _reaper.poll() is None and _write([line]):
+            return
+        _reaper = subprocess.Popen(
+            [sys.executable, "-m", "airflow_provider_reve.testing._reaper"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
+        _reaper_owner = os.getpid()
+        _write(list(_watched.values()))  # a reaper that fails at once cannot be helped
 
 
 def watch_session(leader: int) -> None:
     """Have the reaper stop session ``leader`` should this process die before :func:`release_session`."""
     started = _start_time(leader)
     if started is not None:
-        _send(f"+{leader} {started!r}")
+        _send(f"+{leader} {started!r}", key=f"session {leader}", watch=True)
 
 
 def release_session(leader: int) -> None:
     """The session was stopped on purpose: the reaper forgets it."""
-    _send(f"-{leader}")
+    _send(f"-{leader}", key=f"session {leader}", watch=False)
 
 
 def watch_folder(path: str) -> None:
     """Have the reaper delete ``path`` should this process die before :func:`release_folder`."""
-    _send(f"d{path}")
+    _send(f"d{path}", key=f"folder {path}", watch=True)
 
 
 def release_folder(path: str) -> None:
-    _send(f"r{path}")
+    _send(f"r{path}", key=f"folder {path}", watch=False)
 
 
 # ---------------------------------------------------------------------- the reaper process

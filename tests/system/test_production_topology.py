@@ -175,6 +175,11 @@ def results(
     return {index: af.xcom(dag_id, run_id, task_id, map_index=index) for index in indexes}
 
 
+def restart_if_down(af: ProductionAirflow, component: str) -> None:
+    if component not in af.pids:
+        af.start_component(component)
+
+
 def reset(fake: FakeReveServer, *, async_seconds: float = HOLD) -> None:
     fake.reset()
     fake.set_async_seconds(async_seconds)
@@ -230,36 +235,37 @@ def test_a_sigkilled_triggerer_hands_every_wait_to_the_other_with_the_same_deadl
 
     killed_at, killed_wall = time.monotonic(), time.time()
     af.kill(victim)
+    try:
 
-    def all_with_survivor() -> dict[int, dict[str, Any]] | None:
-        rows = {t["id"]: t for t in af.triggers() if t["id"] in before}
-        return (
-            rows
-            if len(rows) == 30 and all(t["triggerer_id"] == survivor_job for t in rows.values())
-            else None
-        )
+        def all_with_survivor() -> dict[int, dict[str, Any]] | None:
+            rows = {t["id"]: t for t in af.triggers() if t["id"] in before}
+            return (
+                rows
+                if len(rows) == 30 and all(t["triggerer_id"] == survivor_job for t in rows.values())
+                else None
+            )
 
-    after = af.wait_until(f"{survivor} to take over every trigger", all_with_survivor, timeout=180)
-    MEASURED["triggerer_takeover_seconds"] = time.monotonic() - killed_at
+        after = af.wait_until(f"{survivor} to take over every trigger", all_with_survivor, timeout=180)
+        MEASURED["triggerer_takeover_seconds"] = time.monotonic() - killed_at
 
-    # The survivor runs each trigger again from the same stored kwargs (Airflow builds the new
-    # run() from them), and the deadline in them is absolute: an hour (the operator's default
-    # timeout) after the deferral, which came before the kill -- not an hour after the takeover.
-    for trigger_id, row in before.items():
-        assert after[trigger_id]["kwargs"] == row["kwargs"]
-        deadline = row["kwargs"]["deadline"]
-        assert isinstance(deadline, float) and triggered_at + 3600 <= deadline <= killed_wall + 3600
+        # The survivor runs each trigger again from the same stored kwargs (Airflow builds the new
+        # run() from them), and the deadline in them is absolute: an hour (the operator's default
+        # timeout) after the deferral, which came before the kill -- not an hour after the takeover.
+        for trigger_id, row in before.items():
+            assert after[trigger_id]["kwargs"] == row["kwargs"]
+            deadline = row["kwargs"]["deadline"]
+            assert isinstance(deadline, float) and triggered_at + 3600 <= deadline <= killed_wall + 3600
 
-    fake.set_async_seconds(0)
-    assert af.wait_for_run(FAILOVER, run_id, timeout=300) == "success"
-    tis = task_rows(af, FAILOVER, run_id)
-    assert len(tis) == 30
-    assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in tis), tis
-    assert fake.submissions == 30  # the takeover re-ran waits, never submissions
-    waited_for = {row["kwargs"]["reve_task_id"] for row in before.values()}
-    assert {r["task_id"] for r in results(af, FAILOVER, run_id).values()} == waited_for == set(fake.tasks)
-
-    af.start_component(victim)
+        fake.set_async_seconds(0)
+        assert af.wait_for_run(FAILOVER, run_id, timeout=300) == "success"
+        tis = task_rows(af, FAILOVER, run_id)
+        assert len(tis) == 30
+        assert all(ti["state"] == "success" and ti["try_number"] == 1 for ti in tis), tis
+        assert fake.submissions == 30  # the takeover re-ran waits, never submissions
+        waited_for = {row["kwargs"]["reve_task_id"] for row in before.values()}
+        assert {r["task_id"] for r in results(af, FAILOVER, run_id).values()} == waited_for == set(fake.tasks)
+    finally:  # the next scenarios need the whole cluster, even after a failure here
+        restart_if_down(af, victim)
 
 
 def test_a_worker_host_killed_mid_poll_has_its_tasks_retried_on_the_other_worker_without_paying_again(
@@ -294,27 +300,28 @@ def test_a_worker_host_killed_mid_poll_has_its_tasks_retried_on_the_other_worker
     on_victim = {ti["map_index"] for ti in tis if ti["hostname"] == victim}
 
     af.kill(victim)  # the worker, its pool, the supervisors and the task processes
-    fake.set_async_seconds(0)
-    assert af.wait_for_run(CRASH, run_id, timeout=300) == "success"
+    try:
+        fake.set_async_seconds(0)
+        assert af.wait_for_run(CRASH, run_id, timeout=300) == "success"
 
-    tis = task_rows(af, CRASH, run_id)
-    assert all(ti["state"] == "success" for ti in tis), tis
-    for ti in tis:
-        if ti["map_index"] in on_victim:
-            assert (ti["try_number"], ti["hostname"]) == (2, survivor), ti
-        else:
-            assert ti["try_number"] == 1, ti
-    first_tries = af.query(
-        "SELECT map_index, hostname FROM task_instance_history"
-        " WHERE dag_id = ? AND run_id = ? AND try_number = 1",
-        (CRASH, run_id),
-    )
-    assert {row["map_index"]: row["hostname"] for row in first_tries} == dict.fromkeys(on_victim, victim)
-    # The retries re-attached to the task each first try had paid for.
-    assert fake.submissions == 6
-    assert {index: r["task_id"] for index, r in results(af, CRASH, run_id).items()} == remembered
-
-    af.start_component(victim)
+        tis = task_rows(af, CRASH, run_id)
+        assert all(ti["state"] == "success" for ti in tis), tis
+        for ti in tis:
+            if ti["map_index"] in on_victim:
+                assert (ti["try_number"], ti["hostname"]) == (2, survivor), ti
+            else:
+                assert ti["try_number"] == 1, ti
+        first_tries = af.query(
+            "SELECT map_index, hostname FROM task_instance_history"
+            " WHERE dag_id = ? AND run_id = ? AND try_number = 1",
+            (CRASH, run_id),
+        )
+        assert {row["map_index"]: row["hostname"] for row in first_tries} == dict.fromkeys(on_victim, victim)
+        # The retries re-attached to the task each first try had paid for.
+        assert fake.submissions == 6
+        assert {index: r["task_id"] for index, r in results(af, CRASH, run_id).items()} == remembered
+    finally:  # the next scenarios need the whole cluster, even after a failure here
+        restart_if_down(af, victim)
 
 
 def test_a_scheduler_restart_while_generations_wait_loses_nothing_and_submits_nothing_twice(
@@ -326,16 +333,19 @@ def test_a_scheduler_restart_while_generations_wait_loses_nothing_and_submits_no
     waiting = wait_until_all_wait_in_triggerers(af, RESTART, run_id, 10)
 
     af.stop_component("scheduler")
-    # The Reve tasks finish while no scheduler runs: the triggers fire and their events must
-    # wait in the DB for the next scheduler.
-    fake.set_async_seconds(0)
+    try:
+        # The Reve tasks finish while no scheduler runs: the triggers fire and their events must
+        # wait in the DB for the next scheduler.
+        fake.set_async_seconds(0)
 
-    def all_fired() -> bool | None:
-        tis = task_rows(af, RESTART, run_id)
-        return True if all(ti["state"] == "scheduled" and ti["trigger_id"] is None for ti in tis) else None
+        def all_fired() -> bool | None:
+            tis = task_rows(af, RESTART, run_id)
+            fired = all(ti["state"] == "scheduled" and ti["trigger_id"] is None for ti in tis)
+            return True if fired else None
 
-    af.wait_until("every trigger to fire with no scheduler running", all_fired, timeout=120)
-    af.start_component("scheduler")
+        af.wait_until("every trigger to fire with no scheduler running", all_fired, timeout=120)
+    finally:  # the next scenarios need the whole cluster, even after a failure here
+        restart_if_down(af, "scheduler")
 
     assert af.wait_for_run(RESTART, run_id, timeout=300) == "success"
     tis = task_rows(af, RESTART, run_id)
