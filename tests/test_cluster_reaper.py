@@ -74,70 +74,77 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait(30)
 
 
+class RunningTest:
+    """The process running a test: starts components with the harness's ``spawn()``."""
+
+    def __init__(self, log: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PARENT, str(log)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.sessions: list[int] = []
+        self._read_session()
+
+    def _read_session(self) -> int:
+        assert self.proc.stdout is not None
+        self.sessions.append(int(self.proc.stdout.readline()))
+        return self.sessions[-1]
+
+    def start_another(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("one more\n")
+        self.proc.stdin.flush()
+        return self._read_session()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        for sid in self.sessions:
+            for pid in session(sid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def running_test(tmp_path: Path) -> Iterator[RunningTest]:
+    started = RunningTest(tmp_path / "component.log")
+    yield started
+    started.close()
+
+
 @pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_dead_test_process_takes_its_components_and_their_task_groups_with_it(
-    tmp_path: Path, death: signal.Signals, bystander: subprocess.Popen[bytes]
+    running_test: RunningTest, death: signal.Signals, bystander: subprocess.Popen[bytes]
 ) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "component.log")],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert parent.stdout is not None
-        sid = int(parent.stdout.readline())
-        wait_until(lambda: len(session(sid)) == 2, "the component and its own-group child")
-        assert len({os.getpgid(pid) for pid in session(sid)}) == 2, "the child did not leave the group"
+    (sid,) = running_test.sessions
+    wait_until(lambda: len(session(sid)) == 2, "the component and its own-group child")
+    assert len({os.getpgid(pid) for pid in session(sid)}) == 2, "the child did not leave the group"
 
-        parent.send_signal(death)
-        assert parent.wait(30) == -death
+    running_test.proc.send_signal(death)
+    assert running_test.proc.wait(30) == -death
 
-        wait_until(lambda: not session(sid), "the orphaned component to be stopped")
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(30)
-        for pid in session(sid) if "sid" in locals() else []:
-            os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not session(sid), "the orphaned component to be stopped")
     assert bystander.poll() is None, "the reaper killed a process that was not the deployment's"
 
 
 def test_a_reaper_killed_by_someone_is_replaced_by_one_that_still_knows_every_component(
-    tmp_path: Path,
+    running_test: RunningTest,
 ) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "component.log")],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    sessions: list[int] = []
-    try:
-        assert parent.stdin is not None and parent.stdout is not None
-        sessions.append(int(parent.stdout.readline()))
-        children = psutil.Process(parent.pid).children()
-        (first_reaper,) = [child for child in children if child.pid not in sessions]
-        first_reaper.kill()
-        wait_until(lambda: dead(first_reaper), "the first reaper to die")
+    children = psutil.Process(running_test.proc.pid).children()
+    (first_reaper,) = [child for child in children if child.pid not in running_test.sessions]
+    first_reaper.kill()
+    wait_until(lambda: dead(first_reaper), "the first reaper to die")
 
-        parent.stdin.write("one more\n")  # the next call notices, and starts a new reaper
-        parent.stdin.flush()
-        sessions.append(int(parent.stdout.readline()))
-        wait_until(lambda: all(len(session(sid)) == 2 for sid in sessions), "both components to run")
-        parent.kill()
-        parent.wait(30)
+    running_test.start_another()  # the next call notices, and starts a new reaper
+    sessions = running_test.sessions
+    wait_until(lambda: all(len(session(sid)) == 2 for sid in sessions), "both components to run")
+    running_test.proc.kill()
+    running_test.proc.wait(30)
 
-        wait_until(lambda: not any(session(sid) for sid in sessions), "both orphaned components to stop")
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(30)
-        for sid in sessions:
-            for pid in session(sid):
-                os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not any(session(sid) for sid in sessions), "both orphaned components to stop")
 
 
 def reaper() -> subprocess.Popen[str]:
