@@ -73,3 +73,34 @@ def test_a_server_spawned_but_not_yet_answering_is_stopped_with_the_rest(
     af.stop(timeout=5)
 
     assert session_members([af.postgres.proc.pid]) == [], "a half-started server was left running"
+
+
+# Builds a deployment object in a home of its own making, prints the home, waits to be killed.
+BUILDS_AND_DIES = """
+import sys, time
+from pathlib import Path
+from airflow_provider_reve.testing.production import ProductionAirflow
+af = ProductionAirflow(dags_folder=Path(sys.argv[1]))
+print(af.home, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_home_it_created_is_deleted_when_the_test_process_dies(tmp_path: Path) -> None:
+    test = subprocess.Popen(
+        [sys.executable, "-c", BUILDS_AND_DIES, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert test.stdout is not None
+        home = Path(test.stdout.readline().strip())
+        assert (home / "secrets").is_dir()
+        test.kill()
+        test.wait(30)
+        deadline = time.monotonic() + 60
+        while home.exists():
+            assert time.monotonic() < deadline, f"{home} outlived the test process that made it"
+            time.sleep(0.1)
+    finally:
+        if test.poll() is None:
+            test.kill()
+            test.wait(30)

@@ -62,7 +62,7 @@ from airflow_provider_reve.testing._production_services import (
     PostgresService,
     RedisService,
 )
-from airflow_provider_reve.testing._reaper import release_session
+from airflow_provider_reve.testing._reaper import release_session, watch_folder
 from airflow_provider_reve.testing.cluster import LocalAirflow
 
 __all__ = ["ProductionAirflow"]
@@ -112,6 +112,7 @@ class ProductionAirflow(LocalAirflow):
         if home is None:
             tmp_home = tempfile.TemporaryDirectory(prefix="production-airflow-")
             home = tmp_home.name
+            watch_folder(home)  # deleted by the reaper should this process die
         home = Path(home).resolve()
         log_dir = home / "logs"
         # The secrets folder is LocalAirflow's; the services keep their passwords beside its keys.
