@@ -12,7 +12,7 @@ echoes the ``Authorization`` header back cannot put the key anywhere we keep or 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,19 +47,18 @@ def parse_task_response(
     body: bytes | str,
     *,
     retry_after_header: str | None = None,
-    secrets: Iterable[str | None] = (),
     redactor: Redactor | None = None,
     truncated: bool = False,
 ) -> ReveTask:
     """Turn one HTTP answer from ``endpoint`` into a :class:`ReveTask`, or raise.
 
-    :param secrets: strings (the API key) that must not survive in anything returned or raised.
-    :param redactor: a ready :class:`Redactor` for them instead (built once per connection:
-        building one indexes every piece of the key, a cost not worth paying per poll).
+    :param redactor: scrubs the secrets (the API key) that must not survive in anything returned
+        or raised; built once per connection (:attr:`ConnectionSettings.redactor`), since building
+        one indexes every piece of the key, a cost not worth paying per poll.
     :param truncated: ``body`` is only the first :data:`MAX_RESPONSE_BYTES` of a longer answer.
     """
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-    answer = _Answer(endpoint, http_status, text, redactor or Redactor(secrets))
+    answer = _Answer(endpoint, http_status, text, redactor or Redactor([]))
     try:
         if truncated:
             raise answer.malformed(f"the answer is longer than {MAX_RESPONSE_BYTES // 1024} KiB")

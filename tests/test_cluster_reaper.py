@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+from airflow_provider_reve.testing._cluster_processes import session_members
+from tests.reve_test_helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,26 +30,19 @@ import sys, time
 from pathlib import Path
 from airflow_provider_reve.testing._cluster_processes import spawn
 component = "import os, time\\nif os.fork() == 0:\\n    os.setpgid(0, 0)\\ntime.sleep(600)\\n"
-with open(sys.argv[1], "ab") as log:
-    proc = spawn([sys.executable, "-c", component], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), log=log)
-print(proc.pid, flush=True)
-for _ in sys.stdin:  # each line: start one more component
+def start():
     with open(sys.argv[1], "ab") as log:
-        more = spawn([sys.executable, "-c", component], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), log=log)
-    print(more.pid, flush=True)
+        proc = spawn([sys.executable, "-c", component], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), log=log)
+    print(proc.pid, flush=True)
+start()
+for _ in sys.stdin:  # each line: start one more component
+    start()
 time.sleep(600)
 """
 
 
 def session(sid: int) -> list[int]:
-    found = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.pid) == sid:
-                found.append(proc.pid)
-        except (OSError, psutil.Error):
-            continue
-    return found
+    return session_members([sid])
 
 
 def dead(proc: psutil.Process) -> bool:
@@ -55,14 +50,6 @@ def dead(proc: psutil.Process) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE  # dead; its parent has not asked yet
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -120,13 +107,13 @@ def test_a_dead_test_process_takes_its_components_and_their_task_groups_with_it(
     running_test: RunningTest, death: signal.Signals, bystander: subprocess.Popen[bytes]
 ) -> None:
     (sid,) = running_test.sessions
-    wait_until(lambda: len(session(sid)) == 2, "the component and its own-group child")
+    wait_for(lambda: len(session(sid)) == 2, "the component and its own-group child")
     assert len({os.getpgid(pid) for pid in session(sid)}) == 2, "the child did not leave the group"
 
     running_test.proc.send_signal(death)
     assert running_test.proc.wait(30) == -death
 
-    wait_until(lambda: not session(sid), "the orphaned component to be stopped")
+    wait_for(lambda: not session(sid), "the orphaned component to be stopped")
     assert bystander.poll() is None, "the reaper killed a process that was not the deployment's"
 
 
@@ -136,15 +123,15 @@ def test_a_reaper_killed_by_someone_is_replaced_by_one_that_still_knows_every_co
     children = psutil.Process(running_test.proc.pid).children()
     (first_reaper,) = [child for child in children if child.pid not in running_test.sessions]
     first_reaper.kill()
-    wait_until(lambda: dead(first_reaper), "the first reaper to die")
+    wait_for(lambda: dead(first_reaper), "the first reaper to die")
 
     running_test.start_another()  # the next call notices, and starts a new reaper
     sessions = running_test.sessions
-    wait_until(lambda: all(len(session(sid)) == 2 for sid in sessions), "both components to run")
+    wait_for(lambda: all(len(session(sid)) == 2 for sid in sessions), "both components to run")
     running_test.proc.kill()
     running_test.proc.wait(30)
 
-    wait_until(lambda: not any(session(sid) for sid in sessions), "both orphaned components to stop")
+    wait_for(lambda: not any(session(sid) for sid in sessions), "both orphaned components to stop")
 
 
 def reaper() -> subprocess.Popen[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_reve._envelope import parse_task_response
+from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
@@ -47,6 +48,8 @@ def success_data(**fields: Any) -> dict[str, Any]:
 
 
 def parse(body: bytes | str, *, endpoint: str = STATUS_ENDPOINT, http_status: int = 200, **kw: Any):
+    if "secrets" in kw:  # the hook passes its connection's scrubber
+        kw["redactor"] = Redactor(kw.pop("secrets"))
     return parse_task_response(endpoint, http_status, body, **kw)
 
 

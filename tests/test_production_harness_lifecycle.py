@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from airflow_provider_reve.testing._cluster_processes import session_members, spawn
 from airflow_provider_reve.testing._cluster_queries import LocalAirflowError
 from airflow_provider_reve.testing.production import ProductionAirflow
+from tests.reve_test_helpers import wait_for
 
 # Stays up for a while after SIGTERM, the way a Celery worker finishes its tasks first.
 SLOW_TO_STOP = """
@@ -41,10 +41,7 @@ def stand_in(af: ProductionAirflow, name: str) -> subprocess.Popen[bytes]:
     log = (af.log_dir / f"{name}.log").open("ab")
     proc = spawn([sys.executable, "-c", SLOW_TO_STOP], env={"PATH": os.defpath}, cwd=af.home, log=log)
     log.close()
-    deadline = time.monotonic() + 60
-    while b"ready" not in (af.log_dir / f"{name}.log").read_bytes():
-        assert time.monotonic() < deadline, "the stand-in never started"
-        time.sleep(0.05)
+    wait_for(lambda: b"ready" in (af.log_dir / f"{name}.log").read_bytes(), f"the {name} stand-in to start")
     return proc
 
 
@@ -80,8 +77,9 @@ BUILDS_AND_DIES = """
 import sys, time
 from pathlib import Path
 from airflow_provider_reve.testing.production import ProductionAirflow
+from tests.reve_test_helpers import wait_for
 af = ProductionAirflow(dags_folder=Path(sys.argv[1]))
-print(af.home, flush=True)
+print("home:", af.home, flush=True)
 time.sleep(600)
 """
 
@@ -92,14 +90,11 @@ def test_a_home_it_created_is_deleted_when_the_test_process_dies(tmp_path: Path)
     )
     try:
         assert test.stdout is not None
-        home = Path(test.stdout.readline().strip())
+        home = Path(next(line for line in test.stdout if line.startswith("home: "))[6:].strip())
         assert (home / "secrets").is_dir()
         test.kill()
         test.wait(30)
-        deadline = time.monotonic() + 60
-        while home.exists():
-            assert time.monotonic() < deadline, f"{home} outlived the test process that made it"
-            time.sleep(0.1)
+        wait_for(lambda: not home.exists(), f"{home}, made by the dead test process, to be deleted")
     finally:
         if test.poll() is None:
             test.kill()

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from airflow_provider_reve._defaults import OUTCOMES
 from airflow_provider_reve._envelope import parse_task_response
+from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve.exceptions import (
     DOCUMENTED_CODES,
     GENERATE_ENDPOINT,
@@ -187,7 +188,12 @@ def test_any_answer_is_a_task_or_the_documented_error_and_never_shows_the_key(
     http_status, body = answer
     try:
         task = parse_task_response(
-            endpoint, http_status, body, retry_after_header=retry_after, secrets=[KEY], truncated=truncated
+            endpoint,
+            http_status,
+            body,
+            retry_after_header=retry_after,
+            redactor=Redactor([KEY]),
+            truncated=truncated,
         )
     except ReveAPIError as error:
         assert error.endpoint == endpoint

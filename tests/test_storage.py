@@ -30,7 +30,7 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
-from tests.reve_test_helpers import use_connection
+from tests.reve_test_helpers import use_connection, wait_for
 from tests.storage_stub import (
     FAST,
     PNG,
@@ -82,14 +82,6 @@ def visible(folder: Path) -> list[str]:
 
 def everything(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- names ---------------------------------------------------------------------------------------

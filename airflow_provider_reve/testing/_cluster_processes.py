@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from typing import IO
 
-from airflow_provider_reve.testing._reaper import release_session, watch_session
+from airflow_provider_reve.testing._reaper import release_session, session_members, watch_session
 
 TASK_TERM_GRACE = 3.0
 """Seconds between SIGTERM (-> ``on_kill()``) and SIGKILL of running tasks in :func:`stop_sessions`."""
@@ -61,23 +61,6 @@ def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log: IO[bytes]) 
     )
     watch_session(proc.pid)
     return proc
-
-
-def session_members(sessions: Iterable[int]) -> list[int]:
-    """Pids of live (non-zombie) processes whose session id is one of ``sessions``."""
-    import psutil
-
-    wanted = set(sessions)
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if os.getsid(proc.pid) in wanted:
-                members.append(proc.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return members
 
 
 def stop_sessions(procs: Mapping[str, subprocess.Popen[bytes]], timeout: float) -> None:

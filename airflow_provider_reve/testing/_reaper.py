@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 
 GRACE_SECONDS = 5.0
 """Between SIGTERM and SIGKILL of an orphaned deployment."""
@@ -112,23 +113,30 @@ def release_folder(path: str) -> None:
 # ---------------------------------------------------------------------- the reaper process
 
 
-def _members(sessions: dict[int, float]) -> list[int]:
+def session_members(sessions: Iterable[int]) -> list[int]:
+    """Pids of live (non-zombie) processes whose session id is one of ``sessions``."""
     import psutil
 
-    ours = {
+    wanted = set(sessions)
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getsid(proc.pid) in wanted:
+                members.append(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+def _members(sessions: dict[int, float]) -> list[int]:
+    """Members of the registered sessions whose leader pid was not reused since."""
+    return session_members(
         leader
         for leader, started in sessions.items()
         if (current := _start_time(leader)) is None or abs(current - started) < 0.001
-    }
-    found = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(OSError, psutil.Error):
-            # A zombie is dead already; it waits for its parent to read its exit status.
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
-                continue
-            if os.getsid(proc.pid) in ours:
-                found.append(proc.pid)
-    return found
+    )
 
 
 def _reap(sessions: dict[int, float], folders: set[str]) -> None:

@@ -257,12 +257,7 @@ class LocalAirflow(ClusterQueries):
             self._check_alive()
             api_ok = "api-server" not in self.components
             if not api_ok:
-                try:
-                    resp = self._http.get(f"{self.base_url}/api/v2/monitor/health", timeout=5)
-                    last = resp.text
-                    api_ok = resp.ok and resp.json().get("metadatabase", {}).get("status") == "healthy"
-                except requests.RequestException as err:
-                    last = repr(err)
+                api_ok, last = self._api_server_health()
             if api_ok:
                 missing = self._not_ready()
                 if missing is None:
@@ -273,6 +268,14 @@ class LocalAirflow(ClusterQueries):
                     f"Airflow not healthy in time; last status: {last}\n{self.dump_logs()}"
                 )
             time.sleep(0.5)
+
+    def _api_server_health(self) -> tuple[bool, str]:
+        """Whether the api-server answers healthy, with what it said (or why it did not)."""
+        try:
+            resp = self._http.get(f"{self.base_url}/api/v2/monitor/health", timeout=5)
+            return resp.ok and resp.json().get("metadatabase", {}).get("status") == "healthy", resp.text
+        except (requests.RequestException, ValueError) as err:
+            return False, repr(err)
 
     def _not_ready(self) -> str | None:
         """What is still missing once the api-server is healthy, or ``None`` when all is up:

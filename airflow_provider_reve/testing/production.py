@@ -51,8 +51,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import requests
-
 from airflow_provider_reve.testing._cluster_config import ClusterSecrets
 from airflow_provider_reve.testing._cluster_processes import session_members, stop_sessions
 from airflow_provider_reve.testing._cluster_queries import Fetch, LocalAirflowError, Params
@@ -255,20 +253,13 @@ class ProductionAirflow(LocalAirflow):
         )
         running = Counter(r["hostname"] for r in rows if r["job_type"] == _job_type(r["hostname"] or ""))
         missing = sorted(c for c in wanted if running[c] < 1)
-        if "api-server" in components and not self._api_server_healthy():
+        if "api-server" in components and not self._api_server_health()[0]:
             missing.append("api-server")  # it writes no job row and answers no ping
         workers = [c for c in components if c in self.workers]
         if workers:
             answered = self.worker_pings()
             missing += sorted(c for c in workers if self.celery_hostname(c) not in answered)
         return f"not up yet: {missing}" if missing else None
-
-    def _api_server_healthy(self) -> bool:
-        try:
-            resp = self._http.get(f"{self.base_url}/api/v2/monitor/health", timeout=5)
-            return resp.ok and resp.json().get("metadatabase", {}).get("status") == "healthy"
-        except (requests.RequestException, ValueError):
-            return False
 
     def worker_pings(self, timeout: float = 1.0) -> set[str]:
         """Celery node names of the workers that answer a ping within ``timeout`` seconds."""
