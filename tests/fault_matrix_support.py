@@ -49,7 +49,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from never_pay_twice_support import InMemoryTaskStateStore, make_context, run_trigger
 
-from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.client.retry import RetryPolicy
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 from airflow_provider_reve.sensors.reve import ReveTaskSensor
 from airflow_provider_reve.testing import FakeReveServer

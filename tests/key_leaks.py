@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from airflow_provider_reve._redact import MIN_RUN
+from airflow_provider_reve.client.redact import MIN_RUN
 
 
 def key_pieces(key: str, size: int = MIN_RUN) -> set[str]:

@@ -21,7 +21,7 @@ import pytest
 import requests
 from airflow.sdk.exceptions import TaskDeferred
 
-from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.client.retry import RetryPolicy
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from airflow_provider_reve._retry import RetryPolicy
-from airflow_provider_reve._storage import StoredResults, store_results
+from airflow_provider_reve.client.retry import RetryPolicy
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.storage import StoredResults, store_results
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(i % 251 for i in range(64 * 1024))
 """A 64 KiB body: larger than one read, small enough for every test."""

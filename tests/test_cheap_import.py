@@ -17,7 +17,7 @@ HEAVY = (
     "airflow.providers.http.hooks",
     "airflow_provider_reve.hooks.reve",
     "airflow_provider_reve.triggers.reve",
-    "airflow_provider_reve._download",
+    "airflow_provider_reve.results.download",
     "airflow_provider_reve.testing",
 )
 

@@ -167,7 +167,7 @@ async def test_the_async_hook_refuses_such_a_key_with_the_same_error_not_a_bare_
 
 @pytest.mark.parametrize("where", ["path", "subdomain"])  # a query string is dropped anyway
 def test_a_base_url_that_carries_the_api_key_is_refused_without_quoting_either(where):
-    from airflow_provider_reve._connection import settings_from_connection
+    from airflow_provider_reve.client.settings import settings_from_connection
     from airflow_provider_reve.exceptions import ReveConfigurationError
 
     key = "sk-live-Qm9PaZ27xLw3Rk8v"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_reve._download import (
+from airflow_provider_reve.results.download import (
     DownloadResult,
     ReveDownloadError,
     ReveDownloadTooLargeError,

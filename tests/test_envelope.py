@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_reve._envelope import parse_task_response
-from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import is_permanent
+from airflow_provider_reve.client.envelope import parse_task_response
+from airflow_provider_reve.client.redact import Redactor
+from airflow_provider_reve.client.retry import is_permanent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,

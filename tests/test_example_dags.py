@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from reve_test_helpers import return_values
 
-from airflow_provider_reve._finish import ASSET_EXTRA_KEYS
+from airflow_provider_reve.mixins.finish import ASSET_EXTRA_KEYS
 from airflow_provider_reve.testing import FakeReveServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_reve import _catalog
+from airflow_provider_reve.client import catalog as _catalog
 from airflow_provider_reve.exceptions import ReveValidationError
 from airflow_provider_reve.testing import FakeReveServer
 from airflow_provider_reve.testing._fake import models as fake_models

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_reve._catalog import estimate_credits
+from airflow_provider_reve.client.catalog import estimate_credits
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 from airflow_provider_reve.testing._media import mp4_bytes, png_bytes
 from airflow_provider_reve.testing.fake_server import SETTING_DEFAULTS
@@ -219,7 +219,7 @@ def test_result_files_of_unfinished_or_unknown_tasks_are_not_found(server):
 
 
 def test_the_providers_own_envelope_parser_reads_the_fake_answers(server):
-    from airflow_provider_reve._envelope import parse_task_response
+    from airflow_provider_reve.client.envelope import parse_task_response
     from airflow_provider_reve.exceptions import GENERATE_ENDPOINT, ReveAuthenticationError
 
     response = generate(server, IMAGE)

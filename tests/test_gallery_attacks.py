@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_reve._storage import safe_stem
+from airflow_provider_reve.results.storage import safe_stem
 from tests.gallery_data import add_ti, remove_dag
 from tests.gallery_support import bearer, db_session, manifest_entry, task_value, token
 

@@ -16,9 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import pytest
 
-from airflow_provider_reve._storage import safe_stem
 from airflow_provider_reve.plugins import _media
 from airflow_provider_reve.plugins._render import EXPIRED_URL
+from airflow_provider_reve.results.storage import safe_stem
 from tests.gallery_dags.reve_gallery_dags import HOSTILE_PROMPT
 from tests.gallery_data import add_ti, remove_dag, seed_generations
 from tests.gallery_support import (

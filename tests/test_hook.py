@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from reve_test_helpers import use_connection
 
-from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy
+from airflow_provider_reve.client.retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,
@@ -93,7 +93,7 @@ def closed_port() -> Iterator[int]:
 
 
 def retry_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "airflow_provider_reve._retry"]
+    return [r.getMessage() for r in caplog.records if r.name == "airflow_provider_reve.client.retry"]
 
 
 # -- both endpoints -------------------------------------------------------------------------------

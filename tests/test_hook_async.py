@@ -17,7 +17,7 @@ import pytest
 from reve_test_helpers import use_connection
 from trickle_stub import trickling_status_server
 
-from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy
+from airflow_provider_reve.client.retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
     STATUS_ENDPOINT,
     ReveAuthenticationError,
@@ -222,7 +222,7 @@ async def test_a_refused_connection_raises_connection_error_after_retrying(
 
     assert raised.value.request_sent is False
     assert raised.value.endpoint == STATUS_ENDPOINT
-    retries = [r for r in caplog.records if r.name == "airflow_provider_reve._retry"]
+    retries = [r for r in caplog.records if r.name == "airflow_provider_reve.client.retry"]
     assert len(retries) == 2
 
 

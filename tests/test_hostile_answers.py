@@ -21,7 +21,7 @@ import pytest
 from hostile_stub import HostileStub, Reply, html_reply, task_reply
 from reve_test_helpers import fire, use_connection
 
-from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy
+from airflow_provider_reve.client.retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveMalformedResponseError,

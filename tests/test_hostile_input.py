@@ -26,8 +26,8 @@ from fault_matrix_support import ScriptedApi, closed_port, no_defer_settle_delay
 from never_pay_twice_support import run_trigger
 from reve_test_helpers import use_connection
 
-from airflow_provider_reve._catalog import MAX_REQUEST_BYTES
-from airflow_provider_reve._retry import NO_RETRIES
+from airflow_provider_reve.client.catalog import MAX_REQUEST_BYTES
+from airflow_provider_reve.client.retry import NO_RETRIES
 from airflow_provider_reve.exceptions import ReveConnectionError, ReveValidationError
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.operators.reve import ReveGenerateOperator

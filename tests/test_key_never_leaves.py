@@ -26,8 +26,8 @@ from hostile_stub import HostileStub, Reply, envelope, html_reply, task_reply
 from key_leaks import leaks
 from reve_test_helpers import fire, return_values, use_connection
 
-from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import NO_RETRIES, RetryPolicy, is_permanent
+from airflow_provider_reve.client.redact import Redactor
+from airflow_provider_reve.client.retry import NO_RETRIES, RetryPolicy, is_permanent
 from airflow_provider_reve.exceptions import ReveAuthenticationError, ReveError
 from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook
 from airflow_provider_reve.triggers.reve import ReveTaskTrigger

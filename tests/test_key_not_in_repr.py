@@ -13,7 +13,7 @@ import time
 import pytest
 from reve_test_helpers import use_connection
 
-from airflow_provider_reve._connection import settings_from_connection
+from airflow_provider_reve.client.settings import settings_from_connection
 from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 from airflow_provider_reve.sensors.reve import ReveTaskSensor

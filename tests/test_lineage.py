@@ -16,8 +16,8 @@ import pytest
 from airflow.providers.openlineage.extractors.base import DefaultExtractor
 from openlineage.client.serde import Serde
 
-from airflow_provider_reve._lineage import RUN_FACET_NAME, ReveLineageMixin, dataset_location
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.lineage import RUN_FACET_NAME, ReveLineageMixin, dataset_location
 
 IMAGE = ReveTask(
     task_id="task-img-1",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_provider_reve._catalog import estimate_credits, validate_request
+from airflow_provider_reve.client.catalog import estimate_credits, validate_request
 from airflow_provider_reve.exceptions import ReveValidationError
 from airflow_provider_reve.models import ReveTask
 

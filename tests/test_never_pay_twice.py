@@ -47,9 +47,9 @@ from never_pay_twice_support import (  # server and dags are fixtures
     server,  # noqa: F401 -- fixture
 )
 
-from airflow_provider_reve import _reattach
-from airflow_provider_reve._catalog import estimate_credits
-from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.client.catalog import estimate_credits
+from airflow_provider_reve.client.retry import RetryPolicy
+from airflow_provider_reve.mixins import reattach as _reattach
 from airflow_provider_reve.testing import FakeReveServer
 from airflow_provider_reve.triggers.reve import ReveTaskTrigger
 

@@ -30,7 +30,7 @@ from never_pay_twice_support import (
 )
 from reve_test_helpers import use_connection
 
-from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.client.retry import RetryPolicy
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveConnectionError,
@@ -504,7 +504,7 @@ def test_an_unresolved_paid_request_of_this_run_stops_a_retry_that_renders_diffe
 ) -> None:
     store = InMemoryTaskStateStore()
     # Try 1 was killed mid-POST; its prompt had a templated timestamp in it.
-    from airflow_provider_reve._reattach import SubmittedTaskMemory
+    from airflow_provider_reve.mixins.reattach import SubmittedTaskMemory
 
     SubmittedTaskMemory(make_context(store), log=None).begin_submission("fingerprint-of-try-1")
 

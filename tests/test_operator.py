@@ -24,7 +24,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from reve_test_helpers import fire, return_values
 
-from airflow_provider_reve._reattach import STATE_KEY
+from airflow_provider_reve.mixins.reattach import STATE_KEY
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer

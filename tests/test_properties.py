@@ -26,9 +26,9 @@ from airflow.providers.common.compat.sdk import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_reve._defaults import OUTCOMES
-from airflow_provider_reve._envelope import parse_task_response
-from airflow_provider_reve._redact import Redactor
+from airflow_provider_reve.client.envelope import parse_task_response
+from airflow_provider_reve.client.redact import Redactor
+from airflow_provider_reve.defaults import OUTCOMES
 from airflow_provider_reve.exceptions import (
     DOCUMENTED_CODES,
     GENERATE_ENDPOINT,

@@ -74,7 +74,7 @@ def test_the_connection_forms_timeout_fields_accept_exactly_what_the_hook_accept
     # A form that saves a value the hook then refuses lets a user break a working connection.
     import jsonschema
 
-    from airflow_provider_reve._connection import settings_from_connection
+    from airflow_provider_reve.client.settings import settings_from_connection
     from airflow_provider_reve.exceptions import ReveConfigurationError
 
     schema = get_provider_info()["connection-types"][0]["conn-fields"][field]["schema"]

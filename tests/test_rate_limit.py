@@ -17,9 +17,9 @@ import jsonschema
 import pytest
 from reve_test_helpers import use_connection
 
-from airflow_provider_reve import _ratelimit
-from airflow_provider_reve._connection import settings_from_connection
-from airflow_provider_reve._ratelimit import AsyncRequestGate, SyncRequestGate
+from airflow_provider_reve.client import ratelimit as _ratelimit
+from airflow_provider_reve.client.ratelimit import AsyncRequestGate, SyncRequestGate
+from airflow_provider_reve.client.settings import settings_from_connection
 from airflow_provider_reve.exceptions import (
     STATUS_ENDPOINT,
     ReveConfigurationError,

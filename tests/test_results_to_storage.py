@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_reve._finish import ASSET_EXTRA_KEYS
+from airflow_provider_reve.mixins.finish import ASSET_EXTRA_KEYS
 from airflow_provider_reve.testing import FakeReveServer
 from tests.reve_test_helpers import return_values
 

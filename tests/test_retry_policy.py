@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from airflow_provider_reve._retry import (
+from airflow_provider_reve.client.retry import (
     RetryPolicy,
     backoff_seconds,
     call_with_retries,

@@ -25,7 +25,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from reve_test_helpers import fire, return_values
 
-from airflow_provider_reve._retry import NO_RETRIES
+from airflow_provider_reve.client.retry import NO_RETRIES
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.sensors.reve import ReveTaskSensor

@@ -25,8 +25,8 @@ from airflow.providers.common.compat.sdk import (
 )
 from reve_test_helpers import fire, return_values, use_connection
 
-from airflow_provider_reve._deadline import deferral_budget
 from airflow_provider_reve.hooks.reve import ReveHook
+from airflow_provider_reve.mixins.deadline import deferral_budget
 from airflow_provider_reve.sensors.reve import ReveTaskSensor
 from airflow_provider_reve.testing import FakeReveServer
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_reve._storage import STALE_SPOOL_SECONDS, asset_uri, file_name, safe_stem
 from airflow_provider_reve.exceptions import (
     ReveDownloadError,
     ReveDownloadTooLargeError,
@@ -29,6 +28,7 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.hooks.reve import ReveHook
+from airflow_provider_reve.results.storage import STALE_SPOOL_SECONDS, asset_uri, file_name, safe_stem
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 from tests.reve_test_helpers import use_connection, wait_for
 from tests.storage_stub import (
@@ -256,7 +256,7 @@ def test_a_transient_error_then_the_file_is_retried_and_stored_complete(
 
 KILL_SCRIPT = """
 import sys
-from airflow_provider_reve._storage import store_results
+from airflow_provider_reve.results.storage import store_results
 from airflow_provider_reve.models import ReveTask
 
 task = ReveTask(task_id="killed", status="SUCCESS", result_urls=[sys.argv[1]])

@@ -13,10 +13,10 @@ from urllib.parse import quote
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_provider_reve._storage import asset_uri
 from airflow_provider_reve.exceptions import ReveDownloadError
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.operators.reve import ReveDownloadResultsOperator, ReveGenerateOperator
+from airflow_provider_reve.results.storage import asset_uri
 from airflow_provider_reve.sensors.reve import ReveTaskSensor
 from airflow_provider_reve.testing import FakeReveServer
 from tests.reve_test_helpers import use_connection
@@ -218,7 +218,7 @@ def test_the_hook_scrubs_its_own_key_from_a_redirect(cdn, tmp_path, monkeypatch,
 
 
 def test_lineage_names_an_object_whose_key_holds_a_hash_by_its_whole_key():
-    from airflow_provider_reve._lineage import dataset_location
+    from airflow_provider_reve.results.lineage import dataset_location
 
     assert dataset_location("s3://aws_default@bucket/run#1/t_0.png") == ("s3://bucket", "run#1/t_0.png")
     assert dataset_location("s3://bucket/a?b/t_0.png") == ("s3://bucket", "a?b/t_0.png")

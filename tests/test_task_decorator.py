@@ -25,7 +25,7 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, TaskDeferred
 from reve_test_helpers import fire, return_values, use_connection
 
-from airflow_provider_reve._retry import RetryPolicy
+from airflow_provider_reve.client.retry import RetryPolicy
 from airflow_provider_reve.decorators.reve import REQUEST_STATE_KEY, _ReveDecoratedOperator, reve_task
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator

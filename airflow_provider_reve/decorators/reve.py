@@ -36,9 +36,9 @@ from airflow.providers.common.compat.sdk import (
 )
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 
-from airflow_provider_reve._reattach import _run_of_tries
-from airflow_provider_reve._rendered import coerce_extra_params
 from airflow_provider_reve.exceptions import ReveValidationError
+from airflow_provider_reve.mixins.reattach import _run_of_tries
+from airflow_provider_reve.mixins.rendered import coerce_extra_params
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
 
 if TYPE_CHECKING:

@@ -25,14 +25,12 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 
 from airflow_provider_reve import __version__
-from airflow_provider_reve._catalog import is_synchronous, validate_request
-from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
-from airflow_provider_reve._download import is_public_address
-from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
-from airflow_provider_reve._ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
-from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, StoredResults, store_results, tasks_from_results
-from airflow_provider_reve._transport import request_may_have_been_sent
+from airflow_provider_reve.client.catalog import is_synchronous, validate_request
+from airflow_provider_reve.client.envelope import MAX_RESPONSE_BYTES, parse_task_response
+from airflow_provider_reve.client.ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
+from airflow_provider_reve.client.retry import RetryPolicy, acall_with_retries, call_with_retries
+from airflow_provider_reve.client.settings import ConnectionSettings, settings_from_connection
+from airflow_provider_reve.client.transport import request_may_have_been_sent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,
@@ -46,6 +44,13 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.download import is_public_address
+from airflow_provider_reve.results.storage import (
+    DEFAULT_MAX_BYTES,
+    StoredResults,
+    store_results,
+    tasks_from_results,
+)
 
 GENERATE_PATH = "/api/v1/generate"
 STATUS_PATH = "/api/v1/status"
@@ -264,7 +269,7 @@ class ReveHook(HttpHook):
         :param output_format: the extension to use when a server sends no known Content-Type.
 
         Result URLs are fetched without the API key (they are not the API's). See
-        :mod:`airflow_provider_reve._storage` for names, crash safety and idempotence.
+        :mod:`airflow_provider_reve.results.storage` for names, crash safety and idempotence.
         """
         return self.store_results(
             tasks_from_results(results),

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_reve._defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES
-from airflow_provider_reve._finish import check_max_bytes, finish
-from airflow_provider_reve._lineage import ReveLineageMixin
-from airflow_provider_reve._outcomes import raise_for_error
-from airflow_provider_reve._rendered import parse_rendered_literal
-from airflow_provider_reve._storage import tasks_from_results
+from airflow_provider_reve.defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
 from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.mixins.finish import check_max_bytes, finish
+from airflow_provider_reve.mixins.outcomes import raise_for_error
+from airflow_provider_reve.mixins.rendered import parse_rendered_literal
+from airflow_provider_reve.results.lineage import ReveLineageMixin
+from airflow_provider_reve.results.storage import tasks_from_results
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

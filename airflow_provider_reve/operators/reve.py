@@ -22,9 +22,9 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
-from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._defaults import (
+from airflow_provider_reve.client.catalog import DEFAULT_MODEL, estimate_credits, validate_request
+from airflow_provider_reve.client.retry import too_many_tasks_wait
+from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
     DEFAULT_POLL_INTERVAL,
@@ -33,22 +33,6 @@ from airflow_provider_reve._defaults import (
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish, succeeded
-from airflow_provider_reve._lineage import ReveLineageMixin
-from airflow_provider_reve._outcomes import (
-    ON_CONTENT_POLICY_CHOICES,
-    raise_for_error,
-    raise_for_failed_task,
-    raise_for_trigger_error,
-)
-from airflow_provider_reve._reattach import (
-    REFUSED,
-    SUBMITTING,
-    SubmittedTaskMemory,
-    request_fingerprint,
-)
-from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
-from airflow_provider_reve._retry import too_many_tasks_wait
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -57,8 +41,24 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve.mixins.finish import check_download_to, check_max_bytes, finish, succeeded
+from airflow_provider_reve.mixins.outcomes import (
+    ON_CONTENT_POLICY_CHOICES,
+    raise_for_error,
+    raise_for_failed_task,
+    raise_for_trigger_error,
+)
+from airflow_provider_reve.mixins.reattach import (
+    REFUSED,
+    SUBMITTING,
+    SubmittedTaskMemory,
+    request_fingerprint,
+)
+from airflow_provider_reve.mixins.rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
+from airflow_provider_reve.results.lineage import ReveLineageMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

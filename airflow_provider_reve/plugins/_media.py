@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any
 
-from airflow_provider_reve._storage import EXTENSIONS, safe_stem
+from airflow_provider_reve.results.storage import EXTENSIONS, safe_stem
 
 #: What may be served, by extension: images and videos only, never HTML, SVG or scripts.
 MEDIA_TYPES = {

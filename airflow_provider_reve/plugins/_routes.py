@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from airflow_provider_reve._catalog import MODELS
+from airflow_provider_reve.client.catalog import MODELS
 from airflow_provider_reve.plugins import _cards, _credits, _media, _queries, _render
 from airflow_provider_reve.plugins._security import (
     Forbidden,

@@ -18,8 +18,8 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._defaults import (
+from airflow_provider_reve.client.retry import is_permanent
+from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
     OUTCOME_ERROR,
@@ -27,14 +27,14 @@ from airflow_provider_reve._defaults import (
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, succeeded
-from airflow_provider_reve._lineage import ReveLineageMixin
-from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
-from airflow_provider_reve._rendered import parse_rendered_literal
-from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve.mixins.finish import check_download_to, check_max_bytes, succeeded
+from airflow_provider_reve.mixins.outcomes import raise_for_error, raise_for_trigger_error
+from airflow_provider_reve.mixins.rendered import parse_rendered_literal
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.lineage import ReveLineageMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

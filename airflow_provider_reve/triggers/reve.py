@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_reve._defaults import (  # re-exported: the event protocol's names
+from airflow_provider_reve.client.polling import (
+    LONG_WAIT_AFTER,
+    LONG_WAIT_INTERVAL,
+    current_interval,
+    first_read_at,
+    wait_origin,
+)
+from airflow_provider_reve.client.retry import NO_RETRIES, backoff_seconds, is_permanent
+from airflow_provider_reve.defaults import (  # re-exported: the event protocol's names
     DEFAULT_POLL_INTERVAL,
     OUTCOME_ERROR,
     OUTCOME_FAILED,
@@ -27,14 +35,6 @@ from airflow_provider_reve._defaults import (  # re-exported: the event protocol
     OUTCOMES,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._polling import (
-    LONG_WAIT_AFTER,
-    LONG_WAIT_INTERVAL,
-    current_interval,
-    first_read_at,
-    wait_origin,
-)
-from airflow_provider_reve._retry import NO_RETRIES, backoff_seconds, is_permanent
 from airflow_provider_reve.exceptions import ReveAPIError, ReveError
 from airflow_provider_reve.models import ReveTask
 

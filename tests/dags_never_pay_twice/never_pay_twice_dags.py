@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pendulum
 from airflow.sdk import DAG
 
-from airflow_provider_reve._reattach import STATE_KEY
+from airflow_provider_reve.mixins.reattach import STATE_KEY
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 
 START = pendulum.datetime(2025, 1, 1, tz="UTC")

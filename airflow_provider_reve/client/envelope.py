@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import parse_retry_after
+from airflow_provider_reve.client.redact import Redactor
+from airflow_provider_reve.client.retry import parse_retry_after
 from airflow_provider_reve.exceptions import (
     DOCUMENTED_CODES,
     GENERATE_ENDPOINT,

@@ -9,7 +9,7 @@ enough: the echo may be upper-cased, or cut off by a snippet. So a :class:`Redac
 
 with ``***``. It runs on each string from the server *before* that string becomes part of an
 exception, a :class:`~airflow_provider_reve.models.ReveTask`, a trigger event or a log line;
-:mod:`airflow_provider_reve._envelope` is where that happens.
+:mod:`airflow_provider_reve.client.envelope` is where that happens.
 """
 
 from __future__ import annotations

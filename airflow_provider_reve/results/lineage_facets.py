@@ -1,6 +1,6 @@
 """The custom OpenLineage run facet for a Reve generation.
 
-Imported only by :mod:`airflow_provider_reve._lineage` when the OpenLineage provider is
+Imported only by :mod:`airflow_provider_reve.results.lineage` when the OpenLineage provider is
 installed: this module needs ``openlineage-python`` at import time, the provider does not. The
 class lives at module level (not built on the fly) so a facet pickles like any other.
 """

@@ -37,7 +37,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from airflow_provider_reve._connection import ConnectionSettings
+from airflow_provider_reve.client.settings import ConnectionSettings
 from airflow_provider_reve.exceptions import ReveAPIError, ReveRateLimitError
 
 #: Longest pause a Retry-After can impose on all of a connection's requests (as in ``_retry``).

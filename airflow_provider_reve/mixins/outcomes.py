@@ -1,6 +1,6 @@
 """Turns what happened to a Reve task into what Airflow should do next.
 
-The classes come from :mod:`airflow_provider_reve._retry`; this module only maps them:
+The classes come from :mod:`airflow_provider_reve.client.retry`; this module only maps them:
 
 * permanent (bad input, bad key, no credits, unknown task, content policy) ->
   ``AirflowFailException``: no Airflow retry is spent on something that cannot succeed;
@@ -22,7 +22,7 @@ from airflow.providers.common.compat.sdk import (
     AirflowSkipException,
 )
 
-from airflow_provider_reve._retry import is_permanent, is_permanent_code
+from airflow_provider_reve.client.retry import is_permanent, is_permanent_code
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.models import ReveTask
 

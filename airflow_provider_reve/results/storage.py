@@ -8,7 +8,7 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
   ``[A-Za-z0-9._-]`` (plus a digest of the original when anything was changed, so two ids
   never share a name), the extension from the answer's Content-Type, else the requested
   ``output_format``, else ``bin``. Nothing can land outside the destination.
-* **Untrusted URLs.** The fetch is :func:`airflow_provider_reve._download.download`: http(s)
+* **Untrusted URLs.** The fetch is :func:`airflow_provider_reve.results.download.download`: http(s)
   only, no credentials sent (these are not the API's URLs), redirects checked, size capped.
 * **Crash-safe.** Each file is first streamed into a spool file while its size and sha256 are
   computed. Locally the spool lives beside the target under a hidden ``.reve-*.part`` name
@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
-from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import RetryPolicy, call_with_retries
+from airflow_provider_reve.client.redact import Redactor
+from airflow_provider_reve.client.retry import RetryPolicy, call_with_retries
+from airflow_provider_reve.defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
 
@@ -245,7 +245,7 @@ def store_results(
     manifest here records, and that is still there with its size and sha256, is reused
     without downloading: its URL may have expired since.
     """
-    from airflow_provider_reve._download import _check_url  # requests: only when a task runs
+    from airflow_provider_reve.results.download import _check_url  # requests: only when a task runs
 
     logger = logger or log
     redact = Redactor(hidden)
@@ -333,7 +333,7 @@ def _store_one(
     logger: Any,
     redact: Callable[[str], str],
 ) -> dict[str, Any]:
-    from airflow_provider_reve._download import download
+    from airflow_provider_reve.results.download import download
 
     fd, spool = _open_spool(where.local)
     try:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-#: Key of the custom run facet (see :class:`~airflow_provider_reve._lineage_facets.ReveRunFacet`).
+#: Key of the custom run facet (see :class:`~airflow_provider_reve.results.lineage_facets.ReveRunFacet`).
 RUN_FACET_NAME = "reve"
 
 
@@ -39,7 +39,7 @@ class ReveLineageMixin:
             from openlineage.client.event_v2 import OutputDataset
             from openlineage.client.facet_v2 import output_statistics_output_dataset
 
-            from airflow_provider_reve._lineage_facets import ReveRunFacet
+            from airflow_provider_reve.results.lineage_facets import ReveRunFacet
         except ImportError:
             return None
 

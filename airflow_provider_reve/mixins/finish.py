@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, Stats
 
-from airflow_provider_reve._outcomes import raise_for_error
-from airflow_provider_reve._storage import (
+from airflow_provider_reve.exceptions import ReveError, ReveValidationError
+from airflow_provider_reve.mixins.outcomes import raise_for_error
+from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.storage import (
     StoredResults,
     asset_uri,
     prepare_destination,
     resolve_destination,
 )
-from airflow_provider_reve.exceptions import ReveError, ReveValidationError
-from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -40,7 +40,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import requests
 import urllib3
 
-from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
+from airflow_provider_reve.defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve.exceptions import (
     ReveDownloadError,
     ReveDownloadTooLargeError,
@@ -143,7 +143,7 @@ def download(
     :param max_seconds: seconds the whole download may take, however steadily bytes arrive.
     :param max_redirects: redirects followed before giving up.
     :param redact: applied to every URL in a log line or an error (e.g. the connection's
-        :class:`~airflow_provider_reve._redact.Redactor`): a redirect may put a secret in a path.
+        :class:`~airflow_provider_reve.client.redact.Redactor`): a redirect may put a secret in a path.
     :raises ReveUnsafeURLError: the URL or a redirect is refused by the policy.
     :raises ReveDownloadTooLargeError: the body is larger than ``max_bytes``.
     :raises ReveDownloadError: any other failure: an HTTP error status, a timeout, a broken

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_provider_reve._redact import Redactor
+from airflow_provider_reve.client.redact import Redactor
 from airflow_provider_reve.exceptions import ReveConfigurationError
 
 DEFAULT_BASE_URL = "https://reve2img.com"

@@ -1,0 +1,1 @@
+"""Speaks the Reve API; knows nothing of operators."""
