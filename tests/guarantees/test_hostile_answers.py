@@ -6,7 +6,7 @@
   ``generate`` is ambiguous and names the task that exists.
 * An answer hundreds of MiB long: only the first 256 KiB are ever read.
 
-The server is the hostile stub of ``tests/hostile_stub.py``.
+The server is the hostile stub of ``tests/support/hostile_stub.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``@task.reve`` against the fake Reve API over real loopback HTTP.
 
-Whole DAGs (``tests/dags_task_decorator/``) run with ``dag.test()``, which resumes a deferred task
+Whole DAGs (``tests/dags/task_decorator/``) run with ``dag.test()``, which resumes a deferred task
 from a fresh copy of the operator, as a new worker process would. Decisions about one try (what
 the function returned, a resume with Airflow's ``defer()`` kwargs intact, a retry) call the
 operator's entry points directly with a minimal context holding a ``task_state_store``.
@@ -31,7 +31,7 @@ from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
 from airflow_provider_reve.testing import FakeReveServer
 
-TEST_DAGS = Path(__file__).resolve().parent / "dags_task_decorator"
+TEST_DAGS = Path(__file__).resolve().parents[2] / "dags" / "task_decorator"
 PROMPT = "A lighthouse on a cliff at golden hour"
 
 

@@ -19,8 +19,8 @@ from airflow_provider_reve.operators.reve import ReveDownloadResultsOperator, Re
 from airflow_provider_reve.results.storage import asset_uri
 from airflow_provider_reve.sensors.reve import ReveTaskSensor
 from airflow_provider_reve.testing import FakeReveServer
-from tests.reve_test_helpers import use_connection
-from tests.storage_stub import PNG, CdnStub, file, redirect, sha256, status, store, succeeded
+from tests.support.reve_test_helpers import use_connection
+from tests.support.storage_stub import PNG, CdnStub, file, redirect, sha256, status, store, succeeded
 
 KEY = "sk-live-0123456789abcdefSECRET"
 

@@ -25,7 +25,7 @@ from airflow_provider_reve.client.retry import RetryPolicy
 from airflow_provider_reve.operators.reve import ReveGenerateOperator
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 
-DAGS_DIR = Path(__file__).resolve().parent / "dags_never_pay_twice"
+DAGS_DIR = Path(__file__).resolve().parents[1] / "dags" / "never_pay_twice"
 DAG_FILE = DAGS_DIR / "never_pay_twice_dags.py"
 DAG_MODULE = "never_pay_twice_dags"
 

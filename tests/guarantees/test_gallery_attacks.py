@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from airflow_provider_reve.results.storage import safe_stem
-from tests.gallery_data import add_ti, remove_dag
-from tests.gallery_support import bearer, db_session, manifest_entry, task_value, token
+from tests.support.gallery_data import add_ti, remove_dag
+from tests.support.gallery_support import bearer, db_session, manifest_entry, task_value, token
 
 # The fixture api.
-pytest_plugins = ("tests.gallery_support",)
+pytest_plugins = ("tests.support.gallery_support",)
 
 
 @pytest.fixture

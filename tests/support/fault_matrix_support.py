@@ -1,4 +1,4 @@
-"""How the fault matrix (``tests/test_fault_matrix*.py``) runs one case in each of the four places
+"""How the fault matrix (``tests/guarantees/test_fault_matrix*.py``) runs one case in each of the four places
 a Reve wait happens, and what it expects of each.
 
 The four places:

@@ -33,7 +33,7 @@ from airflow_provider_reve.triggers.reve import ReveTaskTrigger
 SYNC_MODEL = "reve-2.0"
 ASYNC_MODEL = "seedream-5"
 PROMPT = "A lighthouse on a cliff at golden hour"
-TEST_DAGS = Path(__file__).resolve().parent / "dags"
+TEST_DAGS = Path(__file__).resolve().parents[2] / "dags" / "core"
 
 
 @pytest.fixture

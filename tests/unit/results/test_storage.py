@@ -1,6 +1,6 @@
 """Storing result files, attacked: hostile ids and URLs, cut and killed transfers, re-runs.
 
-Real loopback servers only: :mod:`tests.storage_stub` plays the CDN (rude answers, recorded
+Real loopback servers only: :mod:`tests.support.storage_stub` plays the CDN (rude answers, recorded
 headers), the shipped fake plays the API (and expires its result URLs on demand). An object
 store as destination: ``test_storage_object_store.py``.
 """
@@ -30,8 +30,8 @@ from airflow_provider_reve.exceptions import (
 from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.results.storage import STALE_SPOOL_SECONDS, asset_uri, file_name, safe_stem
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
-from tests.reve_test_helpers import use_connection, wait_for
-from tests.storage_stub import (
+from tests.support.reve_test_helpers import use_connection, wait_for
+from tests.support.storage_stub import (
     FAST,
     PNG,
     CdnStub,
@@ -46,7 +46,7 @@ from tests.storage_stub import (
     unframed,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 SIGNED_QUERY = "X-Amz-Signature=s3cr3t-signature-token&X-Amz-Credential=AKIAEXAMPLE"
 MANIFEST_KEYS = {
     "reve_task_id",

@@ -31,7 +31,7 @@ from airflow_provider_reve.sensors.reve import ReveTaskSensor
 from airflow_provider_reve.testing import FakeReveServer
 
 ASYNC_MODEL = "seedream-5"
-OUTAGE_DAGS = Path(__file__).resolve().parent / "dags_sensor_semantics"
+OUTAGE_DAGS = Path(__file__).resolve().parents[2] / "dags" / "sensor_semantics"
 
 
 @pytest.fixture

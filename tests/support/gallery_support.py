@@ -1,6 +1,6 @@
 """Fixtures for the gallery tests: real DAG runs, Airflow's real API app, real JWTs.
 
-* ``gallery_runs`` runs ``tests/gallery_dags`` once per module with ``dag.test()`` against the
+* ``gallery_runs`` runs ``tests/dags/gallery`` once per module with ``dag.test()`` against the
   fake Reve API (one fault: every ``nano-banana-pro`` task ends FAILED for content policy).
 * ``api`` is Airflow's own FastAPI app (``create_app()``), which mounts the plugins found through
   the ``airflow.plugins`` entry point -- the gallery is reached at ``/reve/...`` exactly as in
@@ -26,7 +26,7 @@ import pytest
 from airflow_provider_reve.links import safe_link
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 
-GALLERY_DAGS = Path(__file__).parent / "gallery_dags"
+GALLERY_DAGS = Path(__file__).resolve().parents[1] / "dags" / "gallery"
 SHOP, SECRET = "reve_gallery_shop", "reve_gallery_secret"
 RED_BUNDLE, RED_TEAM = "reve-gallery-red", "red"
 
@@ -119,7 +119,7 @@ def red_team(gallery_runs: GalleryRuns) -> Iterator[None]:
 
 
 def return_values(dag_run: Any, task_id: str) -> dict[int, Any]:
-    from tests.reve_test_helpers import return_values as read
+    from tests.support.reve_test_helpers import return_values as read
 
     return read(dag_run, task_id)
 

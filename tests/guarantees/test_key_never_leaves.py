@@ -1,6 +1,6 @@
 """The API key never leaves, even through a server that echoes it back in any field and form.
 
-A hostile stub (``tests/hostile_stub.py``) puts the ``Authorization`` header it received into
+A hostile stub (``tests/support/hostile_stub.py``) puts the ``Authorization`` header it received into
 every field of its answers: the machine code, the detail, a FAILED task's error, an error on a
 SUCCESS answer, result URLs, a task id, an HTML page -- whole, upper-cased, case-swapped, cut
 at any offset. Through the sync hook, the async hook, the trigger and a deferred operator's
@@ -36,7 +36,7 @@ CONN_ID = "reve_hostile"
 TASK_ID = "hostile-task-1"
 MODEL = "seedream-5"
 FAST = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
-HOSTILE_DAGS = Path(__file__).resolve().parent / "dags_hostile"
+HOSTILE_DAGS = Path(__file__).resolve().parents[1] / "dags" / "hostile"
 
 
 def shown(outcome: Any) -> str:

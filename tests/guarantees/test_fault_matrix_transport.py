@@ -1,6 +1,6 @@
 """The fault matrix, part 2: what the network, a proxy or a broken server does instead of answering.
 
-Same places and the same letters as ``tests/test_fault_matrix.py`` (``T`` this try fails and
+Same places and the same letters as ``tests/guarantees/test_fault_matrix.py`` (``T`` this try fails and
 Airflow retries; ``A`` fails for good, a paid task may exist; ``S`` the sensor times out; ``OK``
 the task succeeds; ``-`` does not apply). Each fault persists for the whole case unless the row
 says otherwise, so every wait must end by itself within its timeout -- and never with SUCCESS

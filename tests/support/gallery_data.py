@@ -4,7 +4,7 @@
 thousands. :func:`seed_generations` inserts them in bulk: a ``dag`` row, ``dag_run`` rows,
 ``task_instance`` rows of ``ReveGenerateOperator``, their ``return_value`` XCom (native JSON, as
 the Task Execution API stores it) and rendered fields with the prompt -- the same tables and
-shapes the real runs in ``tests/gallery_dags`` produce.
+shapes the real runs in ``tests/dags/gallery`` produce.
 """
 
 from __future__ import annotations

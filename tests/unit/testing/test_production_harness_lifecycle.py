@@ -18,7 +18,7 @@ import pytest
 from airflow_provider_reve.testing._cluster_processes import session_members, spawn
 from airflow_provider_reve.testing._cluster_queries import LocalAirflowError
 from airflow_provider_reve.testing.production import ProductionAirflow
-from tests.reve_test_helpers import wait_for
+from tests.support.reve_test_helpers import wait_for
 
 # Stays up for a while after SIGTERM, the way a Celery worker finishes its tasks first.
 SLOW_TO_STOP = """
@@ -77,7 +77,7 @@ BUILDS_AND_DIES = """
 import sys, time
 from pathlib import Path
 from airflow_provider_reve.testing.production import ProductionAirflow
-from tests.reve_test_helpers import wait_for
+from tests.support.reve_test_helpers import wait_for
 af = ProductionAirflow(dags_folder=Path(sys.argv[1]))
 print("home:", af.home, flush=True)
 time.sleep(600)

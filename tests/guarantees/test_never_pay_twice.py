@@ -5,7 +5,7 @@ ledger, so every test can say exactly how many paid tasks an Airflow behaviour c
 
 Two kinds of tests:
 
-* full task runs with ``dag.test()`` of the DAGs in ``tests/dags_never_pay_twice/`` (``retries=2``,
+* full task runs with ``dag.test()`` of the DAGs in ``tests/dags/never_pay_twice/`` (``retries=2``,
   ``retry_delay=0``): they count Airflow tries (``try_number``, ``task_instance_history``) and read the
   XCom ``return_value``. In Airflow 3.3.2 ``dag.test()`` gives tasks a real ``task_state_store`` (the
   crash tests below fail if it did not), and runs triggers inline.

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from airflow_provider_reve.testing._cluster_processes import session_members
-from tests.reve_test_helpers import wait_for
+from tests.support.reve_test_helpers import wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 # Starts one component the way LocalAirflow does, prints its session id, then waits to be killed.
 PARENT = """

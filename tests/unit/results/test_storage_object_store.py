@@ -16,7 +16,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from airflow_provider_reve.exceptions import ReveDownloadError
-from tests.storage_stub import PNG, CdnStub, cut, file, gated, sha256, store, succeeded
+from tests.support.storage_stub import PNG, CdnStub, cut, file, gated, sha256, store, succeeded
 
 REMOTE_CONN = "reve_storage_tests"
 

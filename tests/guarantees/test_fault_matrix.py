@@ -2,7 +2,7 @@
 
 Read a row as: *the API answers this code to a submission, or to a status read, or a task ends
 FAILED with it* -- and the cell says how the Airflow task ends in each place a Reve wait
-happens (see ``tests/fault_matrix_support.py``; ``def.`` is the deferrable operator, waiting in
+happens (see ``tests/support/fault_matrix_support.py``; ``def.`` is the deferrable operator, waiting in
 the trigger, and the sensor's deferred wait):
 
 * ``P``  fails for good: ``AirflowFailException``, no retry spent (nothing a retry could fix);

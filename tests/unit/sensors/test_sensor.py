@@ -33,7 +33,7 @@ from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 from airflow_provider_reve.triggers.reve import ReveTaskTrigger
 
 ASYNC_MODEL = "seedream-5"
-TEST_DAGS = Path(__file__).resolve().parent / "dags"
+TEST_DAGS = Path(__file__).resolve().parents[2] / "dags" / "core"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The Reve gallery plugin through Airflow's own API app (``create_app()``), against the rows real
-DAG runs left in the metadata DB (``tests/gallery_dags``, run with ``dag.test()`` against the fake
-Reve API) and, for thousands of rows, bulk inserts of the same shapes (``tests/gallery_data.py``).
+DAG runs left in the metadata DB (``tests/dags/gallery``, run with ``dag.test()`` against the fake
+Reve API) and, for thousands of rows, bulk inserts of the same shapes (``tests/support/gallery_data.py``).
 Users are real JWTs from Airflow's simple auth manager; DAG-level access is its team rule.
 """
 
@@ -19,9 +19,9 @@ import pytest
 from airflow_provider_reve.plugins import _media
 from airflow_provider_reve.plugins._render import EXPIRED_URL
 from airflow_provider_reve.results.storage import safe_stem
-from tests.gallery_dags.reve_gallery_dags import HOSTILE_PROMPT
-from tests.gallery_data import add_ti, remove_dag, seed_generations
-from tests.gallery_support import (
+from tests.dags.gallery.reve_gallery_dags import HOSTILE_PROMPT
+from tests.support.gallery_data import add_ti, remove_dag, seed_generations
+from tests.support.gallery_support import (
     RED_TEAM,
     SECRET,
     SHOP,
@@ -41,7 +41,7 @@ from tests.gallery_support import (
 )
 
 # The fixtures gallery_runs, api and red_team.
-pytest_plugins = ("tests.gallery_support",)
+pytest_plugins = ("tests.support.gallery_support",)
 
 BLUE = ["blue"]  # a team that does not own reve_gallery_secret
 

@@ -15,9 +15,9 @@ import requests
 
 from airflow_provider_reve.mixins.finish import ASSET_EXTRA_KEYS
 from airflow_provider_reve.testing import FakeReveServer
-from tests.reve_test_helpers import return_values
+from tests.support.reve_test_helpers import return_values
 
-DAGS = Path(__file__).parent / "dags_storage"
+DAGS = Path(__file__).resolve().parents[2] / "dags" / "storage"
 MANIFEST_KEYS = {
     "reve_task_id",
     "index",
