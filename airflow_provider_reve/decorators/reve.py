@@ -37,7 +37,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 
 from airflow_provider_reve.exceptions import ReveValidationError
-from airflow_provider_reve.mixins.reattach import _run_of_tries
+from airflow_provider_reve.mixins.reattach import run_of_tries
 from airflow_provider_reve.mixins.rendered import coerce_extra_params
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
 
@@ -178,7 +178,7 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
             return
         request = {name: getattr(self, name) for name in _KEPT_FIELDS}
         entry: dict[str, Any] = {
-            "run": _run_of_tries(context),
+            "run": run_of_tries(context),
             "try": _try_number(context),
             "request": request,
         }
@@ -201,7 +201,7 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
         request = entry.get("request")
         if not isinstance(request, dict):
             return None
-        run, marker = entry.get("run"), _run_of_tries(context)
+        run, marker = entry.get("run"), run_of_tries(context)
         if run is not None and marker is not None:
             return request if run == marker else None
         # Kept before runs of tries were recorded (a deferral across an upgrade): this try's only.

@@ -52,7 +52,7 @@ class Recalled:
     first_refusal: float | None = None
 
 
-def _run_of_tries(context: Mapping[str, Any]) -> int | None:
+def run_of_tries(context: Mapping[str, Any]) -> int | None:
     """Which run of tries this is: the task instance's ``max_tries``.
 
     A retry never changes ``max_tries``; a clear sets it to ``try_number + retries``, past any
@@ -72,7 +72,7 @@ class SubmittedTaskMemory:
     def __init__(self, context: Mapping[str, Any], log: logging.Logger | Any) -> None:
         self._store = context.get("task_state_store")
         self._log = log
-        self._run_marker = _run_of_tries(context)
+        self._run_marker = run_of_tries(context)
         ti = context.get("ti")
         self._try_number = getattr(ti, "try_number", None)
         if self._store is None:

@@ -53,6 +53,7 @@ __all__ = [
     "ReveDownloadError",
     "ReveDownloadTooLargeError",
     "ReveUnsafeURLError",
+    "check_url",
     "download",
     "redact_url",
 ]
@@ -184,7 +185,7 @@ def _fetch(
         # trust_env stays on: proxy settings still apply.
         http.auth = _no_credentials
         for _hop in range(max_redirects + 1):
-            parts = _check_url(current, previous_scheme)
+            parts = check_url(current, previous_scheme)
             proxied = _uses_proxy(http, current)
             if not allow_private_addresses:
                 _check_resolved(parts, current)
@@ -226,7 +227,7 @@ def _fetch(
     )
 
 
-def _check_url(url: str, previous_scheme: str | None) -> SplitResult:
+def check_url(url: str, previous_scheme: str | None) -> SplitResult:
     shown = redact_url(url)
     try:
         parts = urlsplit(url)

@@ -245,7 +245,7 @@ def store_results(
     manifest here records, and that is still there with its size and sha256, is reused
     without downloading: its URL may have expired since.
     """
-    from airflow_provider_reve.results.download import _check_url  # requests: only when a task runs
+    from airflow_provider_reve.results.download import check_url  # requests: only when a task runs
 
     logger = logger or log
     redact = Redactor(hidden)
@@ -264,7 +264,7 @@ def store_results(
             # Every URL's scheme, host and userinfo are checked before the first download, so a
             # file:// among them fails the call before any byte of any file is written.
             try:
-                _check_url(url, None)
+                check_url(url, None)
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
     prepare_destination(where)
