@@ -4,8 +4,9 @@ beside the code (checked on pyproject.toml; `pyproject-build` shows the files in
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import airflow_provider_reve
 
