@@ -9,6 +9,10 @@ costs nothing.
 from __future__ import annotations
 
 DEFAULT_CONN_ID = "reve_default"
+#: The model ``ReveGenerateOperator`` uses when none is given (``client.catalog`` re-exports it).
+DEFAULT_MODEL = "reve-2.0"
+#: What ``on_content_policy_violation`` accepts (``mixins.outcomes`` acts on it).
+ON_CONTENT_POLICY_CHOICES = ("fail", "skip")
 #: Seconds between status polls: the API asks for one poll every 2-5 s.
 DEFAULT_POLL_INTERVAL = 3.0
 #: While a task waits, at most one "still IN_PROGRESS" line per this many seconds; a change of
@@ -23,3 +27,10 @@ OUTCOME_FAILED = "failed"
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_ERROR = "error"
 OUTCOMES = frozenset({OUTCOME_SUCCESS, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_ERROR})
+
+
+def check_max_bytes(value: object, name: str) -> int:
+    """For ``__init__`` (which runs at every DAG parse): a positive ``int``; a larger file is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (bytes), got {value!r}")
+    return value

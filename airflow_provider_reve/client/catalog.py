@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_reve import defaults
 from airflow_provider_reve.exceptions import ReveValidationError
 
 IMAGE_ASPECT_RATIOS = frozenset({"1:1", "16:9", "3:2", "4:3", "3:4", "2:3", "9:16"})
@@ -85,7 +86,7 @@ _SPECS += [
 ]
 MODELS: Mapping[str, ModelSpec] = {spec.model_id: spec for spec in _SPECS}
 
-DEFAULT_MODEL = "reve-2.0"
+DEFAULT_MODEL = defaults.DEFAULT_MODEL
 
 
 def get_spec(model: str) -> ModelSpec | None:

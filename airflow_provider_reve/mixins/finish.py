@@ -46,13 +46,6 @@ ASSET_EXTRA_KEYS = (
 )
 
 
-def check_max_bytes(value: Any, name: str) -> int:
-    """For ``__init__``: a positive ``int`` (a file larger than this is refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (bytes), got {value!r}")
-    return value
-
-
 def check_download_to(download_to: Any, *, before: str) -> None:
     """Fail now, clearly, when ``download_to`` (rendered) cannot take files.
 

@@ -22,6 +22,7 @@ from airflow.providers.common.compat.sdk import (
     AirflowSkipException,
 )
 
+from airflow_provider_reve import defaults
 from airflow_provider_reve.client.retry import is_permanent, is_permanent_code
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.models import ReveTask
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from airflow_provider_reve.triggers.reve import ReveTaskEvent
 
 CONTENT_POLICY_VIOLATION = "CONTENT_POLICY_VIOLATION"
-ON_CONTENT_POLICY_CHOICES = ("fail", "skip")
+ON_CONTENT_POLICY_CHOICES = defaults.ON_CONTENT_POLICY_CHOICES
 
 
 def raise_for_error(

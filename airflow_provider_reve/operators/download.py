@@ -13,14 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_reve.defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES
+from airflow_provider_reve.defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES, check_max_bytes
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
 from airflow_provider_reve.links import ReveResultLink
-from airflow_provider_reve.mixins.finish import check_max_bytes, finish
-from airflow_provider_reve.mixins.outcomes import raise_for_error
 from airflow_provider_reve.mixins.rendered import parse_rendered_literal
 from airflow_provider_reve.results.lineage import ReveLineageMixin
-from airflow_provider_reve.results.storage import tasks_from_results
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -85,6 +82,10 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
         return ReveHook(self.reve_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from airflow_provider_reve.mixins.finish import finish
+        from airflow_provider_reve.mixins.outcomes import raise_for_error
+        from airflow_provider_reve.results.storage import tasks_from_results
+
         try:
             tasks = tasks_from_results(self.results, parse=_parse)
         except ReveValidationError as error:

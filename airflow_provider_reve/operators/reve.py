@@ -22,16 +22,18 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_reve.client.catalog import DEFAULT_MODEL, estimate_credits, validate_request
-from airflow_provider_reve.client.retry import too_many_tasks_wait
+from airflow_provider_reve.client.retry import too_many_tasks_wait  # cheap; tests patch it here
 from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MODEL,
     DEFAULT_POLL_INTERVAL,
+    ON_CONTENT_POLICY_CHOICES,
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
+    check_max_bytes,
 )
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
@@ -42,13 +44,6 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve.mixins.finish import check_download_to, check_max_bytes, finish, succeeded
-from airflow_provider_reve.mixins.outcomes import (
-    ON_CONTENT_POLICY_CHOICES,
-    raise_for_error,
-    raise_for_failed_task,
-    raise_for_trigger_error,
-)
 from airflow_provider_reve.mixins.reattach import (
     REFUSED,
     SUBMITTING,
@@ -57,20 +52,32 @@ from airflow_provider_reve.mixins.reattach import (
 )
 from airflow_provider_reve.mixins.rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve.models import ReveTask
-from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 from airflow_provider_reve.results.lineage import ReveLineageMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_reve.hooks.reve import ReveHook
+    from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 
 # The hook (aiohttp, requests) and the trigger are imported where a task runs, never at
-# import: every scheduler parse of a DAG file imports this module (see _defaults).
+# import: every scheduler parse of a DAG file imports this module (see defaults.py). So are
+# storage, lineage, the finishing steps and the catalog: a DAG file pays for the class, not the run.
 
 __all__ = ["REQUEST_FIELDS", "ReveDownloadResultsOperator", "ReveGenerateOperator"]
 
 ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
+
+
+def __getattr__(name: str) -> Any:
+    # ``from airflow_provider_reve.operators.reve import ReveDownloadResultsOperator`` (as the
+    # README shows) loads the download operator on demand, not at every parse of this module.
+    if name == "ReveDownloadResultsOperator":
+        from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
+
+        return ReveDownloadResultsOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The documented request fields, as operator arguments (and template fields).
 REQUEST_FIELDS = (
@@ -236,6 +243,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
+        from airflow_provider_reve.mixins.outcomes import raise_for_failed_task, raise_for_trigger_error
         from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
 
         if reve_task_id is None:
@@ -276,6 +284,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return SubmittedTaskMemory(context, self.log)
 
     def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.finish import check_download_to
+
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
@@ -287,6 +297,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return self._after_submit(task, context)
 
     def _validated_params(self) -> dict[str, Any]:
+        from airflow_provider_reve.client.catalog import validate_request
+
         try:
             fields = coerce_rendered({name: getattr(self, name) for name in REQUEST_FIELDS})
             extra = coerce_extra_params(self.extra_params) or {}
@@ -309,6 +321,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return params
 
     def _check_budget(self, params: dict[str, Any]) -> None:
+        from airflow_provider_reve.client.catalog import estimate_credits
+
         if self.max_credits is None:
             return
         estimate = estimate_credits(self.model, **params)
@@ -326,6 +340,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
 
     def _reattach(self, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
+        from airflow_provider_reve.mixins.outcomes import raise_for_error
+
         recalled = memory.recall(fingerprint)
         if recalled is None or recalled.phase == REFUSED:
             return None
@@ -385,6 +401,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         attempt: int,
         first_refusal: float | None,
     ) -> ReveTask:
+        from airflow_provider_reve.mixins.outcomes import raise_for_error
+
         while True:
             # Written before the request leaves: if this try dies mid-request (a kill,
             # execution_timeout), the retry knows the outcome is unknown instead of paying again.
@@ -493,6 +511,9 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         ) from error
 
     def _after_submit(self, task: ReveTask, context: Context) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.finish import finish
+        from airflow_provider_reve.mixins.outcomes import raise_for_failed_task
+
         if task.succeeded:
             return self._succeeded(task, context)
         if task.failed:
@@ -528,6 +549,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return self._poll(task, deadline, context)
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.outcomes import raise_for_error, raise_for_failed_task
+
         started = logged = time.monotonic()
         while not task.is_finished:
             if time.monotonic() - logged >= PROGRESS_LOG_INTERVAL:
@@ -555,6 +578,8 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The submission entry stays: Airflow may still fail this try after we return, and the
         # retry must find this task again. A clear starts a new run of tries (see _reattach).
+        from airflow_provider_reve.mixins.finish import succeeded
+
         return succeeded(
             self,
             context,

@@ -18,7 +18,6 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_reve.client.retry import is_permanent
 from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
@@ -26,12 +25,11 @@ from airflow_provider_reve.defaults import (
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
+    check_max_bytes,
 )
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
 from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve.mixins.finish import check_download_to, check_max_bytes, succeeded
-from airflow_provider_reve.mixins.outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve.mixins.rendered import parse_rendered_literal
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.results.lineage import ReveLineageMixin
@@ -114,6 +112,8 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         return model if isinstance(model, str) else None
 
     def execute(self, context: Context) -> Any:
+        from airflow_provider_reve.mixins.finish import check_download_to
+
         check_download_to(self.download_to, before="checked before waiting")
         return super().execute(context)
 
@@ -130,6 +130,9 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         return result
 
     def _look(self, task_id: str, context: Context) -> PokeReturnValue:
+        from airflow_provider_reve.client.retry import is_permanent
+        from airflow_provider_reve.mixins.outcomes import raise_for_error
+
         try:
             task = self.hook.get_status(task_id, model=self.known_model)
         except ReveError as error:
@@ -185,6 +188,7 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         ends_at_execution_timeout: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.outcomes import raise_for_trigger_error
         from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
 
         if reve_task_id is None:
@@ -206,6 +210,8 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The same line, metric and storage as the generate operator: a task submitted with
         # wait_for_completion=False reports its cost only here.
+        from airflow_provider_reve.mixins.finish import succeeded
+
         return succeeded(
             self,
             context,

@@ -1,6 +1,6 @@
 """Importing the DAG-facing modules (what every scheduler parse of a DAG file does) loads neither
-the HTTP clients, nor providers-http's hooks, nor the trigger, nor our test tooling: those load
-when a task runs."""
+the HTTP clients, nor providers-http's hooks, nor the trigger, nor our test tooling, nor storage,
+the finishing steps or the catalog: those load when a task runs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ HEAVY = (
     "airflow_provider_reve.triggers.reve",
     "airflow_provider_reve.results.download",
     "airflow_provider_reve.testing",
+    # What a task needs when it runs, not what a DAG file needs to parse: storage and the
+    # manifest, the finishing steps, the error policy, the catalog, OpenLineage's facets.
+    "airflow_provider_reve.results.storage",
+    "airflow_provider_reve.results.lineage_facets",
+    "airflow_provider_reve.mixins.finish",
+    "airflow_provider_reve.mixins.outcomes",
+    "airflow_provider_reve.client.catalog",
 )
 
 
