@@ -150,7 +150,7 @@ class ReveAmbiguousSubmissionError(ReveAPIError):
 class ReveDownloadError(ReveError):
     """A result file could not be downloaded.
 
-    :param url: the URL concerned, redacted (see ``_download.redact_url``): never its query string.
+    :param url: the URL concerned, redacted (see ``results.download.redact_url``): never its query string.
     :param http_status: the status of the final answer, when there was one.
     """
 

@@ -17,7 +17,7 @@
   triggerer restart resumes a long wait thinned out), else from the start.
 
 Transient errors back off from the current interval (see ``ReveTaskTrigger._error_backoff``);
-a 429 also pauses every trigger of the connection (``_ratelimit``). Deadlines cap every wait.
+a 429 also pauses every trigger of the connection (``client.ratelimit``). Deadlines cap every wait.
 """
 
 from __future__ import annotations

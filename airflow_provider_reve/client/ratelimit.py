@@ -40,7 +40,7 @@ from contextlib import asynccontextmanager
 from airflow_provider_reve.client.settings import ConnectionSettings
 from airflow_provider_reve.exceptions import ReveAPIError, ReveRateLimitError
 
-#: Longest pause a Retry-After can impose on all of a connection's requests (as in ``_retry``).
+#: Longest pause a Retry-After can impose on all of a connection's requests (as in ``client.retry``).
 MAX_PAUSE_SECONDS = 60.0
 #: The pause after a 429 that names no Retry-After.
 DEFAULT_PAUSE_SECONDS = 1.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowFailException, Stats
 
@@ -34,6 +34,17 @@ if TYPE_CHECKING:
     from airflow_provider_reve.hooks.reve import ReveHook
 
 log = logging.getLogger(__name__)
+
+
+class FinishingHost(Protocol):
+    """What finishing needs from the operator or sensor it finishes: a task log, and the slot
+    ``ReveLineageMixin`` reads for OpenLineage (``outlets`` is read with ``getattr``: optional)."""
+
+    @property
+    def log(self) -> Any: ...
+
+    _reve_finished: dict[str, Any] | None
+
 
 #: Keys of the Asset event ``extra`` (documented in the README).
 ASSET_EXTRA_KEYS = (
@@ -61,7 +72,7 @@ def check_download_to(download_to: Any, *, before: str) -> None:
 
 
 def succeeded(
-    operator: Any,
+    operator: FinishingHost,
     context: Context,
     task: ReveTask,
     *,
@@ -111,7 +122,7 @@ def succeeded(
 
 
 def finish(
-    operator: Any,
+    operator: FinishingHost,
     context: Context,
     tasks: Sequence[ReveTask],
     *,
@@ -159,7 +170,7 @@ def asset_extra(tasks: Sequence[ReveTask], stored: StoredResults | None) -> dict
 
 
 def emit_asset_events(
-    operator: Any, context: Context, tasks: Sequence[ReveTask], stored: StoredResults | None
+    operator: FinishingHost, context: Context, tasks: Sequence[ReveTask], stored: StoredResults | None
 ) -> None:
     outlets = list(getattr(operator, "outlets", None) or [])
     if not outlets:

@@ -14,7 +14,7 @@ Every decision is logged with its class and reason.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
@@ -102,3 +102,25 @@ def raise_for_trigger_error(event: ReveTaskEvent, log: logging.Logger | Any, *, 
         event.message,
     )
     raise AirflowException(f"{what} failed ({code or 'no code'}): {event.message}")
+
+
+class ErrorPolicyHost(Protocol):
+    """What :class:`ReveErrorPolicyMixin` needs from the operator that mixes it in."""
+
+    @property
+    def log(self) -> Any: ...
+
+    on_content_policy_violation: str
+
+
+class ReveErrorPolicyMixin:
+    """The operator's error policy as two methods, so no call site repeats its settings.
+
+    The host declares ``on_content_policy_violation`` ("fail" or "skip") and has a ``log``.
+    """
+
+    def _raise_for_error(self: ErrorPolicyHost, error: ReveError) -> NoReturn:
+        raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+
+    def _raise_for_failed_task(self: ErrorPolicyHost, task: ReveTask) -> NoReturn:
+        raise_for_failed_task(task, self.log, on_content_policy_violation=self.on_content_policy_violation)

@@ -44,6 +44,7 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.links import ReveResultLink
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve.mixins.outcomes import ReveErrorPolicyMixin
 from airflow_provider_reve.mixins.reattach import (
     REFUSED,
     SUBMITTING,
@@ -104,7 +105,7 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
+class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -243,7 +244,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
-        from airflow_provider_reve.mixins.outcomes import raise_for_failed_task, raise_for_trigger_error
+        from airflow_provider_reve.mixins.outcomes import raise_for_trigger_error
         from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
 
         if reve_task_id is None:
@@ -260,9 +261,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
             return self._succeeded(result.task.with_model(self.model), context)
         if result.outcome == OUTCOME_FAILED and result.task is not None:
-            raise_for_failed_task(
-                result.task, self.log, on_content_policy_violation=self.on_content_policy_violation
-            )
+            self._raise_for_failed_task(result.task)
         if result.outcome == OUTCOME_ERROR:
             raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
         # OUTCOME_TIMEOUT
@@ -340,7 +339,6 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
 
     def _reattach(self, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
-        from airflow_provider_reve.mixins.outcomes import raise_for_error
 
         recalled = memory.recall(fingerprint)
         if recalled is None or recalled.phase == REFUSED:
@@ -364,7 +362,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
             )
             return None
         except ReveError as error:
-            raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+            self._raise_for_error(error)
         if task.failed:
             self.log.warning(
                 "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
@@ -401,7 +399,6 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         attempt: int,
         first_refusal: float | None,
     ) -> ReveTask:
-        from airflow_provider_reve.mixins.outcomes import raise_for_error
 
         while True:
             # Written before the request leaves: if this try dies mid-request (a kill,
@@ -412,9 +409,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
             except ReveRateLimitError as error:
                 memory.submission_created_nothing()
                 if not error.too_many_tasks:
-                    raise_for_error(
-                        error, self.log, on_content_policy_violation=self.on_content_policy_violation
-                    )
+                    self._raise_for_error(error)
                 first_refusal = first_refusal or time.time()
                 # Never shorter than the settle time: a timer deferral that fires before the
                 # executor recorded this worker's exit races it (see triggers.reve.settle_time).
@@ -453,7 +448,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
                 task = ReveTask(task_id=error.task_id, status="IN_PROGRESS")
             except ReveError as error:
                 memory.submission_created_nothing()
-                raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+                self._raise_for_error(error)
             Stats.incr("reve.tasks_submitted", tags={"model": self.model})
             self._remember_paid_task(memory, task, fingerprint)
             return task
@@ -512,14 +507,11 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
 
     def _after_submit(self, task: ReveTask, context: Context) -> dict[str, Any]:
         from airflow_provider_reve.mixins.finish import finish
-        from airflow_provider_reve.mixins.outcomes import raise_for_failed_task
 
         if task.succeeded:
             return self._succeeded(task, context)
         if task.failed:
-            raise_for_failed_task(
-                task, self.log, on_content_policy_violation=self.on_content_policy_violation
-            )
+            self._raise_for_failed_task(task)
         if not self.wait_for_completion:
             # Still remembered: if Airflow fails this try after we return, the retry hands on
             # the same task instead of submitting another.
@@ -549,7 +541,6 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         return self._poll(task, deadline, context)
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
-        from airflow_provider_reve.mixins.outcomes import raise_for_error, raise_for_failed_task
 
         started = logged = time.monotonic()
         while not task.is_finished:
@@ -568,16 +559,14 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
             try:
                 task = self.hook.get_status(task.task_id, model=self.model)
             except ReveError as error:
-                raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+                self._raise_for_error(error)
         if task.failed:
-            raise_for_failed_task(
-                task, self.log, on_content_policy_violation=self.on_content_policy_violation
-            )
+            self._raise_for_failed_task(task)
         return self._succeeded(task, context)
 
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The submission entry stays: Airflow may still fail this try after we return, and the
-        # retry must find this task again. A clear starts a new run of tries (see _reattach).
+        # retry must find this task again. A clear starts a new run of tries (see mixins/reattach.py).
         from airflow_provider_reve.mixins.finish import succeeded
 
         return succeeded(

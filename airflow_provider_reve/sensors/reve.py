@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_reve.hooks.reve import ReveHook
 
-# The hook and the trigger load when a task runs, not when a DAG file is parsed (see _defaults).
+# The hook and the trigger load when a task runs, not when a DAG file is parsed (see defaults.py).
 
 
 class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):

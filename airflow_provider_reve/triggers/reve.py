@@ -95,7 +95,7 @@ class ReveTaskTrigger(BaseTrigger):
     :param reve_task_id: the Reve task to wait for.
     :param reve_conn_id: the ``reve`` connection to use (resolved in the triggerer).
     :param poll_interval: seconds between status polls; after :attr:`long_wait_after` seconds of
-        waiting, ``max(poll_interval, long_wait_interval)`` (see ``_polling`` for the rule).
+        waiting, ``max(poll_interval, long_wait_interval)`` (see ``client.polling`` for the rule).
     :param deadline: absolute UNIX time after which the wait ends with outcome ``timeout``;
         absolute so that a triggerer restart does not extend the wait. The task is always read
         once at or after the deadline before ``timeout`` is reported, so a task that finished

@@ -20,11 +20,10 @@ HEAVY = (
     "airflow_provider_reve.results.download",
     "airflow_provider_reve.testing",
     # What a task needs when it runs, not what a DAG file needs to parse: storage and the
-    # manifest, the finishing steps, the error policy, the catalog, OpenLineage's facets.
+    # manifest, the finishing steps, the catalog, OpenLineage's facets.
     "airflow_provider_reve.results.storage",
     "airflow_provider_reve.results.lineage_facets",
     "airflow_provider_reve.mixins.finish",
-    "airflow_provider_reve.mixins.outcomes",
     "airflow_provider_reve.client.catalog",
 )
 

@@ -7,7 +7,7 @@ message that names the field, stays one short line however large the value, and 
 received nothing at all. Task ids full of ``../``, ``&``, ``#``, spaces and control characters
 go to a server that records what it received, and come back as the task the sensor pushes.
 
-A Base URL holding ``user:password@`` is refused by the connection itself (``_connection.py``),
+A Base URL holding ``user:password@`` is refused by the connection itself (``client/settings.py``),
 so no message -- not even a connection error, which names the Base URL -- can carry a password.
 """
 

@@ -170,7 +170,7 @@ class FakeApi:
     """The shipped fake, shared by a module; tasks stay IN_PROGRESS until a case lets them finish.
 
     Each case gets an account (API key) of its own, and with it a request budget of its own: a
-    429 pause that one case provoked (``_ratelimit``) holds nothing of the next one.
+    429 pause that one case provoked (``client.ratelimit``) holds nothing of the next one.
     """
 
     def __init__(self, server: FakeReveServer, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> None:
