@@ -46,7 +46,6 @@ html_static_path: list[str] = []
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
-autodoc_default_options = {"show-inheritance": False}
 
 nitpicky = True
 nitpick_ignore_regex = [
