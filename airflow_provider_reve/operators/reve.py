@@ -126,10 +126,14 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         estimated).
     :param download_to: store the result files here when the task succeeds (templated): a local
         folder, a ``file://`` / ``s3://`` / ``gs://``... URL or an ``ObjectStoragePath``. The XCom
-        then also holds ``files``, the manifest (see README, "Results to storage").
+        then also holds ``files``, the manifest (see the "Results to storage" how-to).
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
+
+    .. seealso::
+        The how-to guide: :ref:`howto/operator:ReveGenerateOperator`; errors, retries and never
+        paying twice: :ref:`errors`.
     """
 
     template_fields: Sequence[str] = (
