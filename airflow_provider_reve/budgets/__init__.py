@@ -1,0 +1,44 @@
+"""Credit budgets reserved before paying, counted in a ledger database shared by the deployment.
+
+Budgets are off unless ``[reve] ledger_conn_id`` names an Airflow connection (sqlite or postgres).
+Read them from Python with :class:`Ledger` (``Ledger.configured()``); define them with
+``airflow reve budget set`` or :meth:`Ledger.set_budget`. The ledger (SQLAlchemy) loads on first
+use, never when a DAG file imports the operator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_reve.budgets.mixin import ON_BUDGET_EXHAUSTED_CHOICES, BudgetHost, ReveBudgetMixin
+from airflow_provider_reve.budgets.model import Budget, BudgetExhaustedError, BudgetRefusal, Scope
+from airflow_provider_reve.budgets.windows import WINDOWS, Window, window_at
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.budgets.ledger import BudgetStatus, Ledger, Reservation
+
+__all__ = [
+    "ON_BUDGET_EXHAUSTED_CHOICES",
+    "WINDOWS",
+    "Budget",
+    "BudgetExhaustedError",
+    "BudgetHost",
+    "BudgetRefusal",
+    "BudgetStatus",
+    "Ledger",
+    "Reservation",
+    "ReveBudgetMixin",
+    "Scope",
+    "Window",
+    "window_at",
+]
+
+_LAZY = {"BudgetStatus", "Ledger", "Reservation"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from airflow_provider_reve.budgets import ledger
+
+        return getattr(ledger, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
