@@ -42,6 +42,7 @@ __all__ = [
     "budget_windows",
     "budgets",
     "engine_for_conn_id",
+    "engine_for_url",
     "ledger_conn_id",
     "metadata",
     "prepare",
@@ -127,8 +128,15 @@ def engine_for_conn_id(conn_id: str) -> Engine:
     """One engine per process and connection, its tables prepared."""
     from airflow.providers.common.compat.sdk import BaseHook
 
-    connection = BaseHook.get_connection(conn_id)
-    url = _url(conn_id, connection)
+    return engine_for_url(_url(conn_id, BaseHook.get_connection(conn_id)))
+
+
+def engine_for_url(url: URL | str) -> Engine:
+    """One engine per process and database URL, its tables prepared (SQLite: ``BEGIN IMMEDIATE``)."""
+    if isinstance(url, str):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(url)
     key = url.render_as_string(hide_password=False)
     with _lock:
         engine = _engines.get(key)
@@ -185,6 +193,8 @@ def _create_engine(url: URL) -> Engine:
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
+        # WAL: readers (``budget show``, the look-up of a reservation) never wait for a writer.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(connection: Any) -> None:
