@@ -1,0 +1,27 @@
+"""DAGs that ``tests/test_budget_operator.py`` runs with ``dag.test()`` under a credit budget."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_reve.operators.reve import ReveGenerateOperator
+
+SUBJECTS = [f"a poster of a lighthouse, variant {number}" for number in range(5)]
+
+with DAG(
+    dag_id="reve_budget_mapped",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["marketing"],
+):
+    ReveGenerateOperator.partial(
+        task_id="generate",
+        model="seedream-5",  # 25 credits
+        poll_interval=0.05,
+        timeout=60,
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+    ).expand(prompt=SUBJECTS)
