@@ -186,6 +186,7 @@ def test_a_refusal_by_the_api_that_created_nothing_releases_the_reservation(serv
         make_operator(model="seedream-5").execute(context(InMemoryTaskStateStore()))
     assert charges(server) == 0
     assert counters(ledger) == (0, 0)
+    assert reservation_rows(ledger) == [("released", None)]
 
 
 def test_a_submission_of_unknown_outcome_stays_reserved_until_reconciled(server, ledger):
