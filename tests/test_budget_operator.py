@@ -96,6 +96,24 @@ def test_a_budget_with_room_for_three_lets_exactly_three_of_five_mapped_generati
     assert counters(ledger) == (paid, 0)
 
 
+@pytest.mark.parametrize(("limit", "state", "paid"), [(SEEDREAM, "success", 1), (SEEDREAM - 1, "failed", 0)])
+def test_task_reve_reserves_in_the_budget_like_the_operator(
+    server, ledger, use_dags_folder: Callable[[Path], Path], limit, state, paid
+):
+    from airflow.dag_processing.dagbag import DagBag
+    from never_pay_twice_support import Run
+
+    ledger.set_budget(
+        Budget(name="daily", limit_credits=limit, conn_id="reve_default", dag_tags=("marketing",))
+    )
+    use_dags_folder(DAGS)
+    run = Run(DagBag(dag_folder=str(DAGS)).dags["reve_budget_taskflow"])
+
+    assert [ti.state for ti in run.task_instances().values()] == [state]
+    assert charges(server) == paid
+    assert counters(ledger) == (paid * SEEDREAM, 0)
+
+
 # -- one try at a time ----------------------------------------------------------------------------
 
 

@@ -206,6 +206,10 @@ def _create_engine(url: URL) -> Engine:
 def prepare(engine: Engine) -> None:
     """Create the tables when missing and check that their version is one this code knows."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Hosts starting together must not race to CREATE the same tables; the lock ends
+            # with this transaction. (SQLite: BEGIN IMMEDIATE already serialises this.)
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7265766501)")
         metadata.create_all(connection, checkfirst=True)
         found = connection.execute(select(schema_version.c.version)).scalars().all()
         if not found:
