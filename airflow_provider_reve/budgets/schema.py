@@ -10,6 +10,8 @@ Tables (created on first use; ``reve_ledger_schema`` holds the version they were
   (``reserved`` / ``settled`` / ``released``), the Reve task id once known, the estimate and the
   consumed credits.
 * ``reve_reservation_lines`` -- what a reservation holds in each budget's window.
+* ``reve_rate_limit_pauses`` -- until when (UNIX time) a ``429`` paused a connection's requests,
+  by the gate's key (a hash of Base URL and API key; never the key).
 
 SQLite transactions that write start with ``BEGIN IMMEDIATE``: the database lock is taken before
 the first read, so two processes never interleave a reservation.
@@ -24,6 +26,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Engine,
+    Float,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -46,6 +49,7 @@ __all__ = [
     "ledger_conn_id",
     "metadata",
     "prepare",
+    "rate_limit_pauses",
     "reservation_lines",
     "reservations",
 ]
@@ -109,6 +113,14 @@ reservation_lines = Table(
     Column("window_start", String(40), nullable=False),
     Column("credits", Integer, nullable=False),
     PrimaryKeyConstraint("reservation_id", "budget"),
+)
+
+# A 429 pause seen by any process, for every process of the deployment (see shared_pauses).
+rate_limit_pauses = Table(
+    "reve_rate_limit_pauses",
+    metadata,
+    Column("gate_key", String(64), primary_key=True),
+    Column("paused_until", Float, nullable=False),
 )
 
 _prepared: set[str] = set()
