@@ -1,10 +1,11 @@
 """``example_reve_content_pipeline`` through a real Airflow: what ``make demo`` shows, proven.
 
-One deployment for the module (api-server, scheduler, dag-processor, triggerer) parses
-``example_dags/`` with ``$REVE_EXAMPLE_OUTPUT_DIR`` set to a temporary folder and the
-``reve_default`` connection on a fake Reve API of its own. The pipeline is unpaused once, so the
-scheduler starts its ``@daily`` run by itself; every test below reads what that one run left in
-the metadata database, the output folder, the api-server and the fake's ledger.
+One deployment for the module (api-server, scheduler, dag-processor, triggerer) parses the
+shipped ``airflow_provider_reve/example_dags/`` with ``$REVE_EXAMPLE_OUTPUT_DIR`` set to a
+temporary folder and the ``reve_default`` connection on a fake Reve API of its own. The
+pipeline is unpaused once, so the scheduler starts its ``@daily`` run by itself; every test
+below reads what that one run left in the metadata database, the output folder, the
+api-server and the fake's ledger.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from airflow_provider_reve.testing.cluster import LocalAirflow
 from airflow_provider_reve.testing.demo import wait_for_first_run
 from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveServer
 
-EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
+EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "airflow_provider_reve" / "example_dags"
 PROMPTS_FILE = EXAMPLE_DAGS / "prompts" / "content_pipeline.txt"
 DAG_ID = "example_reve_content_pipeline"
 PUBLISH_DAG_ID = "example_reve_publish_contact_sheet"
