@@ -230,3 +230,22 @@ def test_the_fake_api_was_paid_exactly_once_per_rendered_prompt(pipeline: Pipeli
     assert sorted(entry["task_id"] for entry in charges) == sorted(task["task_id"] for task in tasks)
     assert [entry for entry in pipeline.api.ledger if entry["reason"] != "charge"] == []
     assert pipeline.api.submissions == len(tasks) == 4
+
+
+def test_the_successful_run_with_deferrals_logs_no_error_in_any_task_log_or_the_scheduler_log(
+    pipeline: PipelineRun,
+):
+    # Log-based alerting watches ERROR lines: a run where nothing failed must have none (issue 22:
+    # the "Reve result" link used to make every deferral log "XCom not found" at ERROR).
+    assert pipeline.state == "success"
+    run_logs = [path for path in pipeline.airflow.log_dir.rglob("*.log") if f"dag_id={DAG_ID}" in str(path)]
+    assert run_logs, "the task logs of the run"
+    errors = [
+        f"{path.name}: {line}"
+        for path in run_logs
+        for line in path.read_text(errors="replace").splitlines()
+        if '"level":"error"' in line.replace(" ", "") or "[error" in line
+    ]
+    assert errors == []
+    scheduler_log = (pipeline.airflow.log_dir / "scheduler.log").read_text(errors="replace")
+    assert "XCom not found" not in scheduler_log
