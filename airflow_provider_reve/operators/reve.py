@@ -57,7 +57,7 @@ from airflow_provider_reve.exceptions import (
     ReveRateLimitError,
     ReveValidationError,
 )
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 
@@ -98,7 +98,7 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(ReveLineageMixin, ReveBudgetMixin, BaseOperator):
+class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixin, BaseOperator):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -150,7 +150,6 @@ class ReveGenerateOperator(ReveLineageMixin, ReveBudgetMixin, BaseOperator):
     )
     template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,

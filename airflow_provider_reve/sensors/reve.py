@@ -33,7 +33,7 @@ from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_e
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # The hook and the trigger load when a task runs, not when a DAG file is parsed (see _defaults).
 
 
-class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
+class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
     """Wait until a Reve task finishes; push its ``ReveTask.to_dict()`` as XCom ``return_value``.
 
     :param reve_task_id: the Reve task id (templated), or the whole dict the
@@ -74,7 +74,6 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
 
     template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id", "download_to")
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
