@@ -8,7 +8,7 @@ process. So the operator pushes the URL into its own XCom (:func:`push_result_li
 
 ``get_link`` runs in the process that just ran the operator, so it first takes what
 :func:`push_result_link` remembered on that operator object; the Reve operators start with "no
-link yet" (:class:`ReveResultLinkMixin`), so ``get_link`` never reads an XCom that does not exist:
+link yet" (``ReveResultLinkMixin``), so ``get_link`` never reads an XCom that does not exist:
 the supervisor logs a missing XCom at ERROR level (``XCom not found``), which on every deferral
 taught people to ignore errors. Only an operator that never called :func:`push_result_link` in
 this process (someone else's, writing the XCom by hand) is looked up in XCom.
