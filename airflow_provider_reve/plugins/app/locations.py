@@ -7,8 +7,10 @@ spelling is never skipped by another):
 * the scheme is compared without regard to case (``FILE://``, ``File://``, ``LOCAL://``);
 * every local spelling -- a bare path, ``file://``, ``local://`` in any case -- gives the same
   local path, so the local rules (regular file, no symlink, non-blocking open) apply to all;
-* a local path must be absolute and already normal: no ``.`` or ``..`` component, no empty
-  component (``//``), no trailing ``/``; ``file://host/...`` (a host other than none) is refused;
+* a local path must be absolute; ``file://host/...`` (any host) and ``file://relative`` are
+  refused. It is handed to the kernel as it is (``..`` included: a ``download_to`` spelled with
+  ``..`` writes such paths); the file-name, regular-file, no-symlink and sha256 rules make any
+  other way of reaching a file useless;
 * nothing is percent-decoded: the provider writes paths as they are, so ``%2e%2e`` is a literal
   name that no stored file has, and a second, encoded spelling cannot exist;
 * a remote path is read only for a scheme in :data:`REMOTE_SCHEMES` (object stores). Anything
@@ -72,7 +74,4 @@ def locate(path: str) -> Location:
 def _local(path: str) -> str:
     if not path.startswith("/"):
         raise LocationRefused("not an absolute path")
-    parts = path[1:].split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise LocationRefused("not a normal path (., .., // or a trailing /)")
     return path
