@@ -16,6 +16,7 @@ import socket
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -344,8 +345,10 @@ def real_server(airflow_db: None) -> Iterator[_Served]:
 
 
 @pytest.fixture
-def stalled_store() -> Iterator[threading.Event]:
-    """An object store (``memory://reve_stalled@...``) whose reads never answer until the event is set."""
+def stalled_store() -> Iterator[tuple[str, threading.Event]]:
+    """An object store (``memory://<conn id>@...``) whose reads never answer until the event is set.
+
+    A new connection id each time: Airflow keeps an attached store by protocol and connection id."""
     from airflow.sdk.io.store import attach
     from fsspec.implementations.memory import MemoryFileSystem
 
@@ -359,8 +362,9 @@ def stalled_store() -> Iterator[threading.Event]:
             release.wait()
             return super()._open(*args, **kwargs)
 
-    attach("memory", conn_id="reve_stalled", fs=StalledFS())
-    yield release
+    conn_id = f"reve_stalled_{uuid.uuid4().hex[:8]}"
+    attach("memory", conn_id=conn_id, fs=StalledFS())
+    yield conn_id, release
     release.set()
     StalledFS.store.clear()
 
@@ -375,7 +379,7 @@ def test_more_blocked_media_requests_than_server_threads_leave_the_server_answer
         where = f"FILE://{fifo}"
     else:
         fifo = None
-        where = f"memory://reve_stalled@bucket/{safe_stem('blocked')}_0.png"
+        where = f"memory://{stalled_store[0]}@bucket/{safe_stem('blocked')}_0.png"
     params = manifest("blocked", manifest_entry("blocked", where, PNG))
     headers = bearer(token())
     requests = 45  # the api-server runs synchronous routes in a pool of 40 threads
@@ -395,7 +399,7 @@ def test_more_blocked_media_requests_than_server_threads_leave_the_server_answer
             health = httpx.get(f"{real_server.url}/api/v2/monitor/health", timeout=60)
             gallery = httpx.get(f"{real_server.url}/reve/gallery", headers=headers, timeout=60)
         finally:
-            stalled_store.set()
+            stalled_store[1].set()
             if fifo is not None:
                 _release_fifo_readers(fifo)
 
