@@ -28,6 +28,18 @@ from airflow_provider_reve.plugins.app.queries import DOWNLOAD_OPERATORS, GENERA
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+__all__ = [
+    "Card",
+    "Draft",
+    "Media",
+    "Owner",
+    "build_cards",
+    "complete_cards",
+    "draft_cards",
+    "media_kind",
+    "media_route",
+]
+
 _VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".m4v")
 
 

@@ -20,6 +20,8 @@ from datetime import date, timedelta
 from airflow_provider_reve.plugins.app.queries import CreditRow
 from airflow_provider_reve.plugins.app.rendering import document, esc, route, url
 
+__all__ = ["DagTotals", "Summary", "credits_page", "summarize"]
+
 _CHART_WIDTH = 720
 _CHART_HEIGHT = 180
 _TOP_DAGS = 12

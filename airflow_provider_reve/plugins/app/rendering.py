@@ -26,6 +26,26 @@ from urllib.parse import quote, urlencode
 from airflow_provider_reve.links import safe_link
 from airflow_provider_reve.plugins.app.cards import Card, Media
 
+__all__ = [
+    "EXPIRED_URL",
+    "MISSING_FILE",
+    "NONE",
+    "STYLESHEET",
+    "airflow_ti_path",
+    "document",
+    "duration_text",
+    "esc",
+    "filter_form",
+    "gallery_page",
+    "grid",
+    "message_page",
+    "pager",
+    "render_card",
+    "route",
+    "task_instance_page",
+    "url",
+]
+
 #: Relative routes of this app (pages live at ``<prefix>/<route>``) and the Airflow UI's.
 _OWN_ROUTES = ("gallery", "task-instance", "credits", "media?", "static/", "../dags/")
 STYLESHEET = "static/gallery.css"
