@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_reve.plugins.app.locations import LocationRefused, locate
 from tests.gallery_data import add_ti, remove_dag
-from tests.gallery_support import bearer, db_session, manifest_entry, read_page, token
+from tests.gallery_support import bearer, db_session, manifest_entry, read_page, task_value, token
 
 # The fixture api.
 pytest_plugins = ("tests.gallery_support",)
@@ -99,3 +99,19 @@ def test_a_path_the_gallery_does_not_read_is_refused_before_any_file_is_touched(
 
 def test_an_object_store_path_keeps_its_connection_and_gets_a_lower_case_scheme():
     assert locate("S3://aws_default@bucket/reve/x_0.png").remote == "s3://aws_default@bucket/reve/x_0.png"
+
+
+def test_a_card_whose_manifest_names_20000_files_for_one_reve_task_shows_sixteen_and_says_so(api, airflow_db):
+    files = [manifest_entry("one-task", f"/nowhere/one-task_{n}.png", b"x", index=n) for n in range(ENTRIES)]
+    with db_session() as session:
+        add_ti(session, "reve_gallery_many_files", "r", "t", value=task_value("one-task", files=files))
+    try:
+        response = api.get(
+            "/reve/gallery", params={"dag_id": "reve_gallery_many_files"}, headers=bearer(token())
+        )
+        [card] = read_page(response.text).cards
+        assert len(card["images"]) == 16
+        assert "19,984 more file(s)" in response.text
+    finally:
+        with db_session() as session:
+            remove_dag(session, "reve_gallery_many_files")

@@ -28,6 +28,7 @@ from airflow_provider_reve.plugins.app.cards import Card, Media
 
 __all__ = [
     "EXPIRED_URL",
+    "MAX_MEDIA_PER_CARD",
     "MISSING_FILE",
     "NONE",
     "STYLESHEET",
@@ -53,6 +54,9 @@ STYLESHEET = "static/gallery.css"
 EXPIRED_URL = "Result URL expired or unreachable. Store results with download_to to keep them."
 MISSING_FILE = "Stored file not available."
 NONE = "-"  # a value nobody reported
+#: Files shown on one card. A Reve task returns a few; a manifest (written by DAG code) that names
+#: thousands for one task must not make one card the size of a whole page.
+MAX_MEDIA_PER_CARD = 16
 
 
 def esc(value: object) -> str:
@@ -190,7 +194,13 @@ def _columns(count: int) -> int:
 
 
 def render_card(card: Card, *, current: bool = False) -> str:
-    media = "".join(_media(item, card) for item in card.media) if card.media else _empty_media(card)
+    media = "".join(_media(item, card) for item in card.media[:MAX_MEDIA_PER_CARD])
+    if not card.media:
+        media = _empty_media(card)
+    elif len(card.media) > MAX_MEDIA_PER_CARD:
+        hidden = len(card.media) - MAX_MEDIA_PER_CARD
+        media += f'<p class="full" data-testid="reve-more-media">{hidden:,} more file(s) not shown</p>'
+    columns = _columns(min(len(card.media), MAX_MEDIA_PER_CARD))
     if card.prompt:
         prompt = f'<p class="prompt" data-testid="reve-prompt">{esc(card.prompt)}</p>'
     else:
@@ -225,7 +235,7 @@ def render_card(card: Card, *, current: bool = False) -> str:
     attrs = " ".join(f'{name}="{esc(value)}"' for name, value in attributes.items() if value is not None)
     return (
         f'<li class="card state-{esc(card.state or "none")}" {attrs}>'
-        f'<div class="media cols-{_columns(len(card.media))}" data-testid="reve-media">{media}</div>{prompt}'
+        f'<div class="media cols-{columns}" data-testid="reve-media">{media}</div>{prompt}'
         '<dl class="facts">'
         f'<dt>Model</dt><dd data-testid="reve-model">{esc(card.model or NONE)}</dd>'
         f'<dt>Status</dt><dd data-testid="reve-status">{esc(_status(card))}</dd>'
