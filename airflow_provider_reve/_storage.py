@@ -135,6 +135,11 @@ def _resolve(value: Any) -> Destination:
             raise ReveValidationError("download destination is empty")
         if "://" not in text:
             return Destination(local=_absolute(Path(text)), remote=None)
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() in _LOCAL_PROTOCOLS:
+            # Read here, not by ObjectStoragePath, which would resolve "file://data/reve" against
+            # this process's working directory (and FILE:// is the same scheme as file://).
+            return Destination(local=_absolute(_local_url_path(text, rest)), remote=None)
         from airflow.sdk import ObjectStoragePath
 
         try:
@@ -158,6 +163,17 @@ def _resolve(value: Any) -> Destination:
             "Airflow provider that brings it (e.g. apache-airflow-providers-amazon for s3://)"
         ) from None
     return Destination(local=None, remote=value)
+
+
+def _local_url_path(url: str, rest: str) -> Path:
+    """The path of a ``file://`` / ``local://`` URL: ``file:///abs`` or ``file://localhost/abs``."""
+    host, slash, path = rest.partition("/")
+    if host.lower() in ("", "localhost"):
+        return Path(slash + path)
+    raise ReveValidationError(
+        f"download destination must be an absolute path, got {url!r}: a local URL takes three "
+        f"slashes ({url.partition(':')[0].lower()}:///{rest}), and {host!r} would be read as a folder of the working directory"
+    )
 
 
 def _absolute(path: Path) -> Path:
