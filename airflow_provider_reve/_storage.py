@@ -41,7 +41,7 @@ from urllib.parse import quote
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries
-from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
+from airflow_provider_reve.exceptions import ReveDownloadError, ReveStorageError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -172,7 +172,8 @@ def _local_url_path(url: str, rest: str) -> Path:
         return Path(slash + path)
     raise ReveValidationError(
         f"download destination must be an absolute path, got {url!r}: a local URL takes three "
-        f"slashes ({url.partition(':')[0].lower()}:///{rest}), and {host!r} would be read as a folder of the working directory"
+        f"slashes ({url.partition(':')[0].lower()}:///{rest}), and {host!r} would be read as a "
+        "folder of the working directory"
     )
 
 
@@ -254,7 +255,10 @@ def store_results(
 
     :raises ReveDownloadError: a file could not be fetched (after retrying transient errors);
         files stored before it stay, complete, and a re-run skips them.
-    :raises ReveValidationError: a task has not succeeded, or the destination is not usable.
+    :raises ReveStorageError: the destination cannot take files now (read-only, full, gone):
+        transient, the tasks are paid and a later try stores them.
+    :raises ReveValidationError: a task has not succeeded, or the destination is not a valid
+        folder or URL.
 
     ``hidden`` secrets (the API key) are scrubbed from every URL in a log line or error: a redirect
     may put one in a path. Tasks listed twice are stored once. A file that an earlier run's
@@ -324,7 +328,12 @@ def store_results(
                 what=f"Downloading result {index} of Reve task {task.task_id}",
             )
             files.append(entry)
-    manifest_path = _write_manifest(where, tasks, files) if files else None
+    try:
+        manifest_path = _write_manifest(where, tasks, files) if files else None
+    except OSError as error:
+        raise ReveStorageError(
+            f"writing the manifest at {where} failed: {type(error).__name__}: {error.strerror or error}"
+        ) from None
     total = sum(entry["bytes"] for entry in files)
     logger.info(
         "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
@@ -393,7 +402,11 @@ def _store_one(
 
 
 def prepare_destination(where: Destination) -> None:
-    """Create a local destination and prove a file can be written there (before paying)."""
+    """Create a local destination and prove a file can be written there.
+
+    :raises ReveStorageError: not now. Before paying, the caller refuses that as invalid input
+        (``_finish.check_download_to``); after paying it is transient like any storage error.
+    """
     if where.local is None:
         return
     try:
@@ -402,7 +415,7 @@ def prepare_destination(where: Destination) -> None:
         os.close(fd)
         probe.unlink()
     except OSError as error:
-        raise ReveValidationError(
+        raise ReveStorageError(
             f"download destination {where.local} is not writable: {type(error).__name__}: "
             f"{error.strerror or error}"
         ) from None

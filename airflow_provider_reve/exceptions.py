@@ -169,6 +169,15 @@ class ReveDownloadTooLargeError(ReveDownloadError):
     """The body is (or announces to be) larger than ``max_bytes``; nothing more is read."""
 
 
+class ReveStorageError(ReveError):
+    """Result files could not be written to their destination (read-only, full, unreachable).
+
+    Always transient: the Reve task is paid and finished, so a later try re-attaches to it for
+    free and stores its files once the destination is back. Before anything is paid for, an
+    unusable destination is refused as invalid input instead (``download_to``).
+    """
+
+
 class ReveTaskFailedError(ReveError):
     """The Reve task ended ``FAILED`` (the API refunds failed tasks)."""
 

@@ -279,9 +279,11 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
-        check_download_to(self.download_to, before="nothing was submitted")
         task = self._reattach(memory, fingerprint)
         if task is None:
+            # Only before paying is an unusable destination the user's error (permanent). A task
+            # re-attached to is paid: storing its files is retried like any storage error.
+            check_download_to(self.download_to, before="nothing was submitted")
             self._check_budget(params)
             task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
         return self._after_submit(task, context)
