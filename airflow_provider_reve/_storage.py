@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import RetryPolicy, call_with_retries
+from airflow_provider_reve._retry import RetryPolicy, call_with_retries, is_permanent
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveStorageError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
 
@@ -85,6 +85,9 @@ _HASH_CHUNK = 1024 * 1024
 # killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
 STALE_SPOOL_SECONDS = 24 * 3600
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
+# Earlier manifests read for files to reuse, and failures spelled out in one error.
+_MAX_MANIFESTS = 1000
+_MAX_REPORTED = 5
 
 
 @dataclass(frozen=True)
@@ -253,17 +256,18 @@ def store_results(
 ) -> StoredResults:
     """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
 
-    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors);
-        files stored before it stay, complete, and a re-run skips them.
+    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors).
+        Every other file is still fetched and stored first (each file's fate is its own), the
+        manifest lists those, and a re-run skips them; the error names every file that failed.
     :raises ReveStorageError: the destination cannot take files now (read-only, full, gone):
         transient, the tasks are paid and a later try stores them.
     :raises ReveValidationError: a task has not succeeded, or the destination is not a valid
         folder or URL.
 
     ``hidden`` secrets (the API key) are scrubbed from every URL in a log line or error: a redirect
-    may put one in a path. Tasks listed twice are stored once. A file that an earlier run's
-    manifest here records, and that is still there with its size and sha256, is reused
-    without downloading: its URL may have expired since.
+    may put one in a path. Tasks listed twice are stored once. A file that any earlier manifest
+    in this destination records (whatever set of tasks it was written for), and that is still
+    there with its size and sha256, is reused without downloading: its URL may have expired since.
     """
     from airflow_provider_reve._download import _check_url  # requests: only when a task runs
 
@@ -291,6 +295,7 @@ def store_results(
     _remove_stale_spools(where.local, logger)
     earlier = _earlier_entries(where, tasks)
     files: list[dict[str, Any]] = []
+    failures: list[ReveDownloadError] = []
     started = time.monotonic()
     for task in tasks:
         for index, url in enumerate(task.result_urls):
@@ -322,18 +327,31 @@ def store_results(
                         url="",
                     ) from None
 
-            entry = call_with_retries(
-                fetch,
-                policy,
-                what=f"Downloading result {index} of Reve task {task.task_id}",
-            )
+            try:
+                entry = call_with_retries(
+                    fetch,
+                    policy,
+                    what=f"Downloading result {index} of Reve task {task.task_id}",
+                )
+            except ReveDownloadError as error:
+                # Each file's fate is its own: one task's expired URL must not cost another
+                # task's files, whose URLs are live now and expire too. Reported after all.
+                logger.error("Could not store %s", error)
+                failures.append(error)
+                continue
             files.append(entry)
     try:
         manifest_path = _write_manifest(where, tasks, files) if files else None
     except OSError as error:
-        raise ReveStorageError(
+        problem = ReveStorageError(
             f"writing the manifest at {where} failed: {type(error).__name__}: {error.strerror or error}"
-        ) from None
+        )
+        if not failures:
+            raise problem from None
+        logger.error("%s", problem)
+        manifest_path = None
+    if failures:
+        raise _not_all_stored(failures, len(files), where)
     total = sum(entry["bytes"] for entry in files)
     logger.info(
         "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
@@ -442,32 +460,68 @@ def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
 
 
 def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Entries of this destination's manifest for ``tasks`` whose files are still intact."""
-    manifest = where.target(manifest_name(task.task_id for task in tasks))
+    """Entries of *any* manifest in this destination for files of ``tasks`` still intact there.
+
+    Per file, not per set of tasks: a file stored with tasks A and B is reused when a later call
+    stores A and C, after A's URL expired.
+    """
+    wanted = {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
+    kept: dict[tuple[str, int], dict[str, Any]] = {}
+    for manifest in _manifests(where, manifest_name(task.task_id for task in tasks)):
+        if len(kept) == len(wanted):
+            break
+        for entry in _manifest_entries(manifest):
+            try:
+                key = (entry["reve_task_id"], entry["index"])
+                name = str(entry["path"]).rsplit("/", 1)[-1]
+            except (KeyError, TypeError):
+                continue
+            if key in kept or key not in wanted:
+                continue
+            # Only a file with the name we give it, inside this destination, counts: a manifest
+            # is a file anyone with access to the folder may have edited.
+            if not name.startswith(f"{safe_stem(key[0])}_{key[1]}."):
+                continue
+            target = where.target(name)
+            if where.shown(target) == entry["path"] and _same_file(
+                target, entry.get("bytes"), entry.get("sha256")
+            ):
+                kept[key] = entry
+    return kept
+
+
+def _manifests(where: Destination, own: str) -> list[Any]:
+    """The destination's manifests, this task set's own first; at most ``_MAX_MANIFESTS``."""
+    folder = where.local if where.local is not None else where.remote
+    try:
+        names = sorted(path.name for path in folder.glob("reve-manifest-*.json"))  # type: ignore[union-attr]
+    except Exception:  # an object store that cannot list: this set's own manifest only
+        names = [own]
+    ordered = [own] + [name for name in names if name != own]
+    return [where.target(name) for name in ordered[:_MAX_MANIFESTS]]
+
+
+def _manifest_entries(manifest: Any) -> list[Any]:
     try:
         with manifest.open("rb") as fh:
             entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return {}
-    wanted = {(task.task_id, index): task for task in tasks for index in range(len(task.result_urls))}
-    kept: dict[tuple[str, int], dict[str, Any]] = {}
-    for entry in entries if isinstance(entries, list) else []:
-        try:
-            key = (entry["reve_task_id"], entry["index"])
-            name = str(entry["path"]).rsplit("/", 1)[-1]
-        except (KeyError, TypeError):
-            continue
-        # Only a file with the name we give it, inside this destination, counts: a manifest is
-        # a file anyone with access to the folder may have edited.
-        ours = key in wanted and name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
-        target = where.target(name) if ours else None
-        if (
-            target is not None
-            and where.shown(target) == entry["path"]
-            and _same_file(target, entry.get("bytes"), entry.get("sha256"))
-        ):
-            kept[key] = entry
-    return kept
+    except Exception:  # missing, unreadable, not ours: nothing to reuse from it
+        return []
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
+def _not_all_stored(failures: list[ReveDownloadError], stored: int, where: Destination) -> ReveDownloadError:
+    """One error for every file that could not be stored, typed so that a retry happens when
+    any of them may still succeed (a 503) and not when none can (expired URLs)."""
+    transient = [error for error in failures if not is_permanent(error)]
+    first = (transient or failures)[0]
+    shown = "; ".join(str(error) for error in failures[:_MAX_REPORTED])
+    more = f"; and {len(failures) - _MAX_REPORTED} more" if len(failures) > _MAX_REPORTED else ""
+    message = (
+        f"{len(failures)} result file(s) could not be stored at {where} ({stored} other(s) were, and "
+        f"are listed in the manifest): {shown}{more}"
+    )
+    return type(first)(message, url=first.url, http_status=first.http_status)
 
 
 def _open_spool(folder: Path | None) -> tuple[int, Path]:
