@@ -108,9 +108,7 @@ def cleared_since(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
     if run is not None and marker is not None and run != marker:
         return True
     number = _try_number(context)
-    return (
-        marker is not None and number is not None and number > marker + 1 and entry.get("try") != number
-    )
+    return marker is not None and number is not None and number > marker + 1 and entry.get("try") != number
 
 
 class SubmittedTaskMemory:
