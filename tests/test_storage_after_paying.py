@@ -214,11 +214,32 @@ def test_a_sensor_still_refuses_an_unwritable_folder_before_it_waits_for_an_unfi
         sensor(submitted, destination, deferrable=True).execute({})
 
 
-def _reschedule_context() -> dict[str, Any]:
+def test_a_rescheduled_sensor_keeps_waiting_through_a_moment_the_folder_is_unwritable(
+    server: FakeReveServer, submitted: str, destination: Destination
+) -> None:
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    waiter = sensor(submitted, destination, mode="reschedule")
+    with pytest.raises(AirflowRescheduleException):
+        waiter.execute(_reschedule_context())  # the try's first poke: the folder was fine
+    destination.block()
+
+    with pytest.raises(AirflowRescheduleException):
+        sensor(submitted, destination, mode="reschedule").execute(_reschedule_context(rescheduled=1))
+
+    destination.unblock()
+    server.finish_task(submitted)
+    result = sensor(submitted, destination, mode="reschedule").execute(_reschedule_context(rescheduled=2))
+    assert [Path(entry["path"]).name for entry in result["files"]] == destination.stored()
+
+
+def _reschedule_context(rescheduled: int = 0) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
     class TaskInstance:
         try_number = 1
 
-        def get_first_reschedule_date(self, context: Any) -> None:
-            return None
+        def get_first_reschedule_date(self, context: Any) -> datetime | None:
+            return datetime.now(timezone.utc) if rescheduled else None
 
-    return {"ti": TaskInstance()}
+    return {"ti": TaskInstance(), "task_reschedule_count": rescheduled}

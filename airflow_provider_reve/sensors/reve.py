@@ -117,7 +117,10 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         return model if isinstance(model, str) else None
 
     def execute(self, context: Context) -> Any:
-        self._check_destination_before_waiting()
+        if not (self.reschedule and context.get("task_reschedule_count")):
+            # Once per try: a rescheduled poke is already waiting, and a folder unwritable for a
+            # moment then must not end a wait for a task paid for elsewhere.
+            self._check_destination_before_waiting()
         self._reve_succeeded: ReveTask | None = None
         # BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable sensor makes
         # before deferring included -- goes through its soft_fail / never_fail / silent_fail
