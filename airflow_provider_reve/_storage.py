@@ -87,6 +87,7 @@ STALE_SPOOL_SECONDS = 24 * 3600
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
 # Earlier manifests read for files to reuse, and failures spelled out in one error.
 _MAX_MANIFESTS = 1000
+_MANIFEST_NAME = re.compile(r"reve-manifest-[0-9a-f]{16}\.json")
 _MAX_REPORTED = 5
 
 
@@ -463,42 +464,59 @@ def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tupl
     """Entries of *any* manifest in this destination for files of ``tasks`` still intact there.
 
     Per file, not per set of tasks: a file stored with tasks A and B is reused when a later call
-    stores A and C, after A's URL expired.
+    stores A and C, after A's URL expired. This set's own manifest is read first; the others only
+    while the folder holds a file of ours that none read so far vouches for (so a first store
+    reads no manifest, however many an object-store folder holds).
     """
     wanted = {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
+    own = manifest_name(task.task_id for task in tasks)
     kept: dict[tuple[str, int], dict[str, Any]] = {}
-    for manifest in _manifests(where, manifest_name(task.task_id for task in tasks)):
-        if len(kept) == len(wanted):
+    _reuse_from(where, own, wanted, kept)
+    if len(kept) == len(wanted):
+        return kept
+    names = _names_in(where)
+    manifests = sorted(name for name in names if _MANIFEST_NAME.fullmatch(name) and name != own)
+    for manifest in manifests[:_MAX_MANIFESTS]:
+        missing = wanted - kept.keys()
+        if not any(_named_for(key, name) for key in missing for name in names):
             break
-        for entry in _manifest_entries(manifest):
-            try:
-                key = (entry["reve_task_id"], entry["index"])
-                name = str(entry["path"]).rsplit("/", 1)[-1]
-            except (KeyError, TypeError):
-                continue
-            if key in kept or key not in wanted:
-                continue
-            # Only a file with the name we give it, inside this destination, counts: a manifest
-            # is a file anyone with access to the folder may have edited.
-            if not name.startswith(f"{safe_stem(key[0])}_{key[1]}."):
-                continue
-            target = where.target(name)
-            if where.shown(target) == entry["path"] and _same_file(
-                target, entry.get("bytes"), entry.get("sha256")
-            ):
-                kept[key] = entry
+        _reuse_from(where, manifest, missing, kept)
     return kept
 
 
-def _manifests(where: Destination, own: str) -> list[Any]:
-    """The destination's manifests, this task set's own first; at most ``_MAX_MANIFESTS``."""
+def _reuse_from(
+    where: Destination,
+    manifest: str,
+    wanted: set[tuple[str, int]],
+    kept: dict[tuple[str, int], dict[str, Any]],
+) -> None:
+    for entry in _manifest_entries(where.target(manifest)):
+        try:
+            key = (entry["reve_task_id"], entry["index"])
+            name = str(entry["path"]).rsplit("/", 1)[-1]
+        except (KeyError, TypeError):
+            continue
+        # Only a file with the name we give it, inside this destination, counts: a manifest is a
+        # file anyone with access to the folder may have edited.
+        if key not in wanted or key in kept or not _named_for(key, name):
+            continue
+        target = where.target(name)
+        if where.shown(target) == entry["path"] and _same_file(
+            target, entry.get("bytes"), entry.get("sha256")
+        ):
+            kept[key] = entry
+
+
+def _named_for(key: tuple[str, int], name: str) -> bool:
+    return name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
+
+
+def _names_in(where: Destination) -> list[str]:
     folder = where.local if where.local is not None else where.remote
     try:
-        names = sorted(path.name for path in folder.glob("reve-manifest-*.json"))  # type: ignore[union-attr]
-    except Exception:  # an object store that cannot list: this set's own manifest only
-        names = [own]
-    ordered = [own] + [name for name in names if name != own]
-    return [where.target(name) for name in ordered[:_MAX_MANIFESTS]]
+        return [path.name for path in folder.iterdir()]  # type: ignore[union-attr]
+    except Exception:  # cannot list (an object store without it): no other manifest is read
+        return []
 
 
 def _manifest_entries(manifest: Any) -> list[Any]:
