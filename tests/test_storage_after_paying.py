@@ -108,6 +108,26 @@ def test_a_destination_unwritable_after_paying_fails_the_try_and_a_retry_stores_
     assert destination.stored()
 
 
+def test_a_request_that_no_longer_validates_when_a_paid_task_resumes_still_stores_its_files(
+    server: FakeReveServer, destination: Destination
+) -> None:
+    server.set_async_seconds(30)
+    store = InMemoryTaskStateStore()
+    first = make_operator(model=ASYNC_MODEL, deferrable=True, download_to=str(destination.folder))
+    with pytest.raises(TaskDeferred) as deferred:
+        first.execute(make_context(store))
+    server.finish_task(deferred.value.kwargs["reve_task_id"])
+
+    # The DAG file changed while the task ran: the resuming process renders an invalid request.
+    edited = make_operator(
+        model=ASYNC_MODEL, deferrable=True, download_to=str(destination.folder), resolution="9K"
+    )
+    result = resume(edited, make_context(store), deferred.value)
+
+    assert destination.stored() and len(result["files"]) == len(destination.stored())
+    assert server.submissions == 1
+
+
 def test_a_destination_unwritable_before_paying_is_refused_at_once_and_nothing_is_submitted(
     server: FakeReveServer, destination: Destination
 ) -> None:
