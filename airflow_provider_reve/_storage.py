@@ -41,7 +41,11 @@ from urllib.parse import quote
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries, is_permanent
-from airflow_provider_reve.exceptions import ReveDownloadError, ReveStorageError, ReveValidationError
+from airflow_provider_reve.exceptions import (
+    ReveDownloadError,
+    ReveStorageError,
+    ReveValidationError,
+)
 from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -299,6 +303,8 @@ def store_results(
     failures: list[ReveDownloadError] = []
     started = time.monotonic()
     for task in tasks:
+        if failures and isinstance(failures[-1], ReveStorageError):
+            break  # the destination itself fails: every other file would fail there too
         for index, url in enumerate(task.result_urls):
             kept = earlier.get((task.task_id, index))
             if kept is not None:
@@ -322,10 +328,9 @@ def store_results(
                 except OSError as error:
                     # Disk full, permissions, a vanished folder: the storage's fault, not the URL's.
                     # Retried by the policy (it may pass), then reported with the path, never the URL.
-                    raise ReveDownloadError(
+                    raise ReveStorageError(
                         f"storing result {index} of Reve task {task.task_id} at {where} failed: "
-                        f"{type(error).__name__}: {error.strerror or error}",
-                        url="",
+                        f"{type(error).__name__}: {error.strerror or error}"
                     ) from None
 
             try:
@@ -339,6 +344,8 @@ def store_results(
                 # task's files, whose URLs are live now and expire too. Reported after all.
                 logger.error("Could not store %s", error)
                 failures.append(error)
+                if isinstance(error, ReveStorageError):
+                    break
                 continue
             files.append(entry)
     try:
@@ -530,7 +537,12 @@ def _manifest_entries(manifest: Any) -> list[Any]:
 
 def _not_all_stored(failures: list[ReveDownloadError], stored: int, where: Destination) -> ReveDownloadError:
     """One error for every file that could not be stored, typed so that a retry happens when
-    any of them may still succeed (a 503) and not when none can (expired URLs)."""
+    any of them may still succeed (a 503, the destination) and not when none can (expired URLs)."""
+    if isinstance(failures[-1], ReveStorageError):  # the files after it were not tried
+        return ReveStorageError(
+            f"{failures[-1]} ({stored} file(s) stored before; the others were not tried)"
+            + "".join(f"; also {error}" for error in failures[:-1][:_MAX_REPORTED])
+        )
     transient = [error for error in failures if not is_permanent(error)]
     first = (transient or failures)[0]
     shown = "; ".join(str(error) for error in failures[:_MAX_REPORTED])

@@ -169,13 +169,17 @@ class ReveDownloadTooLargeError(ReveDownloadError):
     """The body is (or announces to be) larger than ``max_bytes``; nothing more is read."""
 
 
-class ReveStorageError(ReveError):
+class ReveStorageError(ReveDownloadError):
     """Result files could not be written to their destination (read-only, full, unreachable).
 
     Always transient: the Reve task is paid and finished, so a later try re-attaches to it for
     free and stores its files once the destination is back. Before anything is paid for, an
-    unusable destination is refused as invalid input instead (``download_to``).
+    unusable destination is refused as invalid input instead (``download_to``). A
+    ``ReveDownloadError`` (``url`` empty: no URL was at fault), as storage errors always were.
     """
+
+    def __init__(self, message: str, *, url: str = "", http_status: int | None = None) -> None:
+        super().__init__(message, url=url, http_status=http_status)
 
 
 class ReveTaskFailedError(ReveError):
