@@ -39,6 +39,12 @@ class ReveResultLink(BaseOperatorLink):
     name = "Reve result"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        """The task instance's first result URL, read back from its own XCom.
+
+        :param operator: the task's operator (unused: the URL is in the XCom).
+        :param ti_key: the task instance.
+        :return: a URL that :func:`safe_link` accepts, or ``""`` (no link).
+        """
         # Checked again on the way out: the XCom may have been written by an older version of
         # this provider, by a custom XCom backend, or by hand.
         return safe_link(XCom.get_value(ti_key=ti_key, key=RESULT_URL_XCOM_KEY))
@@ -49,6 +55,9 @@ def push_result_link(context: Context, url: str | None) -> None:
 
     Call it when the task has its result, and with ``None`` before deferring (so the link stays
     empty while the task waits). A URL that :func:`safe_link` refuses is stored as ``None``.
+
+    :param context: the task's context (its ``ti`` pushes the XCom).
+    :param url: the first result URL, or ``None``.
     """
     link = safe_link(url) or None
     if url is not None and link is None:
@@ -61,7 +70,11 @@ def push_result_link(context: Context, url: str | None) -> None:
 
 
 def safe_link(url: Any) -> str:
-    """``url`` if it is a plain ``http(s)://host/...`` URL a browser may be sent to, else ``""``."""
+    """``url`` if it is a plain ``http(s)://host/...`` URL a browser may be sent to, else ``""``.
+
+    :param url: anything; only a string can pass.
+    :return: ``url`` unchanged, or ``""``.
+    """
     if not isinstance(url, str) or not url or len(url) > _MAX_URL_CHARS:
         return ""
     # Browsers drop or reinterpret whitespace and control characters inside an href
@@ -87,6 +100,9 @@ def first_result_url(result: Any) -> str | None:
     Accepts a :class:`~airflow_provider_reve.models.ReveTask`, its dict, a manifest entry (its
     ``url``), a dict with a ``files`` manifest, or a list of any of these. The URL is not
     checked here: :func:`push_result_link` does that.
+
+    :param result: what an operator or sensor returns.
+    :return: the first result URL found, or ``None``.
     """
     if isinstance(result, ReveTask):
         return result.result_urls[0] if result.result_urls else None

@@ -59,6 +59,7 @@ with DAG(
     },
     doc_md=__doc__,
 ):
+    # [START howto_operator_reve_retry_fan_out]
     variants = ReveGenerateOperator.partial(
         task_id="variants",
         model="nano-banana",
@@ -71,7 +72,9 @@ with DAG(
         max_submit_wait=timedelta(minutes=30),
         pool=POOL,
     ).expand(prompt=PROMPTS)
+    # [END howto_operator_reve_retry_fan_out]
 
+    # [START howto_operator_reve_ambiguous_retry]
     icon = ReveGenerateOperator(
         task_id="icon",
         model="reve-2.0",  # synchronous: answers at once, never defers
@@ -82,6 +85,7 @@ with DAG(
         retries=2,
         pool=POOL,
     )
+    # [END howto_operator_reve_ambiguous_retry]
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def summarize(generated: list[dict[str, Any]], icon: dict[str, Any]) -> dict[str, Any]:

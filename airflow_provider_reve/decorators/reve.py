@@ -1,4 +1,4 @@
-"""``@task.reve``: a TaskFlow function writes the request, :class:`ReveGenerateOperator` runs it.
+"""``@task.reve``: a TaskFlow function writes the request, ``ReveGenerateOperator`` runs it.
 
 The function's return value is the request: a ``str`` is the prompt; a dict holds request fields
 (``prompt``, ``image_urls``, ``aspect_ratio``, ``num_images``, ``output_format``, ``resolution``,
@@ -249,13 +249,20 @@ def reve_task(
     multiple_outputs: bool = False,
     **kwargs: Any,
 ) -> TaskDecorator:
-    """``@task.reve``: the function returns the request, a :class:`ReveGenerateOperator` sends it.
+    """``@task.reve``: the function returns the request, a
+    :class:`~airflow_provider_reve.operators.reve.ReveGenerateOperator` sends it.
 
     Keyword arguments are the operator's (``model``, ``deferrable``, ``download_to``, ...).
     ``multiple_outputs`` is off whatever the function's return annotation says: that annotation
     describes the request, while the XCom is the Reve task's dict.
 
     :param python_callable: the function to wrap.
+    :param multiple_outputs: ignored (always off): the XCom is one ``ReveTask`` dict.
+    :param kwargs: the operator's arguments.
+    :return: the decorator (or the decorated task, when called with the function).
+
+    .. seealso::
+        The how-to guide: :ref:`howto/decorator:reve`.
     """
     return task_decorator_factory(
         python_callable=python_callable,

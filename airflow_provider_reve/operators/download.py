@@ -52,6 +52,9 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
 
     Returns the manifest, one entry per file (``reve_task_id``, ``index``, ``url``, ``path``,
     ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
+
+    .. seealso::
+        The how-to guide: :ref:`howto/operator:ReveDownloadResultsOperator`.
     """
 
     template_fields: Sequence[str] = ("results", "destination", "reve_conn_id")

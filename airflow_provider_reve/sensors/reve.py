@@ -60,7 +60,7 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
 
     :param download_to: store the result files here once the task succeeded (templated): a local
         folder, a ``file://`` / ``s3://``... URL or an ``ObjectStoragePath``; the XCom then
-        also holds ``files``, the manifest (see README, "Results to storage").
+        also holds ``files``, the manifest (see the "Results to storage" how-to).
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
@@ -70,6 +70,9 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
     apply to the *wait* only: once the task succeeded, storing its files happens after Airflow's
     sensor handling, so a storage error fails the try (retries apply, re-attaching is free) and
     is never turned into a skip.
+
+    .. seealso::
+        The how-to guide: :ref:`howto/sensor:ReveTaskSensor`.
     """
 
     template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id", "download_to")

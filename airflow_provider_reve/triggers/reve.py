@@ -83,6 +83,8 @@ def settle_time() -> float:
     that report, and Airflow 3.3 may then fail the task as "state changed externally"
     (apache/airflow#66374, #72716). A worker supervisor notices its task's exit within
     ``[workers] min_heartbeat_interval`` (5 s by default), so we wait that long plus a second.
+
+    :return: ``time.time()`` plus ``[workers] min_heartbeat_interval`` plus one second.
     """
     from airflow.providers.common.compat.sdk import conf
 
@@ -112,6 +114,9 @@ class ReveTaskTrigger(BaseTrigger):
 
     The log says when the status changes, and otherwise at most every
     :attr:`progress_log_interval` seconds that the task is still waiting (with the time spent).
+
+    .. seealso::
+        How the operator and the sensor use it: :ref:`howto/sensor:ReveTaskSensor`.
     """
 
     #: Class-level, not a kwarg: the cadence of log lines is not part of the stored trigger.
@@ -337,7 +342,15 @@ class _WaitLog:
 
 @dataclass(frozen=True)
 class ReveTaskEvent:
-    """A trigger event, checked: what ``execute_complete`` may trust."""
+    """A trigger event, checked: what ``execute_complete`` may trust.
+
+    :param outcome: ``"success"``, ``"failed"``, ``"timeout"`` or ``"error"``.
+    :param reve_task_id: the Reve task the event is about (the one the Airflow task waits for).
+    :param task: the task's last state read, or ``None`` when none was read.
+    :param message: what happened, for the task log (scrubbed of the key).
+    :param error_code: the API's machine code of a permanent ``error``, if any.
+    :param retryable: ``False`` for an ``error`` no retry can fix; ``None`` otherwise.
+    """
 
     outcome: str
     reve_task_id: str
@@ -352,7 +365,14 @@ class ReveMalformedEventError(ReveError):
 
 
 def read_event(event: Any, expected_task_id: str | None) -> ReveTaskEvent:
-    """Validate a trigger event for the Reve task we deferred on; raise a clear error otherwise."""
+    """Validate a trigger event for the Reve task we deferred on; raise a clear error otherwise.
+
+    :param event: the event as Airflow handed it to ``execute_complete``: untrusted data.
+    :param expected_task_id: the Reve task this Airflow task deferred on.
+    :return: the checked event.
+    :raises ReveMalformedEventError: when the event is not what :class:`ReveTaskTrigger` sends
+        for this task.
+    """
     if not isinstance(event, dict):
         raise ReveMalformedEventError(f"Reve trigger event is not a dict: {type(event).__name__}")
     outcome = event.get("outcome")
