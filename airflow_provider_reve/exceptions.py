@@ -185,7 +185,11 @@ class ReveStorageError(ReveDownloadError):
     Always transient: the Reve task is paid and finished, so a later try re-attaches to it for
     free and stores its files once the destination is back. Before anything is paid for, an
     unusable destination is refused as invalid input instead (``download_to``). A
-    ``ReveDownloadError`` (``url`` empty: no URL was at fault), as storage errors always were.
+    ``ReveDownloadError``, as storage errors always were.
+
+    :param message: what failed, with the destination (never a result URL).
+    :param url: empty: no URL was at fault.
+    :param http_status: ``None``: no HTTP answer was at fault.
     """
 
     def __init__(self, message: str, *, url: str = "", http_status: int | None = None) -> None:
