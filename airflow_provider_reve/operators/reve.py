@@ -290,9 +290,11 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
-        check_download_to(self.download_to, before="nothing was submitted")
         task = self._reattach(memory, fingerprint)
         if task is None:
+            # Only before paying is an unusable destination the user's error (permanent). A task
+            # re-attached to is paid: storing its files is retried like any storage error.
+            check_download_to(self.download_to, before="nothing was submitted")
             self._check_budget(params)
             self.reserve_budget(context)
             try:
@@ -327,6 +329,15 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
         return params
+
+    def _output_format(self) -> str | None:
+        """The requested ``output_format`` (names a file the server sends untyped), for a task that
+        is paid: a request that no longer validates (a DAG file changed since) must not fail it
+        as "nothing was submitted"."""
+        try:
+            return self._validated_params().get("output_format")
+        except AirflowFailException:
+            return self.output_format if isinstance(self.output_format, str) else None
 
     def _check_budget(self, params: dict[str, Any]) -> None:
         if self.max_credits is None:
@@ -586,7 +597,7 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
             allow_private_addresses=self.allow_private_addresses,
-            output_format=self._validated_params().get("output_format"),
+            output_format=self._output_format(),
             if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
             "generating again (a clear generates afresh).",
         )
