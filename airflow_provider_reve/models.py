@@ -18,7 +18,16 @@ TERMINAL_STATUSES: Final = frozenset({SUCCESS, FAILED})
 
 @dataclass(frozen=True)
 class ReveTask:
-    """A Reve generation task as the API last described it."""
+    """A Reve generation task as the API last described it.
+
+    :param task_id: the Reve task id.
+    :param status: ``"IN_PROGRESS"``, ``"SUCCESS"`` or ``"FAILED"``.
+    :param result_urls: the result files' URLs (``SUCCESS`` only); short-lived CDN links.
+    :param consumed_credits: what the task cost, when the API said so.
+    :param error_code: the API's machine code of a ``FAILED`` task.
+    :param error_message: the API's message of a ``FAILED`` task (scrubbed of the key).
+    :param model: the model id (the status API omits it; the operator remembers it).
+    """
 
     task_id: str
     status: str
@@ -38,31 +47,46 @@ class ReveTask:
 
     @property
     def is_finished(self) -> bool:
+        """Whether the task has ended, ``SUCCESS`` or ``FAILED``."""
         return self.status in TERMINAL_STATUSES
 
     @property
     def succeeded(self) -> bool:
+        """Whether the task ended ``SUCCESS``."""
         return self.status == SUCCESS
 
     @property
     def failed(self) -> bool:
+        """Whether the task ended ``FAILED`` (the API refunds it)."""
         return self.status == FAILED
 
     def with_model(self, model: str | None) -> ReveTask:
-        """Return a copy that remembers ``model`` (the status endpoint does not say it)."""
+        """Return a copy that remembers ``model`` (the status endpoint does not say it).
+
+        :param model: the model id; ``None`` keeps the task as it is.
+        :return: this task, or a copy with ``model`` set.
+        """
         if model is None or self.model == model:
             return self
         return ReveTask(**{**self._fields(), "model": model})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the shape of XCom values and trigger event payloads."""
+        """JSON-ready dict: the shape of XCom values and trigger event payloads.
+
+        :return: ``task_id``, ``status``, ``result_urls`` (a list), ``consumed_credits``,
+            ``error_code``, ``error_message`` and ``model``.
+        """
         data = self._fields()
         data["result_urls"] = list(self.result_urls)
         return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ReveTask:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything that is not one."""
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything that is not one.
+
+        :param data: a dict as :meth:`to_dict` makes it (from XCom or a trigger event).
+        :return: the task.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"expected a ReveTask dict, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)

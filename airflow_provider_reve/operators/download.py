@@ -15,7 +15,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperat
 
 from airflow_provider_reve.defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES, check_max_bytes
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.mixins.rendered import parse_rendered_literal
 from airflow_provider_reve.results.lineage import ReveLineageMixin
 
@@ -32,7 +32,7 @@ def _parse(value: Any) -> Any:
     return value
 
 
-class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
+class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOperator):
     """Download every result file of one or more finished Reve tasks to ``destination``.
 
     :param results: what ``ReveGenerateOperator`` or ``ReveTaskSensor`` returned: one task
@@ -49,12 +49,14 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
 
     Returns the manifest, one entry per file (``reve_task_id``, ``index``, ``url``, ``path``,
     ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
+
+    .. seealso::
+        The how-to guide: :ref:`howto/operator:ReveDownloadResultsOperator`.
     """
 
     template_fields: Sequence[str] = ("results", "destination", "reve_conn_id")
     template_fields_renderers = {"results": "json"}
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,

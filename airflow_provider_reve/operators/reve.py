@@ -22,6 +22,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.client.retry import too_many_tasks_wait  # cheap; tests patch it here
 from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
@@ -42,7 +43,7 @@ from airflow_provider_reve.exceptions import (
     ReveRateLimitError,
     ReveValidationError,
 )
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve.mixins.outcomes import ReveErrorPolicyMixin
 from airflow_provider_reve.mixins.reattach import (
@@ -105,7 +106,9 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator):
+class ReveGenerateOperator(
+    ReveResultLinkMixin, ReveErrorPolicyMixin, ReveLineageMixin, ReveBudgetMixin, BaseOperator
+):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -132,12 +135,20 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         ``TOO_MANY_TASKS`` in flight (seconds or timedelta).
     :param max_credits: refuse to submit when the estimated cost exceeds this (or cannot be
         estimated).
+    :param on_budget_exhausted: when a credit budget covering this task has no room (budgets need
+        ``[reve] ledger_conn_id``; see README, "Budgets"): ``"fail"`` (default, before any paid
+        call), ``"skip"``, or ``"wait"`` (deferred until the window resets or credits are
+        released, bounded by ``execution_timeout``).
     :param download_to: store the result files here when the task succeeds (templated): a local
         folder, a ``file://`` / ``s3://`` / ``gs://``... URL or an ``ObjectStoragePath``. The XCom
-        then also holds ``files``, the manifest (see README, "Results to storage").
+        then also holds ``files``, the manifest (see the "Results to storage" how-to).
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
+
+    .. seealso::
+        The how-to guide: :ref:`howto/operator:ReveGenerateOperator`; errors, retries and never
+        paying twice: :ref:`errors`.
     """
 
     template_fields: Sequence[str] = (
@@ -149,7 +160,6 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
     )
     template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
@@ -173,6 +183,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         on_ambiguous_submit: str = "fail",
         max_submit_wait: float | timedelta = timedelta(hours=1),
         max_credits: int | None = None,
+        on_budget_exhausted: str = "fail",
         download_to: Any = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
@@ -202,6 +213,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         self.on_ambiguous_submit = on_ambiguous_submit
         self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
         self.max_credits = max_credits
+        self.on_budget_exhausted = check_on_budget_exhausted(on_budget_exhausted)
         if download_to is not None and not wait_for_completion:
             raise ValueError(
                 "download_to needs wait_for_completion=True: an unfinished task has no files. Store "
@@ -261,6 +273,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
             return self._succeeded(result.task.with_model(self.model), context)
         if result.outcome == OUTCOME_FAILED and result.task is not None:
+            self.release_budget(context)
             self._raise_for_failed_task(result.task)
         if result.outcome == OUTCOME_ERROR:
             raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
@@ -288,12 +301,23 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
-        check_download_to(self.download_to, before="nothing was submitted")
         task = self._reattach(memory, fingerprint)
         if task is None:
+            # Only before paying is an unusable destination the user's error (permanent). A task
+            # re-attached to is paid: storing its files is retried like any storage error.
+            check_download_to(self.download_to, before="nothing was submitted")
             self._check_budget(params)
-            task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
+            self.reserve_budget(context)
+            try:
+                task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
+            except BaseException as error:
+                self.release_budget_if_nothing_created(context, error)
+                raise
+            self.note_budget_task(context, task)
         return self._after_submit(task, context)
+
+    def budget_request_params(self) -> dict[str, Any]:
+        return self._validated_params()
 
     def _validated_params(self) -> dict[str, Any]:
         from airflow_provider_reve.client.catalog import validate_request
@@ -318,6 +342,15 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
         return params
+
+    def _output_format(self) -> str | None:
+        """The requested ``output_format`` (names a file the server sends untyped), for a task that
+        is paid: a request that no longer validates (a DAG file changed since) must not fail it
+        as "nothing was submitted"."""
+        try:
+            return self._validated_params().get("output_format")
+        except AirflowFailException:
+            return self.output_format if isinstance(self.output_format, str) else None
 
     def _check_budget(self, params: dict[str, Any]) -> None:
         from airflow_provider_reve.client.catalog import estimate_credits
@@ -511,6 +544,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         if task.succeeded:
             return self._succeeded(task, context)
         if task.failed:
+            self.release_budget(context)
             self._raise_for_failed_task(task)
         if not self.wait_for_completion:
             # Still remembered: if Airflow fails this try after we return, the retry hands on
@@ -561,6 +595,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
             except ReveError as error:
                 self._raise_for_error(error)
         if task.failed:
+            self.release_budget(context)
             self._raise_for_failed_task(task)
         return self._succeeded(task, context)
 
@@ -569,6 +604,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
         # retry must find this task again. A clear starts a new run of tries (see mixins/reattach.py).
         from airflow_provider_reve.mixins.finish import succeeded
 
+        self.settle_budget(context, task)
         return succeeded(
             self,
             context,
@@ -577,7 +613,7 @@ class ReveGenerateOperator(ReveErrorPolicyMixin, ReveLineageMixin, BaseOperator)
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
             allow_private_addresses=self.allow_private_addresses,
-            output_format=self._validated_params().get("output_format"),
+            output_format=self._output_format(),
             if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
             "generating again (a clear generates afresh).",
         )

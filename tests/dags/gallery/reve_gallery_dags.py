@@ -1,4 +1,4 @@
-"""DAGs whose runs fill the metadata DB for the gallery tests (``tests/test_gallery_plugin.py``).
+"""DAGs whose runs fill the metadata DB for the gallery tests (``tests/unit/plugins/test_gallery_plugin.py``).
 
 Run with ``dag.test()`` against the fake Reve API. Files go below ``$REVE_TEST_OUTPUT_DIR``. The
 test adds a fault so that every ``nano-banana-pro`` task ends ``FAILED`` with

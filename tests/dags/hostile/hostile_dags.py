@@ -1,4 +1,4 @@
-"""A DAG that ``tests/test_key_never_leaves.py`` runs with ``dag.test()`` against a hostile server.
+"""A DAG that ``tests/guarantees/test_key_never_leaves.py`` runs with ``dag.test()`` against a hostile server.
 
 The connection ``reve_hostile`` is defined by the test (environment variable) and points at a
 stub that echoes the API key back; the operator defers, so the answer is read by the trigger

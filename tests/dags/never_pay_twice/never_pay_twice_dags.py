@@ -1,4 +1,4 @@
-"""Test-only DAGs for ``tests/test_never_pay_twice.py``: run with ``dag.test()``, never deployed.
+"""Test-only DAGs for ``tests/guarantees/test_never_pay_twice.py``: run with ``dag.test()``, never deployed.
 
 Every DAG has ``retries=2`` and ``retry_delay=0``, so a test can count how many Airflow tries a
 task spent. The fake Reve API the tasks talk to (and its faults) is set up by each test.

@@ -1,6 +1,6 @@
 """One DAG per sensor mode, each: submit a task, then wait for it with ``soft_fail=True``.
 
-``tests/test_sensor_airflow_semantics.py`` runs them with ``dag.test()`` through an API outage to
+``tests/unit/sensors/test_sensor_airflow_semantics.py`` runs them with ``dag.test()`` through an API outage to
 check that the three ways of waiting agree. Intervals are tiny so that a run takes seconds.
 """
 

@@ -1,4 +1,4 @@
-"""DAGs written with ``@task.reve`` that ``tests/test_task_decorator.py`` runs with ``dag.test()``.
+"""DAGs written with ``@task.reve``, run by ``tests/unit/decorators/test_task_decorator.py``.
 
 Each function notes every call in the file named by ``REVE_TASKFLOW_CALL_LOG`` (when set), so a
 test can tell how often Airflow ran it: once per try, never again when a deferred task resumes.
