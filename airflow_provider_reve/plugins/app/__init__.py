@@ -2,6 +2,8 @@
 
 * :mod:`.routes.pages` -- ``/gallery``, ``/task-instance`` (the "Reve media" tab), ``/credits``,
   ``/static/gallery.css``; :mod:`.routes.media` -- ``/media``, one stored file;
+  :mod:`.routes.budgets` -- ``/budgets``, the ledger's budgets (:mod:`.budget_reads`,
+  :mod:`.budgets_panel`);
 * :mod:`.security` -- who is asking (Airflow's JWT), as the dependency ``User``; which DAGs they
   may read (Airflow's auth manager);
 * :mod:`.params` -- the typed, leniently parsed query parameters of each route;
@@ -24,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from airflow_provider_reve.plugins.app import rendering
+from airflow_provider_reve.plugins.app.routes import budgets as budgets_route
 from airflow_provider_reve.plugins.app.routes import media as media_route
 from airflow_provider_reve.plugins.app.routes import pages
 from airflow_provider_reve.plugins.app.security import Forbidden, NotAuthenticated, login_url
@@ -72,4 +75,5 @@ def create_app() -> FastAPI:
 
     app.include_router(pages.router)
     app.include_router(media_route.router)
+    app.include_router(budgets_route.router)
     return app

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Relative routes of this app (pages live at ``<prefix>/<route>``) and the Airflow UI's.
-_OWN_ROUTES = ("gallery", "task-instance", "credits", "media?", "static/", "../dags/")
+_OWN_ROUTES = ("gallery", "task-instance", "credits", "budgets", "media?", "static/", "../dags/")
 STYLESHEET = "static/gallery.css"
 
 EXPIRED_URL = "Result URL expired or unreachable. Store results with download_to to keep them."
@@ -87,7 +87,11 @@ def airflow_ti_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> s
 def document(title: str, body: str, *, active: str = "") -> str:
     tabs = "".join(
         f'<a href="{url(href)}"{" aria-current=page" if name == active else ""}>{esc(label)}</a>'
-        for name, href, label in (("gallery", "gallery", "Gallery"), ("credits", "credits", "Credits"))
+        for name, href, label in (
+            ("gallery", "gallery", "Gallery"),
+            ("credits", "credits", "Credits"),
+            ("budgets", "budgets", "Budgets"),
+        )
     )
     return (
         "<!doctype html>\n"
