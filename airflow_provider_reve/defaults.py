@@ -8,6 +8,21 @@ costs nothing.
 
 from __future__ import annotations
 
+__all__ = [
+    "DEFAULT_CONN_ID",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MODEL",
+    "DEFAULT_POLL_INTERVAL",
+    "ON_CONTENT_POLICY_CHOICES",
+    "OUTCOMES",
+    "OUTCOME_ERROR",
+    "OUTCOME_FAILED",
+    "OUTCOME_SUCCESS",
+    "OUTCOME_TIMEOUT",
+    "PROGRESS_LOG_INTERVAL",
+    "check_max_bytes",
+]
+
 DEFAULT_CONN_ID = "reve_default"
 #: The model ``ReveGenerateOperator`` uses when none is given (``client.catalog`` re-exports it).
 DEFAULT_MODEL = "reve-2.0"

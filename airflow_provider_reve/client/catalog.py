@@ -31,6 +31,23 @@ from urllib.parse import urlsplit
 from airflow_provider_reve import defaults
 from airflow_provider_reve.exceptions import ReveValidationError
 
+__all__ = [
+    "DEFAULT_MODEL",
+    "IMAGE_ASPECT_RATIOS",
+    "IMAGE_OUTPUT_FORMATS",
+    "IMAGE_RESOLUTIONS",
+    "MAX_REQUEST_BYTES",
+    "MODELS",
+    "SOURCE_URL_FIELDS",
+    "ModelSpec",
+    "closest_models",
+    "estimate_credits",
+    "get_spec",
+    "is_synchronous",
+    "looks_like_a_typo",
+    "validate_request",
+]
+
 IMAGE_ASPECT_RATIOS = frozenset({"1:1", "16:9", "3:2", "4:3", "3:4", "2:3", "9:16"})
 IMAGE_OUTPUT_FORMATS = frozenset({"png", "jpeg", "webp"})
 IMAGE_RESOLUTIONS = frozenset({"1K", "2K", "4K"})

@@ -28,6 +28,11 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.models import SUCCESS, TASK_STATUSES, ReveTask
 
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "parse_task_response",
+]
+
 #: The most we read of any answer. The envelope is a few hundred bytes; even a task with many
 #: result URLs stays far below this. Anything longer is not the API talking.
 MAX_RESPONSE_BYTES = 256 * 1024

@@ -24,6 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+__all__ = [
+    "LONG_WAIT_AFTER",
+    "LONG_WAIT_INTERVAL",
+    "current_interval",
+    "first_read_at",
+    "wait_origin",
+]
+
 #: Seconds of waiting after which a task is read less often.
 LONG_WAIT_AFTER = 60.0
 #: The slowest reading the API's guidance asks for ("poll every 2-5 seconds").

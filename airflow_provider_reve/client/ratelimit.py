@@ -44,6 +44,18 @@ from airflow_provider_reve.budgets.shared_pauses import publish_pause, shared_pa
 from airflow_provider_reve.client.settings import ConnectionSettings
 from airflow_provider_reve.exceptions import ReveAPIError, ReveRateLimitError
 
+__all__ = [
+    "DEFAULT_PAUSE_SECONDS",
+    "MAX_IN_FLIGHT",
+    "MAX_PAUSE_SECONDS",
+    "MIN_RESUME_SPREAD_SECONDS",
+    "AsyncRequestGate",
+    "SyncRequestGate",
+    "gate_key",
+    "loop_gate",
+    "process_gate",
+]
+
 #: Longest pause a Retry-After can impose on all of a connection's requests (as in ``client.retry``).
 MAX_PAUSE_SECONDS = 60.0
 #: The pause after a 429 that names no Retry-After.

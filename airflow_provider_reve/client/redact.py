@@ -18,6 +18,12 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
+__all__ = [
+    "MASK",
+    "MIN_RUN",
+    "Redactor",
+]
+
 MASK = "***"
 #: Shortest piece of a secret that is redacted wherever it appears. Shorter pieces are too likely
 #: to occur by chance (``"sk-"``, a word), and leak too little of a key to matter.

@@ -18,6 +18,17 @@ from urllib.parse import urlsplit
 from airflow_provider_reve.client.redact import Redactor
 from airflow_provider_reve.exceptions import ReveAPIError, ReveAuthenticationError, ReveConfigurationError
 
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "KNOWN_EXTRA_KEYS",
+    "ConnectionSettings",
+    "missing_connection_message",
+    "name_the_connection",
+    "settings_from_connection",
+]
+
 DEFAULT_BASE_URL = "https://reve2img.com"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0

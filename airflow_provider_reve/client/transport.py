@@ -21,6 +21,11 @@ from collections.abc import Iterator
 import requests
 from urllib3.exceptions import ConnectTimeoutError
 
+__all__ = [
+    "failed_during_tls_handshake",
+    "request_may_have_been_sent",
+]
+
 # requests refuses these before opening a connection.
 _REFUSED_BEFORE_SENDING = (
     requests.exceptions.InvalidURL,

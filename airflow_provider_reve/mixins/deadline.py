@@ -14,6 +14,11 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
+__all__ = [
+    "DEFER_TIMEOUT_GRACE",
+    "deferral_budget",
+]
+
 #: Added to Airflow's own deferral timeout: the trigger ends the wait at its deadline, and
 #: Airflow's timeout is only the safety net for a triggerer that is down, so it fires later.
 DEFER_TIMEOUT_GRACE = timedelta(minutes=2)

@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 
     from airflow_provider_reve.hooks.reve import ReveHook
 
+__all__ = [
+    "ASSET_EXTRA_KEYS",
+    "FinishingHost",
+    "asset_extra",
+    "check_download_to",
+    "emit_asset_events",
+    "finish",
+    "succeeded",
+]
+
 log = logging.getLogger(__name__)
 
 

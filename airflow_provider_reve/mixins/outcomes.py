@@ -33,6 +33,17 @@ from airflow_provider_reve.models import ReveTask
 if TYPE_CHECKING:
     from airflow_provider_reve.triggers.reve import ReveTaskEvent
 
+__all__ = [
+    "CONTENT_POLICY_VIOLATION",
+    "ON_CONTENT_POLICY_CHOICES",
+    "ErrorPolicyHost",
+    "ReveErrorPolicyMixin",
+    "raise_for_error",
+    "raise_for_failed_task",
+    "raise_for_storing_error",
+    "raise_for_trigger_error",
+]
+
 CONTENT_POLICY_VIOLATION = "CONTENT_POLICY_VIOLATION"
 ON_CONTENT_POLICY_CHOICES = defaults.ON_CONTENT_POLICY_CHOICES
 

@@ -23,16 +23,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError, ReveNotFoundError
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.models import ReveTask
 
 __all__ = [
     "REFUSED",
     "STATE_KEY",
     "SUBMITTED",
     "SUBMITTING",
+    "ReattachHost",
     "Recalled",
+    "ReveReattachMixin",
     "SubmittedTaskMemory",
     "cleared_since",
     "request_fingerprint",
@@ -200,3 +210,120 @@ class SubmittedTaskMemory:
             return
         entry = {"fingerprint": fingerprint, "run": self._run_marker, "try": self._try_number, **fields}
         self._store.set(STATE_KEY, {k: v for k, v in entry.items() if v is not None})
+
+
+_REMEMBER_ATTEMPTS = 3
+
+
+class ReattachHost(Protocol):
+    """What :class:`ReveReattachMixin` needs from the operator that mixes it in."""
+
+    @property
+    def log(self) -> Any: ...
+
+    @property
+    def hook(self) -> Any: ...
+
+    model: str
+    on_ambiguous_submit: str
+
+    def _raise_for_error(self, error: ReveError) -> NoReturn: ...
+
+
+class ReveReattachMixin:
+    """The generate operator's memory of what it paid for: re-attach, remember, refuse to guess.
+
+    The host declares ``model``, ``on_ambiguous_submit`` ("fail" or "retry"), a ``hook`` with
+    ``get_status`` and a ``log``, and raises for an error by its policy (``ReveErrorPolicyMixin``).
+    """
+
+    def _memory(self: ReattachHost, context: Mapping[str, Any]) -> SubmittedTaskMemory:
+        return SubmittedTaskMemory(context, self.log)
+
+    def _reattach(self: ReattachHost, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
+        """The task an earlier try of this run paid for, still usable; ``None`` to submit afresh."""
+        recalled = memory.recall(fingerprint)
+        if recalled is None or recalled.phase == REFUSED:
+            return None
+        if recalled.phase == SUBMITTING:
+            ReveReattachMixin._raise_interrupted_submission(self)
+            return None  # on_ambiguous_submit="retry": submit again, as the user accepted
+        assert recalled.task_id is not None
+        task_id = recalled.task_id
+        try:
+            task: ReveTask = self.hook.get_status(task_id, model=self.model)
+        except ReveNotFoundError as error:
+            if error.code != "TASK_NOT_FOUND":
+                # A gateway's bare 404 says nothing about the task: treat it as a transient read.
+                raise AirflowException(
+                    f"Could not read remembered Reve task {task_id} ({error}); not submitting again. "
+                    "Airflow's retries apply."
+                ) from error
+            self.log.warning(
+                "Remembered Reve task %s no longer exists (TASK_NOT_FOUND); submitting afresh.", task_id
+            )
+            return None
+        except ReveError as error:
+            self._raise_for_error(error)
+        if task.failed:
+            self.log.warning(
+                "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
+            )
+            return None
+        self.log.info(
+            "Re-attaching to Reve task %s (%s) submitted by an earlier try: not submitting again.",
+            task_id,
+            task.status,
+        )
+        return task
+
+    def _raise_interrupted_submission(self: ReattachHost) -> None:
+        message = (
+            "An earlier try of this task was interrupted while submitting this request (killed, or "
+            "execution_timeout, before the API answered): a paid Reve task may exist."
+        )
+        if self.on_ambiguous_submit == "retry":
+            self.log.warning(
+                "%s on_ambiguous_submit='retry': submitting again (possible second charge).", message
+            )
+            return
+        raise AirflowFailException(
+            f"{message} Nothing was submitted again. Check the Reve dashboard; clear the task to "
+            "generate afresh, or set on_ambiguous_submit='retry' to let retries resubmit."
+        )
+
+    def _raise_ambiguous(self: ReattachHost, error: ReveAmbiguousSubmissionError) -> NoReturn:
+        if self.on_ambiguous_submit == "retry":
+            self.log.warning(
+                "Submission outcome unknown and on_ambiguous_submit='retry': Airflow's retries will "
+                "submit again, which may be charged twice. %s",
+                error,
+            )
+            raise AirflowException(str(error)) from error
+        raise AirflowFailException(
+            f"{error} Check the Reve dashboard for the task before re-running; set "
+            "on_ambiguous_submit='retry' to let Airflow retries resubmit (possible second charge)."
+        ) from error
+
+    def _remember_paid_task(
+        self: ReattachHost, memory: SubmittedTaskMemory, task: ReveTask, fingerprint: str
+    ) -> None:
+        for attempt in range(1, _REMEMBER_ATTEMPTS + 1):
+            try:
+                memory.remember(task.task_id, fingerprint)
+                return
+            except Exception as error:
+                failure = type(error).__name__
+                if attempt < _REMEMBER_ATTEMPTS:
+                    time.sleep(0.5 * attempt)  # the API server's hiccups are brief
+        # The task is paid for; failing now would orphan it, so go on with it. The in-flight
+        # marker stays: a retry of this run treats the submission as of unknown outcome.
+        self.log.error(
+            "Reve task %s was created but could not be remembered in task_state_store (%s, %d "
+            "attempts); continuing with it. If this try fails, a retry applies "
+            "on_ambiguous_submit=%r to it (note the id: the Reve dashboard shows it).",
+            task.task_id,
+            failure,
+            _REMEMBER_ATTEMPTS,
+            self.on_ambiguous_submit,
+        )

@@ -16,6 +16,12 @@ from typing import Any
 
 from airflow_provider_reve.exceptions import ReveValidationError
 
+__all__ = [
+    "coerce_extra_params",
+    "coerce_rendered",
+    "parse_rendered_literal",
+]
+
 _INTEGER = re.compile(r"[+-]?\d+")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _TRUE, _FALSE = frozenset({"true", "yes", "1"}), frozenset({"false", "no", "0"})

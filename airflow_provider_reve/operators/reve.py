@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
@@ -39,19 +39,14 @@ from airflow_provider_reve.defaults import (
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
-    ReveNotFoundError,
     ReveRateLimitError,
     ReveValidationError,
 )
 from airflow_provider_reve.links import ReveResultLinkMixin
+from airflow_provider_reve.mixins.backoff import ReveSubmitBackoffMixin
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve.mixins.outcomes import ReveErrorPolicyMixin
-from airflow_provider_reve.mixins.reattach import (
-    REFUSED,
-    SUBMITTING,
-    SubmittedTaskMemory,
-    request_fingerprint,
-)
+from airflow_provider_reve.mixins.reattach import ReveReattachMixin, SubmittedTaskMemory, request_fingerprint
 from airflow_provider_reve.mixins.rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.results.lineage import ReveLineageMixin
@@ -94,7 +89,6 @@ REQUEST_FIELDS = (
 )
 
 
-_REMEMBER_ATTEMPTS = 3
 # Fields the operator sets itself: in extra_params they would clash with its own arguments.
 _NOT_IN_EXTRA_PARAMS = frozenset({"model", "prompt"})
 
@@ -107,7 +101,13 @@ def _seconds(value: float | timedelta, name: str) -> float:
 
 
 class ReveGenerateOperator(
-    ReveResultLinkMixin, ReveErrorPolicyMixin, ReveLineageMixin, ReveBudgetMixin, BaseOperator
+    ReveResultLinkMixin,
+    ReveErrorPolicyMixin,
+    ReveReattachMixin,
+    ReveSubmitBackoffMixin,
+    ReveLineageMixin,
+    ReveBudgetMixin,
+    BaseOperator,
 ):
     """Generate images or videos with Reve.
 
@@ -234,24 +234,6 @@ class ReveGenerateOperator(
     def execute(self, context: Context) -> dict[str, Any]:
         return self._run(context, submit_attempt=1, first_refusal=None)
 
-    def execute_after_backoff(
-        self,
-        context: Context,
-        event: Any = None,
-        submit_attempt: int | None = None,
-        first_refusal: float | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
-        if submit_attempt is None:  # defer() kwargs lost (dag.test): the state store has them
-            params = self._validated_params()
-            recalled = self._memory(context).recall(request_fingerprint(self.model, params))
-            if recalled is not None and recalled.phase == REFUSED and recalled.attempt is not None:
-                submit_attempt, first_refusal = recalled.attempt, recalled.first_refusal
-            else:
-                submit_attempt, first_refusal = 1, None
-        return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
-
     def execute_complete(
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
@@ -292,9 +274,6 @@ class ReveGenerateOperator(
         )
 
     # -- the flow ----------------------------------------------------------------------------
-    def _memory(self, context: Context) -> SubmittedTaskMemory:
-        return SubmittedTaskMemory(context, self.log)
-
     def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
         from airflow_provider_reve.mixins.finish import check_download_to
 
@@ -371,58 +350,6 @@ class ReveGenerateOperator(
             )
         self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
 
-    def _reattach(self, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
-
-        recalled = memory.recall(fingerprint)
-        if recalled is None or recalled.phase == REFUSED:
-            return None
-        if recalled.phase == SUBMITTING:
-            self._raise_interrupted_submission()
-            return None  # on_ambiguous_submit="retry": submit again, as the user accepted
-        assert recalled.task_id is not None
-        task_id = recalled.task_id
-        try:
-            task = self.hook.get_status(task_id, model=self.model)
-        except ReveNotFoundError as error:
-            if error.code != "TASK_NOT_FOUND":
-                # A gateway's bare 404 says nothing about the task: treat it as a transient read.
-                raise AirflowException(
-                    f"Could not read remembered Reve task {task_id} ({error}); not submitting again. "
-                    "Airflow's retries apply."
-                ) from error
-            self.log.warning(
-                "Remembered Reve task %s no longer exists (TASK_NOT_FOUND); submitting afresh.", task_id
-            )
-            return None
-        except ReveError as error:
-            self._raise_for_error(error)
-        if task.failed:
-            self.log.warning(
-                "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
-            )
-            return None
-        self.log.info(
-            "Re-attaching to Reve task %s (%s) submitted by an earlier try: not submitting again.",
-            task_id,
-            task.status,
-        )
-        return task
-
-    def _raise_interrupted_submission(self) -> None:
-        message = (
-            "An earlier try of this task was interrupted while submitting this request (killed, or "
-            "execution_timeout, before the API answered): a paid Reve task may exist."
-        )
-        if self.on_ambiguous_submit == "retry":
-            self.log.warning(
-                "%s on_ambiguous_submit='retry': submitting again (possible second charge).", message
-            )
-            return
-        raise AirflowFailException(
-            f"{message} Nothing was submitted again. Check the Reve dashboard; clear the task to "
-            "generate afresh, or set on_ambiguous_submit='retry' to let retries resubmit."
-        )
-
     def _submit(
         self,
         context: Context,
@@ -485,58 +412,6 @@ class ReveGenerateOperator(
             Stats.incr("reve.tasks_submitted", tags={"model": self.model})
             self._remember_paid_task(memory, task, fingerprint)
             return task
-
-    def _remember_paid_task(self, memory: SubmittedTaskMemory, task: ReveTask, fingerprint: str) -> None:
-        for attempt in range(1, _REMEMBER_ATTEMPTS + 1):
-            try:
-                memory.remember(task.task_id, fingerprint)
-                return
-            except Exception as error:
-                failure = type(error).__name__
-                if attempt < _REMEMBER_ATTEMPTS:
-                    time.sleep(0.5 * attempt)  # the API server's hiccups are brief
-        # The task is paid for; failing now would orphan it, so go on with it. The in-flight
-        # marker stays: a retry of this run treats the submission as of unknown outcome.
-        self.log.error(
-            "Reve task %s was created but could not be remembered in task_state_store (%s, %d "
-            "attempts); continuing with it. If this try fails, a retry applies "
-            "on_ambiguous_submit=%r to it (note the id: the Reve dashboard shows it).",
-            task.task_id,
-            failure,
-            _REMEMBER_ATTEMPTS,
-            self.on_ambiguous_submit,
-        )
-
-    def _defer_submission(self, wait: float, attempt: int, first_refusal: float, context: Context) -> None:
-        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
-        from airflow.sdk.timezone import utcnow
-
-        self.defer(
-            trigger=DateTimeTrigger(moment=utcnow() + timedelta(seconds=wait)),
-            method_name="execute_after_backoff",
-            kwargs={"submit_attempt": attempt, "first_refusal": first_refusal},
-            timeout=timedelta(seconds=min(wait, self._time_left(context))) + DEFER_TIMEOUT_GRACE,
-        )
-
-    def _time_left(self, context: Context) -> float:
-        """Seconds until ``execution_timeout`` ends this try (counted from its start), or inf."""
-        if self.execution_timeout is None:
-            return float("inf")
-        started = getattr(context.get("ti"), "start_date", None)
-        return deferral_budget(float("inf"), self.execution_timeout, started)
-
-    def _raise_ambiguous(self, error: ReveAmbiguousSubmissionError) -> NoReturn:
-        if self.on_ambiguous_submit == "retry":
-            self.log.warning(
-                "Submission outcome unknown and on_ambiguous_submit='retry': Airflow's retries will "
-                "submit again, which may be charged twice. %s",
-                error,
-            )
-            raise AirflowException(str(error)) from error
-        raise AirflowFailException(
-            f"{error} Check the Reve dashboard for the task before re-running; set "
-            "on_ambiguous_submit='retry' to let Airflow retries resubmit (possible second charge)."
-        ) from error
 
     def _after_submit(self, task: ReveTask, context: Context) -> dict[str, Any]:
         from airflow_provider_reve.mixins.finish import finish

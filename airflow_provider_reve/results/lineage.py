@@ -20,6 +20,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
+__all__ = [
+    "RUN_FACET_NAME",
+    "ReveLineageMixin",
+    "dataset_location",
+    "generation_summary",
+    "output_locations",
+]
+
 #: Key of the custom run facet (see :class:`~airflow_provider_reve.results.lineage_facets.ReveRunFacet`).
 RUN_FACET_NAME = "reve"
 

@@ -12,6 +12,10 @@ from typing import Any
 import attr
 from openlineage.client.facet_v2 import RunFacet
 
+__all__ = [
+    "ReveRunFacet",
+]
+
 
 @attr.define
 class ReveRunFacet(RunFacet):
