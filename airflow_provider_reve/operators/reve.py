@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
-    AirflowFailException,
     BaseOperator,
     Stats,
     conf,
@@ -40,14 +39,13 @@ from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
     ReveRateLimitError,
-    ReveValidationError,
 )
 from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.mixins.backoff import ReveSubmitBackoffMixin
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve.mixins.outcomes import ReveErrorPolicyMixin
 from airflow_provider_reve.mixins.reattach import ReveReattachMixin, SubmittedTaskMemory, request_fingerprint
-from airflow_provider_reve.mixins.rendered import coerce_extra_params, coerce_rendered
+from airflow_provider_reve.mixins.request import REQUEST_FIELDS, ReveRequestMixin
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.results.lineage import ReveLineageMixin
 
@@ -76,23 +74,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# The documented request fields, as operator arguments (and template fields).
-REQUEST_FIELDS = (
-    "prompt",
-    "image_urls",
-    "aspect_ratio",
-    "num_images",
-    "output_format",
-    "resolution",
-    "duration",
-    "generate_audio",
-)
-
-
-# Fields the operator sets itself: in extra_params they would clash with its own arguments.
-_NOT_IN_EXTRA_PARAMS = frozenset({"model", "prompt"})
-
-
 def _seconds(value: float | timedelta, name: str) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     if seconds <= 0:
@@ -102,6 +83,7 @@ def _seconds(value: float | timedelta, name: str) -> float:
 
 class ReveGenerateOperator(
     ReveResultLinkMixin,
+    ReveRequestMixin,
     ReveErrorPolicyMixin,
     ReveReattachMixin,
     ReveSubmitBackoffMixin,
@@ -294,61 +276,6 @@ class ReveGenerateOperator(
                 raise
             self.note_budget_task(context, task)
         return self._after_submit(task, context)
-
-    def budget_request_params(self) -> dict[str, Any]:
-        return self._validated_params()
-
-    def _validated_params(self) -> dict[str, Any]:
-        from airflow_provider_reve.client.catalog import validate_request
-
-        try:
-            fields = coerce_rendered({name: getattr(self, name) for name in REQUEST_FIELDS})
-            extra = coerce_extra_params(self.extra_params) or {}
-            if not isinstance(extra, dict):
-                raise ReveValidationError(f"extra_params must be a dict, got {type(extra).__name__}")
-            reserved = sorted(name for name in extra if name in _NOT_IN_EXTRA_PARAMS)
-            if reserved:
-                raise ReveValidationError(
-                    f"extra_params may not set {reserved}: pass them as the operator's own arguments"
-                )
-            clash = sorted(name for name in extra if fields.get(name) is not None)
-            if clash:
-                raise ReveValidationError(f"{clash} given both as arguments and in extra_params")
-            # Arguments left at None must not erase the same field given in extra_params.
-            given = {name: value for name, value in fields.items() if value is not None}
-            params = {k: v for k, v in {**coerce_rendered(extra), **given}.items() if v is not None}
-            validate_request(self.model, params)
-        except ReveValidationError as error:
-            raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
-        return params
-
-    def _output_format(self) -> str | None:
-        """The requested ``output_format`` (names a file the server sends untyped), for a task that
-        is paid: a request that no longer validates (a DAG file changed since) must not fail it
-        as "nothing was submitted"."""
-        try:
-            return self._validated_params().get("output_format")
-        except AirflowFailException:
-            return self.output_format if isinstance(self.output_format, str) else None
-
-    def _check_budget(self, params: dict[str, Any]) -> None:
-        from airflow_provider_reve.client.catalog import estimate_credits
-
-        if self.max_credits is None:
-            return
-        estimate = estimate_credits(self.model, **params)
-        if estimate is None:
-            raise AirflowFailException(
-                f"max_credits={self.max_credits} is set, but the cost of this {self.model!r} request "
-                "cannot be estimated (unknown model, or a video without duration/resolution); "
-                "nothing was submitted."
-            )
-        if estimate > self.max_credits:
-            raise AirflowFailException(
-                f"This request would cost about {estimate} credits, more than max_credits="
-                f"{self.max_credits}; nothing was submitted."
-            )
-        self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
 
     def _submit(
         self,
