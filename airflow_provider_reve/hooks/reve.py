@@ -298,7 +298,7 @@ class ReveHook(HttpHook):
             ``path``, ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
 
         Result URLs are fetched without the API key (they are not the API's). See
-        :mod:`airflow_provider_reve.results.storage` for names, crash safety and idempotence.
+        ``airflow_provider_reve.results.storage`` for names, crash safety and idempotence.
         """
         return self.store_results(
             tasks_from_results(results),
