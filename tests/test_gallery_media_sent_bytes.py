@@ -1,0 +1,104 @@
+"""What ``/reve/media`` sends is exactly what was verified, to the last byte of a long stream.
+
+A stored file larger than what the route keeps in memory is hashed whole, then sent from the
+file chunk by chunk. A writer of the store (DAG code) can rewrite the file in place between the
+check and the send; then the bytes read for the response are no longer the ones that hashed to
+the manifest's ``sha256``. Found by the adversarial review of the issue-20 gallery fixes. These
+tests run Airflow's real app in a real HTTP server: only a real socket lets the file change
+while its response is being sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_provider_reve.plugins.app import media as gallery_media
+from tests.gallery_support import bearer, manifest_entry, token
+from tests.test_gallery_media_faults import PNG, stored_file
+
+# The fixtures real_server, manifest and store.
+pytest_plugins = ("tests.gallery_support", "tests.test_gallery_media_faults")
+
+#: Larger than what is kept in memory, and much larger than loopback socket buffers: the second
+#: half of the file is read from disk long after the first chunk reached the client.
+SIZE = 48 * 1024 * 1024
+
+
+def _receive_while_rewriting(
+    url: str, params: dict[str, Any], path: Path, **headers: str
+) -> tuple[int, bytes]:
+    """The response's status and every byte that arrived; the file's second half is forged once
+    the first megabyte has arrived. A response cut short (the server refused to go on) is fine."""
+    received = bytearray()
+    with httpx.stream(
+        "GET", f"{url}/reve/media", params=params, headers=bearer(token()) | headers, timeout=120
+    ) as response:
+        chunks = response.iter_raw(1024 * 1024)
+        try:
+            received += next(chunks)
+            with open(path, "r+b") as handle:  # in place: same inode, same size
+                handle.seek(SIZE // 2)
+                handle.write(b"FORGED!!" * (SIZE // 16))
+            for chunk in chunks:
+                received += chunk
+        except (httpx.RemoteProtocolError, httpx.ReadError, StopIteration):
+            pass
+        return response.status_code, bytes(received)
+
+
+@pytest.mark.parametrize("remembered", [False, True], ids=["first-check", "remembered-check"])
+def test_a_large_file_rewritten_while_it_is_sent_never_sends_a_byte_that_was_not_verified(
+    real_server, manifest, store, monkeypatch, remembered
+):
+    data = (PNG * (SIZE // len(PNG) + 1))[:SIZE]
+    path = stored_file(store, "streamed", data)
+    params = manifest("streamed", manifest_entry("streamed", path, data))
+    if remembered:  # verified and remembered once, as every later view of a settled file is
+        monkeypatch.setattr(gallery_media, "SETTLE_SECONDS", 0.05)
+        time.sleep(0.2)
+        assert (
+            httpx.get(
+                f"{real_server.url}/reve/media", params=params, headers=bearer(token()), timeout=120
+            ).content
+            == data
+        )
+
+    status, received = _receive_while_rewriting(real_server.url, params, path)
+
+    assert status == 200
+    assert b"FORGED!!" not in received
+    assert received == data[: len(received)]
+
+
+def test_a_range_of_a_large_file_rewritten_while_it_is_sent_never_sends_a_byte_that_was_not_verified(
+    real_server, manifest, store
+):
+    data = (PNG * (SIZE // len(PNG) + 1))[:SIZE]
+    path = stored_file(store, "ranged", data)
+    params = manifest("ranged", manifest_entry("ranged", path, data))
+    start = 12345  # not on a chunk boundary
+
+    status, received = _receive_while_rewriting(real_server.url, params, path, Range=f"bytes={start}-")
+
+    assert status == 206
+    assert b"FORGED!!" not in received
+    assert received == data[start : start + len(received)]
+
+
+@pytest.mark.parametrize("piece", [4093, gallery_media.CHUNK - 1, gallery_media.CHUNK + 7])
+def test_chunk_digests_do_not_depend_on_how_a_store_cuts_its_reads(piece):
+    data = bytes(range(256)) * (2 * gallery_media.CHUNK // 256) + b"tail"
+    whole = gallery_media.ChunkDigests()
+    whole.update(data)
+    cut = gallery_media.ChunkDigests()
+    for offset in range(0, len(data), piece):
+        cut.update(data[offset : offset + piece])
+
+    assert cut.chunks() == whole.chunks() and len(whole.chunks()) == 3
+    assert cut.hexdigest() == whole.hexdigest() == hashlib.sha256(data).hexdigest()
