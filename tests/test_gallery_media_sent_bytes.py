@@ -1,4 +1,5 @@
-"""What ``/reve/media`` sends is exactly what was verified, to the last byte of a long stream.
+"""What ``/reve/media`` sends is exactly what was verified, to the last byte of a long stream,
+and what a response costs the api-server while a slow client takes it.
 
 A stored file larger than what the route keeps in memory is hashed whole, then sent from the
 file chunk by chunk. A writer of the store (DAG code) can rewrite the file in place between the
@@ -11,9 +12,11 @@ while its response is being sent.
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -102,3 +105,43 @@ def test_chunk_digests_do_not_depend_on_how_a_store_cuts_its_reads(piece):
 
     assert cut.chunks() == whole.chunks() and len(whole.chunks()) == 3
     assert cut.hexdigest() == whole.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def _resident_mib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_viewers_who_never_read_their_responses_do_not_make_the_server_hold_a_copy_of_the_file_each(
+    real_server, manifest, store
+):
+    size, readers = 30 * 1024 * 1024, 12
+    data = (PNG * (size // len(PNG) + 1))[:size]
+    path = stored_file(store, "held", data)
+    params = manifest("held", manifest_entry("held", path, data))
+    where = urlsplit(real_server.url)
+    request = (
+        f"GET /reve/media?{urlencode(params)} HTTP/1.1\r\nHost: {where.netloc}\r\n"
+        f"Authorization: Bearer {token()}\r\n\r\n"
+    ).encode()
+    before = _resident_mib()
+    stalled = []
+    try:
+        for _ in range(readers):  # each asks for the file, then reads nothing
+            client = socket.create_connection((where.hostname, where.port))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(request)
+            stalled.append(client)
+        for client in stalled:  # every response has started: the server holds what it holds
+            client.settimeout(60)
+            assert client.recv(12).startswith(b"HTTP/1.1 200")
+        held = _resident_mib() - before
+    finally:
+        for client in stalled:
+            client.close()
+
+    # A copy of the file per reader would be 12 x 30 MiB = 360 MiB.
+    assert held < 120, f"{held} MiB held for {readers} stalled readers of a {size >> 20} MiB file"

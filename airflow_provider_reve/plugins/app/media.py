@@ -17,8 +17,9 @@ path; only listed object-store schemes are remote). Local paths are opened non-b
 local copy that is hashed as it is written. Every read runs in :mod:`reading`'s pool under a
 deadline (the caller waits with a time limit).
 
-What is sent is exactly what was checked. A small file is read once into memory, hashed and sent
-from that copy. A larger one is sent from the file, which a writer of the store can rewrite in
+What is sent is exactly what was checked. A file of one chunk at most is read once into memory,
+hashed and sent from that copy. A larger one is sent from the file (one chunk in memory at a
+time, however slowly the client reads), which a writer of the store can rewrite in
 place after the check: so the check also records the sha256 of each :data:`CHUNK`-aligned chunk
 (:class:`ChunkDigests`), and every chunk read for a response is hashed again and compared before
 a byte of it is sent. A chunk that changed ends the response there (the client sees a cut-short
@@ -75,9 +76,12 @@ MEDIA_TYPES = {
     "mov": "video/quicktime",
 }
 MAX_BYTES = 1024**3  # the download default: nothing larger was ever stored by the provider
-_IN_MEMORY = 32 * 1024 * 1024
 #: The unit a large file is verified and sent in: each aligned chunk has its own recorded sha256.
 CHUNK = 1024 * 1024
+#: Files up to this size are sent from one in-memory copy. A response held by a client that reads
+#: slowly (or never) keeps its body in memory until it is sent, so it is one chunk, never a whole
+#: file: a few dozen stalled viewers of a 30 MiB video must not hold a gigabyte of the api-server.
+_IN_MEMORY = CHUNK
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Seconds a file's ctime must be in the past before a successful check is remembered.
 SETTLE_SECONDS = 2.0
