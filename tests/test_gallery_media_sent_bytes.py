@@ -21,11 +21,12 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import pytest
 
+from airflow_provider_reve._storage import safe_stem
 from airflow_provider_reve.plugins.app import media as gallery_media
 from tests.gallery_support import bearer, manifest_entry, token
 from tests.test_gallery_media_faults import PNG, stored_file
 
-# The fixtures real_server, manifest and store.
+# The fixtures api, real_server, manifest and store.
 pytest_plugins = ("tests.gallery_support", "tests.test_gallery_media_faults")
 
 #: Larger than what is kept in memory, and much larger than loopback socket buffers: the second
@@ -145,3 +146,29 @@ def test_viewers_who_never_read_their_responses_do_not_make_the_server_hold_a_co
 
     # A copy of the file per reader would be 12 x 30 MiB = 360 MiB.
     assert held < 120, f"{held} MiB held for {readers} stalled readers of a {size >> 20} MiB file"
+
+
+def test_a_file_of_several_chunks_in_object_storage_is_served_whole_and_by_range(api, manifest):
+    from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class SentBytesFS(MemoryFileSystem):
+        store: dict[str, Any] = {}  # its own store: fsspec keeps it on the class
+        pseudo_dirs = [""]
+
+    attach("memory", conn_id="reve_sent_bytes", fs=SentBytesFS())
+    data = (PNG * (3 * gallery_media.CHUNK // len(PNG)))[: 3 * gallery_media.CHUNK - 5]
+    key = f"media/{safe_stem('remote-big')}_0.png"
+    try:
+        with SentBytesFS().open(key, "wb") as handle:
+            handle.write(data)
+        params = manifest("remote-big", manifest_entry("remote-big", f"memory://reve_sent_bytes@{key}", data))
+        headers = bearer(token())
+
+        whole = api.get("/reve/media", params=params, headers=headers)
+        middle = api.get("/reve/media", params=params, headers=headers | {"Range": "bytes=1048570-2097160"})
+    finally:
+        SentBytesFS.store.clear()
+
+    assert whole.status_code == 200 and whole.content == data
+    assert middle.status_code == 206 and middle.content == data[1048570:2097161]
