@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -498,11 +499,12 @@ def _reuse_from(
     kept: dict[tuple[str, int], dict[str, Any]],
 ) -> None:
     for entry in _manifest_entries(where.target(manifest)):
-        try:
-            key = (entry["reve_task_id"], entry["index"])
-            name = str(entry["path"]).rsplit("/", 1)[-1]
-        except (KeyError, TypeError):
+        task_id, index, path = entry.get("reve_task_id"), entry.get("index"), entry.get("path")
+        # Any JSON may be there: a list where an id belongs would make the key unhashable and
+        # fail every try the same way, until the paid result's URLs expire.
+        if not isinstance(task_id, str) or type(index) is not int or not isinstance(path, str):
             continue
+        key, name = (task_id, index), path.rsplit("/", 1)[-1]
         # Only a file with the name we give it, inside this destination, counts: a manifest is a
         # file anyone with access to the folder may have edited.
         if key not in wanted or key in kept or not _named_for(key, name):
@@ -528,7 +530,7 @@ def _names_in(where: Destination) -> list[str]:
 
 def _manifest_entries(manifest: Any) -> list[Any]:
     try:
-        with manifest.open("rb") as fh:
+        with _open_for_reading(manifest) as fh:
             entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
     except Exception:  # missing, unreadable, not ours: nothing to reuse from it
         return []
@@ -588,12 +590,35 @@ def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownlo
     return type(error)(message, url=error.url, http_status=error.http_status)
 
 
+def _open_for_reading(target: Path | Any) -> IO[bytes]:
+    """``target`` opened for reading; locally only a regular file, and without blocking.
+
+    A FIFO (or a symlink to one, or to a device) under one of our names would block ``open`` or
+    feed bytes for ever, holding the worker of a paid task until its URLs expire.
+    """
+    if not isinstance(target, Path):
+        return target.open("rb")  # type: ignore[no-any-return]
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    )
+    fd = os.open(target, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{target} is not a regular file")
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _same_file(target: Path | Any, size: int, sha256: str) -> bool:
     try:
         if not target.exists() or target.stat().st_size != size:
             return False
         digest = hashlib.sha256()
-        with target.open("rb") as fh:
+        with _open_for_reading(target) as fh:
             for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
     except (OSError, ValueError):
