@@ -187,6 +187,9 @@ def _local_url_path(url: str, rest: str) -> Path:
 
 
 def _absolute(path: Path) -> Path:
+    if "\x00" in str(path):
+        # No filesystem takes one; refused as input, not left to fail as a ValueError mid-try.
+        raise ReveValidationError(f"download destination contains a NUL character: {str(path)!r}")
     path = path.expanduser()
     if not path.is_absolute():
         # The try that defers and the one that resumes may run in different working directories.
