@@ -329,12 +329,16 @@ def store_results(
                         logger,
                         redact,
                     )
-                except OSError as error:
-                    # Disk full, permissions, a vanished folder: the storage's fault, not the URL's.
-                    # Retried by the policy (it may pass), then reported with the path, never the URL.
+                except ReveDownloadError:
+                    raise
+                except Exception as error:
+                    # Disk full, permissions, a vanished folder, an object store's own exception
+                    # class (not always an OSError): the storage's fault, not the URL's. Retried by
+                    # the policy (it may pass), then reported with the path, never the URL; and the
+                    # files stored before it still get their manifest, for the retry to reuse.
                     raise ReveStorageError(
                         f"storing result {index} of Reve task {task.task_id} at {where} failed: "
-                        f"{type(error).__name__}: {error.strerror or error}"
+                        f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
                     ) from None
 
             try:
@@ -354,9 +358,10 @@ def store_results(
             files.append(entry)
     try:
         manifest_path = _write_manifest(where, tasks, files) if files else None
-    except OSError as error:
+    except Exception as error:  # OSError, or an object store's own class
         problem = ReveStorageError(
-            f"writing the manifest at {where} failed: {type(error).__name__}: {error.strerror or error}"
+            f"writing the manifest at {where} failed: {type(error).__name__}: "
+            f"{getattr(error, 'strerror', None) or error}"
         )
         if not failures:
             raise problem from None
