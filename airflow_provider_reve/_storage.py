@@ -313,7 +313,7 @@ def store_results(
             kept = earlier.get((task.task_id, index))
             if kept is not None:
                 logger.info("%s is already stored (an earlier manifest, same size and sha256)", kept["path"])
-                files.append({**kept, "url": url})
+                files.append(_described(kept, task, url))
                 continue
 
             def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
@@ -522,6 +522,25 @@ def _reuse_from(
             target, entry.get("bytes"), entry.get("sha256")
         ):
             kept[key] = entry
+
+
+def _described(entry: dict[str, Any], task: ReveTask, url: str) -> dict[str, Any]:
+    """A reused manifest entry with what a fresh one says: only its file is vouched for (size and
+    sha256). Asset events, XCom and the gallery read ``content_type`` and ``model`` of every entry,
+    so those come from the task and from the file's own name, not from a file anyone may edit."""
+    suffix = str(entry["path"]).rpartition(".")[2]
+    content_type = entry.get("content_type")
+    if content_type is not None and (
+        not isinstance(content_type, str) or EXTENSIONS.get(content_type) != suffix
+    ):
+        content_type = next((known for known, ext in EXTENSIONS.items() if ext == suffix), None)
+    return {
+        **entry,
+        "url": url,
+        "content_type": content_type,
+        "model": task.model,
+        "consumed_credits": task.consumed_credits,
+    }
 
 
 def _named_for(key: tuple[str, int], name: str) -> bool:

@@ -108,3 +108,19 @@ def test_a_fifo_under_a_result_name_that_a_manifest_vouches_for_does_not_hang_st
 
     assert Path(stored.files[0]["path"]).read_bytes() == PNG
     assert stored.files[0]["bytes"] == len(PNG)
+
+
+def test_a_file_reused_from_an_earlier_manifest_is_described_as_a_freshly_stored_one(
+    cdn: CdnStub, tmp_path: Path
+) -> None:
+    url = cdn.route("/a.png", file(PNG))
+    fresh = store([succeeded("A", url)], tmp_path).files[0]
+    manifest = tmp_path / manifest_name(["A"])
+    # An earlier manifest from another hand (or version): the file is intact, the rest is not.
+    edited = {key: fresh[key] for key in ("reve_task_id", "index", "path", "bytes", "sha256")}
+    manifest.write_text(json.dumps({"files": [{**edited, "content_type": ["<b>x</b>"]}]}))
+
+    reused = store([succeeded("A", url)], tmp_path).files[0]
+
+    assert cdn.hits("/a.png") == 1, "the intact file was downloaded again"
+    assert reused == fresh, "Asset events, XCom and the gallery read these keys of every entry"
