@@ -348,6 +348,17 @@ def store_results(
                     what=f"Downloading result {index} of Reve task {task.task_id}",
                 )
             except ReveDownloadError as error:
+                found = _stored_without_manifest(where, task, index, url, error)
+                if found is not None:
+                    logger.warning(
+                        "Result %d of Reve task %s: its URL has expired, but %s is already stored (by a "
+                        "try stopped before its manifest; files appear at their names only complete)",
+                        index,
+                        task.task_id,
+                        found["path"],
+                    )
+                    files.append(found)
+                    continue
                 # Each file's fate is its own: one task's expired URL must not cost another
                 # task's files, whose URLs are live now and expire too. Reported after all.
                 logger.error("Could not store %s", error)
@@ -541,6 +552,49 @@ def _described(entry: dict[str, Any], task: ReveTask, url: str) -> dict[str, Any
         "model": task.model,
         "consumed_credits": task.consumed_credits,
     }
+
+
+def _stored_without_manifest(
+    where: Destination, task: ReveTask, index: int, url: str, error: ReveDownloadError
+) -> dict[str, Any] | None:
+    """The entry for a file already at its final name, when its URL answered "expired".
+
+    A try killed (or a manifest write failed) between storing a file and writing its manifest
+    leaves the file with nothing that records it. It is complete -- a name is only ever given to
+    a finished spool (rename) or a finished upload -- so once no download can replace it, it is
+    the result. Only one file of ours, with an extension we give, counts.
+    """
+    if error.http_status not in _EXPIRED_STATUSES:
+        return None
+    ours = {*EXTENSIONS.values(), "bin"}
+    names = [
+        name
+        for name in _names_in(where)
+        if _named_for((task.task_id, index), name) and name.rpartition(".")[2] in ours
+    ]
+    if len(names) != 1:
+        return None
+    target = where.target(names[0])
+    digest, size = hashlib.sha256(), 0
+    try:
+        with _open_for_reading(target) as fh:
+            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+    except Exception:  # unreadable, not a regular file, gone: nothing to keep
+        return None
+    if size == 0:
+        return None
+    suffix = names[0].rpartition(".")[2]
+    entry = {
+        "reve_task_id": task.task_id,
+        "index": index,
+        "path": where.shown(target),
+        "bytes": size,
+        "sha256": digest.hexdigest(),
+        "content_type": next((known for known, ext in EXTENSIONS.items() if ext == suffix), None),
+    }
+    return _described(entry, task, url)
 
 
 def _named_for(key: tuple[str, int], name: str) -> bool:
