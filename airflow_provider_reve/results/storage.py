@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -186,6 +187,9 @@ def _local_url_path(url: str, rest: str) -> Path:
 
 
 def _absolute(path: Path) -> Path:
+    if "\x00" in str(path):
+        # No filesystem takes one; refused as input, not left to fail as a ValueError mid-try.
+        raise ReveValidationError(f"download destination contains a NUL character: {str(path)!r}")
     path = path.expanduser()
     if not path.is_absolute():
         # The try that defers and the one that resumes may run in different working directories.
@@ -309,7 +313,7 @@ def store_results(
             kept = earlier.get((task.task_id, index))
             if kept is not None:
                 logger.info("%s is already stored (an earlier manifest, same size and sha256)", kept["path"])
-                files.append({**kept, "url": url})
+                files.append(_described(kept, task, url))
                 continue
 
             def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
@@ -325,12 +329,16 @@ def store_results(
                         logger,
                         redact,
                     )
-                except OSError as error:
-                    # Disk full, permissions, a vanished folder: the storage's fault, not the URL's.
-                    # Retried by the policy (it may pass), then reported with the path, never the URL.
+                except ReveDownloadError:
+                    raise
+                except Exception as error:
+                    # Disk full, permissions, a vanished folder, an object store's own exception
+                    # class (not always an OSError): the storage's fault, not the URL's. Retried by
+                    # the policy (it may pass), then reported with the path, never the URL; and the
+                    # files stored before it still get their manifest, for the retry to reuse.
                     raise ReveStorageError(
                         f"storing result {index} of Reve task {task.task_id} at {where} failed: "
-                        f"{type(error).__name__}: {error.strerror or error}"
+                        f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
                     ) from None
 
             try:
@@ -340,6 +348,17 @@ def store_results(
                     what=f"Downloading result {index} of Reve task {task.task_id}",
                 )
             except ReveDownloadError as error:
+                found = _stored_without_manifest(where, task, index, url, error)
+                if found is not None:
+                    logger.warning(
+                        "Result %d of Reve task %s: its URL has expired, but %s is already stored (by a "
+                        "try stopped before its manifest; files appear at their names only complete)",
+                        index,
+                        task.task_id,
+                        found["path"],
+                    )
+                    files.append(found)
+                    continue
                 # Each file's fate is its own: one task's expired URL must not cost another
                 # task's files, whose URLs are live now and expire too. Reported after all.
                 logger.error("Could not store %s", error)
@@ -350,9 +369,10 @@ def store_results(
             files.append(entry)
     try:
         manifest_path = _write_manifest(where, tasks, files) if files else None
-    except OSError as error:
+    except Exception as error:  # OSError, or an object store's own class
         problem = ReveStorageError(
-            f"writing the manifest at {where} failed: {type(error).__name__}: {error.strerror or error}"
+            f"writing the manifest at {where} failed: {type(error).__name__}: "
+            f"{getattr(error, 'strerror', None) or error}"
         )
         if not failures:
             raise problem from None
@@ -498,11 +518,12 @@ def _reuse_from(
     kept: dict[tuple[str, int], dict[str, Any]],
 ) -> None:
     for entry in _manifest_entries(where.target(manifest)):
-        try:
-            key = (entry["reve_task_id"], entry["index"])
-            name = str(entry["path"]).rsplit("/", 1)[-1]
-        except (KeyError, TypeError):
+        task_id, index, path = entry.get("reve_task_id"), entry.get("index"), entry.get("path")
+        # Any JSON may be there: a list where an id belongs would make the key unhashable and
+        # fail every try the same way, until the paid result's URLs expire.
+        if not isinstance(task_id, str) or type(index) is not int or not isinstance(path, str):
             continue
+        key, name = (task_id, index), path.rsplit("/", 1)[-1]
         # Only a file with the name we give it, inside this destination, counts: a manifest is a
         # file anyone with access to the folder may have edited.
         if key not in wanted or key in kept or not _named_for(key, name):
@@ -512,6 +533,68 @@ def _reuse_from(
             target, entry.get("bytes"), entry.get("sha256")
         ):
             kept[key] = entry
+
+
+def _described(entry: dict[str, Any], task: ReveTask, url: str) -> dict[str, Any]:
+    """A reused manifest entry with what a fresh one says: only its file is vouched for (size and
+    sha256). Asset events, XCom and the gallery read ``content_type`` and ``model`` of every entry,
+    so those come from the task and from the file's own name, not from a file anyone may edit."""
+    suffix = str(entry["path"]).rpartition(".")[2]
+    content_type = entry.get("content_type")
+    if content_type is not None and (
+        not isinstance(content_type, str) or EXTENSIONS.get(content_type) != suffix
+    ):
+        content_type = next((known for known, ext in EXTENSIONS.items() if ext == suffix), None)
+    return {
+        **entry,
+        "url": url,
+        "content_type": content_type,
+        "model": task.model,
+        "consumed_credits": task.consumed_credits,
+    }
+
+
+def _stored_without_manifest(
+    where: Destination, task: ReveTask, index: int, url: str, error: ReveDownloadError
+) -> dict[str, Any] | None:
+    """The entry for a file already at its final name, when its URL answered "expired".
+
+    A try killed (or a manifest write failed) between storing a file and writing its manifest
+    leaves the file with nothing that records it. It is complete -- a name is only ever given to
+    a finished spool (rename) or a finished upload -- so once no download can replace it, it is
+    the result. Only one file of ours, with an extension we give, counts.
+    """
+    if error.http_status not in _EXPIRED_STATUSES:
+        return None
+    ours = {*EXTENSIONS.values(), "bin"}
+    names = [
+        name
+        for name in _names_in(where)
+        if _named_for((task.task_id, index), name) and name.rpartition(".")[2] in ours
+    ]
+    if len(names) != 1:
+        return None
+    target = where.target(names[0])
+    digest, size = hashlib.sha256(), 0
+    try:
+        with _open_for_reading(target) as fh:
+            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+    except Exception:  # unreadable, not a regular file, gone: nothing to keep
+        return None
+    if size == 0:
+        return None
+    suffix = names[0].rpartition(".")[2]
+    entry = {
+        "reve_task_id": task.task_id,
+        "index": index,
+        "path": where.shown(target),
+        "bytes": size,
+        "sha256": digest.hexdigest(),
+        "content_type": next((known for known, ext in EXTENSIONS.items() if ext == suffix), None),
+    }
+    return _described(entry, task, url)
 
 
 def _named_for(key: tuple[str, int], name: str) -> bool:
@@ -528,7 +611,7 @@ def _names_in(where: Destination) -> list[str]:
 
 def _manifest_entries(manifest: Any) -> list[Any]:
     try:
-        with manifest.open("rb") as fh:
+        with _open_for_reading(manifest) as fh:
             entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
     except Exception:  # missing, unreadable, not ours: nothing to reuse from it
         return []
@@ -588,12 +671,35 @@ def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownlo
     return type(error)(message, url=error.url, http_status=error.http_status)
 
 
+def _open_for_reading(target: Path | Any) -> IO[bytes]:
+    """``target`` opened for reading; locally only a regular file, and without blocking.
+
+    A FIFO (or a symlink to one, or to a device) under one of our names would block ``open`` or
+    feed bytes for ever, holding the worker of a paid task until its URLs expire.
+    """
+    if not isinstance(target, Path):
+        return target.open("rb")  # type: ignore[no-any-return]
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    )
+    fd = os.open(target, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{target} is not a regular file")
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _same_file(target: Path | Any, size: int, sha256: str) -> bool:
     try:
         if not target.exists() or target.stat().st_size != size:
             return False
         digest = hashlib.sha256()
-        with target.open("rb") as fh:
+        with _open_for_reading(target) as fh:
             for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
     except (OSError, ValueError):

@@ -43,3 +43,15 @@ def test_the_generate_operator_refuses_a_relative_url_before_paying(
         operator.execute({})
 
     assert fake_reve_server.submissions == 0
+
+
+@pytest.mark.parametrize("spelling", ["/tmp/reve\x00/out", "file:///tmp/reve\x00/out", "~/reve\x00"])
+def test_a_destination_with_a_nul_character_is_refused_clearly_before_paying(
+    fake_reve_server: FakeReveServer, reve_connection_env: str, spelling: str
+) -> None:
+    operator = ReveGenerateOperator(task_id="t", model="reve-2.0", prompt="a fox", download_to=spelling)
+
+    with pytest.raises(AirflowFailException, match="NUL character"):
+        operator.execute({})
+
+    assert fake_reve_server.submissions == 0

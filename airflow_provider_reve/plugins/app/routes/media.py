@@ -3,12 +3,16 @@
 The route is ``async`` and reads nothing itself: the DB lookups run in the server's thread pool
 (brief), and every read of the file runs in :mod:`reading`'s own pool with a time limit. A file
 that never answers (a FIFO, a hung mount, a stalled object store) fails its own request with
-``504``; it never holds a thread the api-server needs for anyone else.
+``504``; it never holds a thread the api-server needs for anyone else, and its DAG's reads never
+hold more than half of the gallery's readers (other DAGs' media still load).
 
 Invariants a user relies on:
 
 * nothing is sent before the whole file hashed to the manifest's ``sha256`` (a range is cut from
-  a verified file, never read on its own);
+  a verified file, never read on its own), and nothing is sent that is not what hashed: a large
+  file is read in its aligned chunks, each hashed again against the check's record; a chunk that
+  changed since ends the response there (the connection is closed: the client sees a cut-short
+  transfer, never other bytes);
 * ``Cache-Control: no-store``: a private image is not kept by the browser past the session (after
   logout it is asked for again, and refused);
 * ``Accept-Ranges: bytes``; a single range gives ``206`` (a video can seek), an unsatisfiable one
@@ -32,11 +36,10 @@ from airflow_provider_reve.plugins.app.ranges import ByteRange, Unsatisfiable, r
 from airflow_provider_reve.plugins.app.routes.pages import session
 from airflow_provider_reve.plugins.app.security import User, require_dag
 
-__all__ = ["CHUNK", "router"]
+__all__ = ["router"]
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-CHUNK = 1024 * 1024
 
 
 def _not_found() -> Response:
@@ -48,13 +51,23 @@ def _return_value(query: MediaQuery) -> Any:
         return queries.reve_return_value(db, query.dag_id, query.run_id, query.task_id, query.map_index)
 
 
-async def _body(opened: media.Opened, start: int, length: int) -> AsyncIterator[bytes]:
-    """The bytes ``start`` to ``start + length``, each chunk read in the pool with a time limit."""
+async def _body(opened: media.Opened, start: int, length: int, where: str, key: str) -> AsyncIterator[bytes]:
+    """The bytes ``start`` to ``start + length``, each chunk read in the pool with a time limit.
+
+    Each read stays inside one of the file's aligned chunks, the unit its digests were recorded in.
+    """
     try:
         position, end = start, start + length
         while position < end:
-            size = min(CHUNK, end - position)
-            chunk = await reading.within(reading.READ_TIMEOUT, partial(opened.read_at, position, size))
+            size = min(media.CHUNK - position % media.CHUNK, end - position)
+            try:
+                chunk = await reading.within(
+                    reading.READ_TIMEOUT, partial(opened.read_at, position, size), key=key
+                )
+            except media.MediaRefused as refused:
+                # Headers are gone: raising closes the connection, so the transfer ends short.
+                log.warning("Reve gallery: stopped sending %s (%s)", where, refused)
+                raise
             if not chunk:
                 return
             position += len(chunk)
@@ -77,7 +90,9 @@ async def serve_media(
     try:
         checked = media.check_entry(entry)
         deadline = reading.Deadline(reading.VERIFY_TIMEOUT)
-        opened = await reading.within(reading.VERIFY_TIMEOUT, partial(media.open_verified, checked, deadline))
+        opened = await reading.within(
+            reading.VERIFY_TIMEOUT, partial(media.open_verified, checked, deadline), key=query.dag_id
+        )
     except media.MediaRefused as refused:
         # The reason stays in the server log: the client learns only that there is no file.
         log.warning("Reve gallery: not serving %s (%s)", where, refused)
@@ -85,10 +100,10 @@ async def serve_media(
     except reading.ReadTimedOut as late:
         log.warning("Reve gallery: %s could not be read in time (%s)", where, late)
         return Response("The stored file did not answer in time.\n", status_code=504, media_type="text/plain")
-    return _response(request, opened)
+    return _response(request, opened, where, query.dag_id)
 
 
-def _response(request: Request, opened: media.Opened) -> Response:
+def _response(request: Request, opened: media.Opened, where: str, key: str) -> Response:
     entry = opened.entry
     etag = f'"{entry.sha256}"'
     headers = {
@@ -115,7 +130,7 @@ def _response(request: Request, opened: media.Opened) -> Response:
         body = opened.data[part.start : part.start + part.length]
         return Response(body, status_code=status, media_type=entry.content_type, headers=headers)
     return StreamingResponse(
-        _body(opened, part.start, part.length),
+        _body(opened, part.start, part.length, where, key),
         status_code=status,
         media_type=entry.content_type,
         headers=headers,
