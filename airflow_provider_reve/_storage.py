@@ -7,7 +7,9 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
 * **Our names, never the URL's.** ``<reve task id>_<index>.<ext>``: the task id reduced to
   ``[A-Za-z0-9._-]`` (plus a digest of the original when anything was changed, so two ids
   never share a name), the extension from the answer's Content-Type, else the requested
-  ``output_format``, else ``bin``. Nothing can land outside the destination.
+  ``output_format``, else ``bin``. Or the caller's ``file_name`` template (``_naming``: checked
+  so it cannot leave the folder, and refused before any download when two results of the store
+  would share a name). Nothing can land outside the destination.
 * **Untrusted URLs.** The fetch is :func:`airflow_provider_reve._download.download`: http(s)
   only, no credentials sent (these are not the API's URLs), redirects checked, size capped.
 * **Crash-safe.** Each file is first streamed into a spool file while its size and sha256 are
@@ -18,6 +20,9 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
   folder removes once nothing has written to it for a day.
 * **Idempotent.** A file already at its final name with the same size and sha256 is left
   alone, so a retry over stored results does no work beyond the download check.
+* **One current file per result.** Given its ``owner`` (the Airflow task instance), a store
+  moves that instance's files from before a clear into ``superseded/`` (``_supersede``) and
+  its manifest lists them under ``superseded``.
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
+from airflow_provider_reve._naming import render_file_stem
 from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
@@ -115,6 +121,7 @@ class StoredResults:
     files: list[dict[str, Any]]
     manifest_path: str | None
     destination: str
+    superseded: list[dict[str, Any]] | None = None
 
 
 def resolve_destination(value: Any) -> Destination:
@@ -233,6 +240,8 @@ def store_results(
     retry_policy: RetryPolicy | None = None,
     logger: logging.Logger | Any = None,
     hidden: Iterable[str | None] = (),
+    name_template: str | None = None,
+    owner: Mapping[str, Any] | None = None,
 ) -> StoredResults:
     """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
 
@@ -244,6 +253,10 @@ def store_results(
     may put one in a path. Tasks listed twice are stored once. A file that an earlier run's
     manifest here records, and that is still there with its size and sha256, is reused
     without downloading: its URL may have expired since.
+
+    ``name_template`` is a checked ``file_name`` template (see ``_naming``); ``owner`` the Airflow
+    task instance (``dag_id``, ``run_id``, ``task_id``, ``map_index``) whose earlier files here,
+    from before a clear, are moved into ``superseded/`` once the new ones are stored.
     """
     from airflow_provider_reve._download import _check_url  # requests: only when a task runs
 
@@ -267,9 +280,10 @@ def store_results(
                 _check_url(url, None)
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
+    stems = result_stems(tasks, name_template)
     prepare_destination(where)
     _remove_stale_spools(where.local, logger)
-    earlier = _earlier_entries(where, tasks)
+    earlier = _earlier_entries(where, tasks, stems)
     files: list[dict[str, Any]] = []
     started = time.monotonic()
     for task in tasks:
@@ -277,7 +291,7 @@ def store_results(
             kept = earlier.get((task.task_id, index))
             if kept is not None:
                 logger.info("%s is already stored (an earlier manifest, same size and sha256)", kept["path"])
-                files.append({**kept, "url": url})
+                files.append({**kept, **_caller_data(task), "url": url})
                 continue
 
             def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
@@ -286,6 +300,7 @@ def store_results(
                         task,
                         index,
                         url,
+                        stems[(task.task_id, index)],
                         where,
                         allow_private_addresses,
                         max_bytes,
@@ -308,7 +323,8 @@ def store_results(
                 what=f"Downloading result {index} of Reve task {task.task_id}",
             )
             files.append(entry)
-    manifest_path = _write_manifest(where, tasks, files) if files else None
+    superseded = _supersede(where, owner, files, logger) if owner is not None and files else []
+    manifest_path = _write_manifest(where, tasks, files, superseded) if files else None
     total = sum(entry["bytes"] for entry in files)
     logger.info(
         "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
@@ -319,13 +335,56 @@ def store_results(
         time.monotonic() - started,
         f"; manifest {manifest_path}" if manifest_path else "",
     )
-    return StoredResults(files=files, manifest_path=manifest_path, destination=str(where))
+    return StoredResults(
+        files=files, manifest_path=manifest_path, destination=str(where), superseded=superseded
+    )
+
+
+def result_stems(tasks: Sequence[ReveTask], name_template: str | None) -> dict[tuple[str, int], str]:
+    """Every result's file name without extension; refused when two would be the same."""
+    stems: dict[tuple[str, int], str] = {}
+    for task in tasks:
+        count = len(task.result_urls)
+        for index in range(count):
+            if name_template is None:
+                stem = f"{safe_stem(task.task_id)}_{index}"
+            else:
+                stem = render_file_stem(
+                    name_template, reve_task_id=task.task_id, index=index, count=count, metadata=task.metadata
+                )
+            stems[(task.task_id, index)] = stem
+    taken: dict[str, tuple[str, int]] = {}
+    for key, stem in stems.items():
+        other = taken.setdefault(stem.lower(), key)  # lower: case-insensitive filesystems
+        if other != key:
+            raise ReveValidationError(
+                f"file_name {name_template!r} names result {other[1]} of Reve task {other[0]} and "
+                f"result {key[1]} of Reve task {key[0]} both {stem!r}: add {{reve_task_id}} or "
+                "{metadata[key]} with a distinct value; nothing was stored"
+            )
+    return stems
+
+
+def _caller_data(task: ReveTask) -> dict[str, Any]:
+    return {"prompt": task.prompt, "request": task.request, "metadata": task.metadata}
+
+
+def _supersede(
+    where: Destination, owner: Mapping[str, Any], files: list[dict[str, Any]], logger: Any
+) -> list[dict[str, Any]]:
+    from airflow_provider_reve._supersede import supersede_earlier
+
+    def write(name: str, body: bytes) -> None:
+        _write_file(where, where.target(name), body)
+
+    return supersede_earlier(where, owner, files, same_file=_same_file, write=write, logger=logger)
 
 
 def _store_one(
     task: ReveTask,
     index: int,
     url: str,
+    stem: str,
     where: Destination,
     allow_private_addresses: bool,
     max_bytes: int,
@@ -351,7 +410,7 @@ def _store_one(
                 raise _explain(error, task, index) from None
             fh.flush()
             os.fsync(fh.fileno())
-        name = file_name(task.task_id, index, result.content_type, output_format)
+        name = f"{stem}.{extension(result.content_type, output_format)}"
         target = where.target(name)
         sha256 = writer.sha256.hexdigest()
         if _same_file(target, writer.size, sha256):
@@ -370,6 +429,7 @@ def _store_one(
             "content_type": result.content_type,
             "model": task.model,
             "consumed_credits": task.consumed_credits,
+            **_caller_data(task),
         }
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -412,7 +472,9 @@ def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
             continue
 
 
-def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tuple[str, int], dict[str, Any]]:
+def _earlier_entries(
+    where: Destination, tasks: Sequence[ReveTask], stems: Mapping[tuple[str, int], str]
+) -> dict[tuple[str, int], dict[str, Any]]:
     """Entries of this destination's manifest for ``tasks`` whose files are still intact."""
     manifest = where.target(manifest_name(task.task_id for task in tasks))
     try:
@@ -430,7 +492,7 @@ def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tupl
             continue
         # Only a file with the name we give it, inside this destination, counts: a manifest is
         # a file anyone with access to the folder may have edited.
-        ours = key in wanted and name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
+        ours = key in wanted and name.startswith(f"{stems[key]}.")
         target = where.target(name) if ours else None
         if (
             target is not None
@@ -506,9 +568,22 @@ def manifest_name(task_ids: Iterable[str]) -> str:
     return f"reve-manifest-{digest}.json"
 
 
-def _write_manifest(where: Destination, tasks: Sequence[ReveTask], files: list[dict[str, Any]]) -> str:
-    body = json.dumps({"files": files}, indent=2, sort_keys=True).encode()
+def _write_manifest(
+    where: Destination,
+    tasks: Sequence[ReveTask],
+    files: list[dict[str, Any]],
+    superseded: list[dict[str, Any]],
+) -> str:
+    # "superseded" only when a clear left earlier files: a first store's manifest is unchanged.
+    manifest: dict[str, Any] = {"files": files, **({"superseded": superseded} if superseded else {})}
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     target = where.target(manifest_name(task.task_id for task in tasks))
+    _write_file(where, target, body)
+    return where.shown(target)
+
+
+def _write_file(where: Destination, target: Path | Any, body: bytes) -> None:
+    """Write a small file of ours whole: renamed into place locally, one upload remotely."""
     if where.local is not None:
         fd, spool = _open_spool(where.local)
         try:
@@ -521,7 +596,6 @@ def _write_manifest(where: Destination, tasks: Sequence[ReveTask], files: list[d
     else:
         with target.open("wb") as fh:
             fh.write(body)
-    return where.shown(target)
 
 
 def tasks_from_results(results: Any, *, parse: Callable[[Any], Any] | None = None) -> list[ReveTask]:

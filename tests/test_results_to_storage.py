@@ -28,6 +28,9 @@ MANIFEST_KEYS = {
     "content_type",
     "model",
     "consumed_credits",
+    "prompt",
+    "request",
+    "metadata",
 }
 
 
