@@ -128,7 +128,7 @@ def render_file_stem(
     values: dict[str, Any] = {
         "index": index,
         "reve_task_id": safe_stem(reve_task_id),
-        "metadata": _MetadataView(metadata or {}),
+        "metadata": _MetadataView(metadata if metadata is not None else {}),
     }
     for field in fields:
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
