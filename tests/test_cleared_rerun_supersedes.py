@@ -41,7 +41,7 @@ def run_hero(folder: Path, *, run_id: str = "manual__1", file_name: str | None =
         prompt="A red mug",
         num_images=2,
         download_to=str(folder),
-        file_name=file_name,
+        **({"file_name": file_name} if file_name is not None else {}),
     )
     result: dict[str, Any] = op.execute({"ti": ti})
     return result
