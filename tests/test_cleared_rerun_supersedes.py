@@ -29,7 +29,7 @@ def server(fake_reve_server: FakeReveServer, reve_connection_env: str) -> FakeRe
     return fake_reve_server
 
 
-def run_hero(folder: Path, *, run_id: str = "manual__1", file_name: str | None = None) -> dict[str, Any]:
+def run_hero(folder: Any, *, run_id: str = "manual__1", file_name: str | None = None) -> dict[str, Any]:
     from airflow_provider_reve.operators.reve import ReveGenerateOperator
 
     ti = SimpleNamespace(
@@ -130,3 +130,38 @@ def test_another_dag_run_of_the_same_task_keeps_the_first_runs_files(server, tmp
 
     assert current_media(tmp_path) == sorted(Path(e["path"]).name for e in first["files"] + second["files"])
     assert "superseded" not in manifest_of(tmp_path, second)
+
+
+def test_a_cleared_rerun_into_an_object_store_moves_the_earlier_objects_aside(server):
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Bucket(MemoryFileSystem):
+        store: dict[str, Any] = {}  # its own, apart from other tests' "memory://"
+        pseudo_dirs = [""]
+
+    attach("memory", conn_id="reve_supersede_tests", fs=Bucket())
+    folder = ObjectStoragePath("memory://reve_supersede_tests@bucket/heroes")
+
+    first = run_hero(folder)
+    second = run_hero(folder)
+
+    names = sorted(key.rsplit("/", 1)[-1] for key in Bucket.store if key.endswith(".png"))
+    moved = sorted(key for key in Bucket.store if "/superseded/" in key)
+    assert names == sorted(Path(e["path"]).name for e in first["files"] + second["files"])
+    assert moved == sorted(f"/bucket/heroes/superseded/{Path(e['path']).name}" for e in first["files"])
+    current = sorted(key for key in Bucket.store if key.endswith(".png") and "/superseded/" not in key)
+    assert current == sorted(f"/bucket/heroes/{Path(e['path']).name}" for e in second["files"])
+    superseded = json.loads(Bucket.store[f"/bucket/heroes/{manifest_name_of(second)}"].getvalue())[
+        "superseded"
+    ]
+    assert sorted(s["moved_to"] for s in superseded) == sorted(
+        e["path"].replace("/heroes/", "/heroes/superseded/") for e in first["files"]
+    )
+
+
+def manifest_name_of(result: dict[str, Any]) -> str:
+    from airflow_provider_reve._storage import manifest_name
+
+    return manifest_name([result["reve_task_id"]])
