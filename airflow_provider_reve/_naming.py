@@ -22,11 +22,14 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve.exceptions import ReveValidationError
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.models import ReveTask
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -37,6 +40,7 @@ __all__ = [
     "check_metadata",
     "is_result_stem",
     "render_file_stem",
+    "result_stems",
 ]
 
 MAX_NAME_CHARS = 120
@@ -216,3 +220,30 @@ class _AnyKey(dict):  # type: ignore[type-arg]
 
     def __getitem__(self, key: str) -> str:
         return "value"
+
+
+def result_stems(tasks: Sequence[ReveTask], name_template: str | None) -> dict[tuple[str, int], str]:
+    """Every result's file name without extension; refused when two would be the same."""
+    from airflow_provider_reve._storage import safe_stem  # _storage imports this module
+
+    stems: dict[tuple[str, int], str] = {}
+    for task in tasks:
+        count = len(task.result_urls)
+        for index in range(count):
+            if name_template is None:
+                stem = f"{safe_stem(task.task_id)}_{index}"
+            else:
+                stem = render_file_stem(
+                    name_template, reve_task_id=task.task_id, index=index, count=count, metadata=task.metadata
+                )
+            stems[(task.task_id, index)] = stem
+    taken: dict[str, tuple[str, int]] = {}
+    for key, stem in stems.items():
+        other = taken.setdefault(stem.lower(), key)  # lower: case-insensitive filesystems
+        if other != key:
+            raise ReveValidationError(
+                f"file_name {name_template!r} names result {other[1]} of Reve task {other[0]} and "
+                f"result {key[1]} of Reve task {key[0]} both {stem!r}: add {{reve_task_id}} or "
+                "{metadata[key]} with a distinct value; nothing was stored"
+            )
+    return stems

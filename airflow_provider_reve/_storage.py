@@ -44,7 +44,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
-from airflow_provider_reve._naming import render_file_stem
+from airflow_provider_reve._naming import result_stems
 from airflow_provider_reve._redact import Redactor
 from airflow_provider_reve._retry import RetryPolicy, call_with_retries
 from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
@@ -338,31 +338,6 @@ def store_results(
     return StoredResults(
         files=files, manifest_path=manifest_path, destination=str(where), superseded=superseded
     )
-
-
-def result_stems(tasks: Sequence[ReveTask], name_template: str | None) -> dict[tuple[str, int], str]:
-    """Every result's file name without extension; refused when two would be the same."""
-    stems: dict[tuple[str, int], str] = {}
-    for task in tasks:
-        count = len(task.result_urls)
-        for index in range(count):
-            if name_template is None:
-                stem = f"{safe_stem(task.task_id)}_{index}"
-            else:
-                stem = render_file_stem(
-                    name_template, reve_task_id=task.task_id, index=index, count=count, metadata=task.metadata
-                )
-            stems[(task.task_id, index)] = stem
-    taken: dict[str, tuple[str, int]] = {}
-    for key, stem in stems.items():
-        other = taken.setdefault(stem.lower(), key)  # lower: case-insensitive filesystems
-        if other != key:
-            raise ReveValidationError(
-                f"file_name {name_template!r} names result {other[1]} of Reve task {other[0]} and "
-                f"result {key[1]} of Reve task {key[0]} both {stem!r}: add {{reve_task_id}} or "
-                "{metadata[key]} with a distinct value; nothing was stored"
-            )
-    return stems
 
 
 def _caller_data(task: ReveTask) -> dict[str, Any]:
