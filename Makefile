@@ -16,13 +16,17 @@ FLOOR_STAMP := $(FLOOR_VENV)/.installed-stamp
 # pip on some machines warns about absent local mirrors; those lines are noise, not errors.
 QUIET_PIP := { grep -v "^WARNING: Location '" || true; }
 
-.PHONY: help venv lint unit e2e test test-floor test-system system-deps demo bench stress clean
+.PHONY: help venv lint unit e2e test test-floor test-system system-deps demo bench stress docs dist smoke-live clean
 
 help:
 	@echo "make demo   - run the example pipeline through a real Airflow scheduler + triggerer against the fake Reve API"
 	@echo "              (make demo ARGS=--keep: then leave Airflow running to look around in its UI; Ctrl-C stops it)"
-	@echo "make test   - ruff, mypy and every test (unit, loopback HTTP, dag.test and real-Airflow end-to-end),"
-	@echo "              plus the non-E2E tests again on the oldest supported Airflow (.ci/floor-constraints.txt)"
+	@echo "make test   - ruff, mypy, make dist, and every test (unit, loopback HTTP, dag.test, real-Airflow"
+	@echo "              end-to-end, the docs build), plus the non-E2E tests again on the oldest supported"
+	@echo "              Airflow (.ci/floor-constraints.txt)"
+	@echo "make docs   - build the documentation site into docs/_build/html (offline; any warning fails it)"
+	@echo "make dist   - build the wheel and the sdist into dist/ and check them (twine, check-wheel-contents)"
+	@echo "make smoke-live - with REVE_API_KEY set: one reve-2.0 image from the real API (12 credits)"
 	@echo "make test-system - the tests that need system packages: the Reve gallery in a real browser, and"
 	@echo "              the production topology (CeleryExecutor, PostgreSQL, Redis, two workers, two triggerers)."
 	@echo "              Installs Debian's $(SYSTEM_PACKAGES) with apt-get when missing (as root;"
@@ -63,12 +67,32 @@ unit: venv
 e2e: venv
 	$(VENV)/bin/pytest -m e2e
 
-# The floor run covers everything but the real-Airflow E2E tests, which run once, on the latest.
+# The floor run covers everything but the real-Airflow E2E tests and the docs build, which run
+# once, on the latest.
 test-floor: $(FLOOR_STAMP)
-	$(FLOOR_VENV)/bin/pytest -m "not e2e" -p no:cacheprovider
+	$(FLOOR_VENV)/bin/pytest -m "not e2e and not docs" -p no:cacheprovider
 
-test: lint test-floor
+test: lint dist test-floor
 	$(VENV)/bin/pytest
+
+# Offline; -W: any warning fails the build, -n: so does a reference to our own objects that does
+# not resolve. tests/test_docs_site.py runs the same build on every `make test`.
+docs: venv
+	rm -rf docs/_build
+	$(VENV)/bin/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html
+	@echo "Open docs/_build/html/index.html"
+
+# The wheel and the sdist, checked as PyPI would read them (metadata, README rendering, contents).
+dist: venv
+	rm -rf dist
+	$(PY) -m build --outdir dist . 2>&1 | $(QUIET_PIP) | tail -n 1
+	$(VENV)/bin/twine check --strict dist/*
+	$(VENV)/bin/check-wheel-contents dist/*.whl
+
+# Opt-in: spends 12 credits of the account whose key is in REVE_API_KEY; without it, says so and
+# exits 0. Not part of `make test`, which proves the same script against the fake API over HTTPS.
+smoke-live: venv
+	$(PY) scripts/smoke_live.py
 
 system-deps:
 	bash .ci/system-deps $(SYSTEM_PACKAGES)
@@ -89,4 +113,4 @@ stress: venv
 	$(PY) benchmarks/stress.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) .demo .pytest_cache .mypy_cache .ruff_cache docs/_build dist

@@ -22,6 +22,9 @@ structure holds the key.
 * :func:`process_gate`: one thread-safe gate per process, for the sync hook: a task's requests
   and those of any threads it starts. Separate task processes each have their own budget.
 
+With a ledger configured, a 429 pause is also shared with every process of the deployment
+(``budgets.shared_pauses``: written at once in the background, read at most once a second).
+
 Nothing here imports an HTTP client: the hooks call :meth:`acquire` before each request and
 :meth:`observe` with each API error.
 """
@@ -38,6 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from airflow_provider_reve._connection import ConnectionSettings
+from airflow_provider_reve.budgets.shared_pauses import publish_pause, shared_pause_until
 from airflow_provider_reve.exceptions import ReveAPIError, ReveRateLimitError
 
 #: Longest pause a Retry-After can impose on all of a connection's requests (as in ``_retry``).
@@ -78,6 +82,18 @@ class _Schedule:
         self.paused_until = float("-inf")
         self.spread = 0.0
         self._next_slot = float("-inf")
+        # Set by loop_gate/process_gate: the key under which 429 pauses are shared with every
+        # process of the deployment (with a ledger configured; see budgets.shared_pauses).
+        self.shared_key: str | None = None
+        self._shared_seen = float("-inf")
+
+    def _follow_shared_pause(self, now: float) -> None:
+        if self.shared_key is None:
+            return
+        until = shared_pause_until(self.shared_key)  # UNIX time; never waits for the database
+        if until > self._shared_seen:
+            self._shared_seen = until
+            self.pause(until - time.time(), now)
 
     def reserve(self, now: float, latest: float | None) -> float:
         """The time at which a request asked for at ``now`` may start.
@@ -85,6 +101,7 @@ class _Schedule:
         Taken only if it is no later than ``latest``; a later time is returned untaken, for the
         caller to refuse.
         """
+        self._follow_shared_pause(now)
         start = now
         if now < self.paused_until + self.spread:
             # Still paused, or within the spread after a pause: go at a random moment of the spread.
@@ -113,7 +130,12 @@ class _Schedule:
         if _is_rate_limit(error):
             assert isinstance(error, ReveAPIError)
             retry_after = error.retry_after
-            self.pause(DEFAULT_PAUSE_SECONDS if retry_after is None else retry_after, self.clock())
+            seconds = DEFAULT_PAUSE_SECONDS if retry_after is None else retry_after
+            self.pause(seconds, self.clock())
+            if self.shared_key is not None:
+                until = time.time() + min(max(0.0, seconds), MAX_PAUSE_SECONDS)
+                self._shared_seen = max(self._shared_seen, until)  # our own pause: not again
+                publish_pause(self.shared_key, until)
 
 
 def _is_rate_limit(error: BaseException) -> bool:
@@ -239,6 +261,7 @@ def loop_gate(settings: ConnectionSettings) -> AsyncRequestGate:
     gate = gates.get(key)
     if gate is None:
         gate = gates[key] = AsyncRequestGate(settings.max_requests_per_second)
+        gate.shared_key = key
     else:
         gate.rate = settings.max_requests_per_second
     return gate
@@ -251,6 +274,7 @@ def process_gate(settings: ConnectionSettings) -> SyncRequestGate:
         gate = _PROCESS_GATES.get(key)
         if gate is None:
             gate = _PROCESS_GATES[key] = SyncRequestGate(settings.max_requests_per_second)
+            gate.shared_key = key
     with gate.lock:
         gate.rate = settings.max_requests_per_second
     return gate

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -39,15 +38,21 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
+from airflow_provider_reve._manifest import earlier_entries, manifest_name, write_manifest
 from airflow_provider_reve._naming import result_stems
 from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import RetryPolicy, call_with_retries
-from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
+from airflow_provider_reve._retry import RetryPolicy, call_with_retries, is_permanent
+from airflow_provider_reve.exceptions import (
+    ReveDownloadError,
+    ReveStorageError,
+    ReveValidationError,
+)
 from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "StoredResults",
     "asset_uri",
     "file_name",
+    "manifest_name",
     "resolve_destination",
     "store_results",
 ]
@@ -91,6 +97,8 @@ _HASH_CHUNK = 1024 * 1024
 # killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
 STALE_SPOOL_SECONDS = 24 * 3600
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
+# Failures spelled out in one error, at most.
+_MAX_REPORTED = 5
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,11 @@ def _resolve(value: Any) -> Destination:
             raise ReveValidationError("download destination is empty")
         if "://" not in text:
             return Destination(local=_absolute(Path(text)), remote=None)
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() in _LOCAL_PROTOCOLS:
+            # Read here, not by ObjectStoragePath, which would resolve "file://data/reve" against
+            # this process's working directory (and FILE:// is the same scheme as file://).
+            return Destination(local=_absolute(_local_url_path(text, rest)), remote=None)
         from airflow.sdk import ObjectStoragePath
 
         try:
@@ -165,6 +178,18 @@ def _resolve(value: Any) -> Destination:
             "Airflow provider that brings it (e.g. apache-airflow-providers-amazon for s3://)"
         ) from None
     return Destination(local=None, remote=value)
+
+
+def _local_url_path(url: str, rest: str) -> Path:
+    """The path of a ``file://`` / ``local://`` URL: ``file:///abs`` or ``file://localhost/abs``."""
+    host, slash, path = rest.partition("/")
+    if host.lower() in ("", "localhost"):
+        return Path(slash + path)
+    raise ReveValidationError(
+        f"download destination must be an absolute path, got {url!r}: a local URL takes three "
+        f"slashes ({url.partition(':')[0].lower()}:///{rest}), and {host!r} would be read as a "
+        "folder of the working directory"
+    )
 
 
 def _absolute(path: Path) -> Path:
@@ -245,18 +270,24 @@ def store_results(
 ) -> StoredResults:
     """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
 
-    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors);
-        files stored before it stay, complete, and a re-run skips them.
-    :raises ReveValidationError: a task has not succeeded, or the destination is not usable.
+    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors).
+        Every other file is still fetched and stored first (each file's fate is its own), the
+        manifest lists those, and a re-run skips them; the error names every file that failed.
+    :raises ReveStorageError: the destination cannot take files now (read-only, full, gone):
+        transient, the tasks are paid and a later try stores them.
+    :raises ReveValidationError: a task has not succeeded, or the destination is not a valid
+        folder or URL.
 
     ``hidden`` secrets (the API key) are scrubbed from every URL in a log line or error: a redirect
-    may put one in a path. Tasks listed twice are stored once. A file that an earlier run's
-    manifest here records, and that is still there with its size and sha256, is reused
-    without downloading: its URL may have expired since.
+    may put one in a path. Tasks listed twice are stored once. A file that any earlier manifest
+    in this destination records (whatever set of tasks it was written for), and that is still
+    there, under the name this store gives it, with its size and sha256, is reused without
+    downloading: its URL may have expired since (see ``_manifest``).
 
     ``name_template`` is a checked ``file_name`` template (see ``_naming``); ``owner`` the Airflow
     task instance (``dag_id``, ``run_id``, ``task_id``, ``map_index``) whose earlier files here,
-    from before a clear, are moved into ``superseded/`` once the new ones are stored.
+    from before a clear, are moved into ``superseded/`` once every new file is stored. Failing
+    to move them or to write the owner record is a ``ReveStorageError`` (transient) too.
     """
     from airflow_provider_reve._download import _check_url  # requests: only when a task runs
 
@@ -283,10 +314,13 @@ def store_results(
     stems = result_stems(tasks, name_template)
     prepare_destination(where)
     _remove_stale_spools(where.local, logger)
-    earlier = _earlier_entries(where, tasks, stems)
+    earlier = earlier_entries(where, tasks, stems, same_file=_same_file)
     files: list[dict[str, Any]] = []
+    failures: list[ReveDownloadError] = []
     started = time.monotonic()
     for task in tasks:
+        if failures and isinstance(failures[-1], ReveStorageError):
+            break  # the destination itself fails: every other file would fail there too
         for index, url in enumerate(task.result_urls):
             kept = earlier.get((task.task_id, index))
             if kept is not None:
@@ -311,20 +345,51 @@ def store_results(
                 except OSError as error:
                     # Disk full, permissions, a vanished folder: the storage's fault, not the URL's.
                     # Retried by the policy (it may pass), then reported with the path, never the URL.
-                    raise ReveDownloadError(
+                    raise ReveStorageError(
                         f"storing result {index} of Reve task {task.task_id} at {where} failed: "
-                        f"{type(error).__name__}: {error.strerror or error}",
-                        url="",
+                        f"{type(error).__name__}: {error.strerror or error}"
                     ) from None
 
-            entry = call_with_retries(
-                fetch,
-                policy,
-                what=f"Downloading result {index} of Reve task {task.task_id}",
-            )
+            try:
+                entry = call_with_retries(
+                    fetch,
+                    policy,
+                    what=f"Downloading result {index} of Reve task {task.task_id}",
+                )
+            except ReveDownloadError as error:
+                # Each file's fate is its own: one task's expired URL must not cost another
+                # task's files, whose URLs are live now and expire too. Reported after all.
+                logger.error("Could not store %s", error)
+                failures.append(error)
+                if isinstance(error, ReveStorageError):
+                    break
+                continue
             files.append(entry)
-    superseded = _supersede(where, owner, files, logger) if owner is not None and files else []
-    manifest_path = _write_manifest(where, tasks, files, superseded) if files else None
+    superseded: list[dict[str, Any]] = []
+    problems: list[ReveStorageError] = []
+    if owner is not None and files and not failures:
+        # Only once every new file is in place: a try that stored some leaves the earlier
+        # files (and the owner record naming them) for the retry that stores the rest.
+        try:
+            superseded = _supersede(where, owner, files, logger)
+        except ReveStorageError as error:
+            problems.append(error)
+    try:
+        write = partial(_write_file, where)
+        manifest_path = write_manifest(where, tasks, files, superseded, write=write) if files else None
+    except OSError as error:
+        problems.append(
+            ReveStorageError(
+                f"writing the manifest at {where} failed: {type(error).__name__}: {error.strerror or error}"
+            )
+        )
+        manifest_path = None
+    for problem in problems if failures else problems[1:]:
+        logger.error("%s", problem)
+    if failures:
+        raise _not_all_stored(failures, len(files), where)
+    if problems:
+        raise problems[0]
     total = sum(entry["bytes"] for entry in files)
     logger.info(
         "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
@@ -412,7 +477,11 @@ def _store_one(
 
 
 def prepare_destination(where: Destination) -> None:
-    """Create a local destination and prove a file can be written there (before paying)."""
+    """Create a local destination and prove a file can be written there.
+
+    :raises ReveStorageError: not now. Before paying, the caller refuses that as invalid input
+        (``_finish.check_download_to``); after paying it is transient like any storage error.
+    """
     if where.local is None:
         return
     try:
@@ -421,7 +490,7 @@ def prepare_destination(where: Destination) -> None:
         os.close(fd)
         probe.unlink()
     except OSError as error:
-        raise ReveValidationError(
+        raise ReveStorageError(
             f"download destination {where.local} is not writable: {type(error).__name__}: "
             f"{error.strerror or error}"
         ) from None
@@ -447,35 +516,23 @@ def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
             continue
 
 
-def _earlier_entries(
-    where: Destination, tasks: Sequence[ReveTask], stems: Mapping[tuple[str, int], str]
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Entries of this destination's manifest for ``tasks`` whose files are still intact."""
-    manifest = where.target(manifest_name(task.task_id for task in tasks))
-    try:
-        with manifest.open("rb") as fh:
-            entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return {}
-    wanted = {(task.task_id, index): task for task in tasks for index in range(len(task.result_urls))}
-    kept: dict[tuple[str, int], dict[str, Any]] = {}
-    for entry in entries if isinstance(entries, list) else []:
-        try:
-            key = (entry["reve_task_id"], entry["index"])
-            name = str(entry["path"]).rsplit("/", 1)[-1]
-        except (KeyError, TypeError):
-            continue
-        # Only a file with the name we give it, inside this destination, counts: a manifest is
-        # a file anyone with access to the folder may have edited.
-        ours = key in wanted and name.startswith(f"{stems[key]}.")
-        target = where.target(name) if ours else None
-        if (
-            target is not None
-            and where.shown(target) == entry["path"]
-            and _same_file(target, entry.get("bytes"), entry.get("sha256"))
-        ):
-            kept[key] = entry
-    return kept
+def _not_all_stored(failures: list[ReveDownloadError], stored: int, where: Destination) -> ReveDownloadError:
+    """One error for every file that could not be stored, typed so that a retry happens when
+    any of them may still succeed (a 503, the destination) and not when none can (expired URLs)."""
+    if isinstance(failures[-1], ReveStorageError):  # the files after it were not tried
+        return ReveStorageError(
+            f"{failures[-1]} ({stored} file(s) stored before; the others were not tried)"
+            + "".join(f"; also {error}" for error in failures[:-1][:_MAX_REPORTED])
+        )
+    transient = [error for error in failures if not is_permanent(error)]
+    first = (transient or failures)[0]
+    shown = "; ".join(str(error) for error in failures[:_MAX_REPORTED])
+    more = f"; and {len(failures) - _MAX_REPORTED} more" if len(failures) > _MAX_REPORTED else ""
+    message = (
+        f"{len(failures)} result file(s) could not be stored at {where} ({stored} other(s) were, and "
+        f"are listed in the manifest): {shown}{more}"
+    )
+    return type(first)(message, url=first.url, http_status=first.http_status)
 
 
 def _open_spool(folder: Path | None) -> tuple[int, Path]:
@@ -537,26 +594,6 @@ def _upload(spool: Path, target: Any) -> None:
         raise
 
 
-def manifest_name(task_ids: Iterable[str]) -> str:
-    # JSON, not a join: ids are API data, and ["a\nb"] must not name the manifest of ["a", "b"].
-    digest = hashlib.sha256(json.dumps(list(task_ids)).encode()).hexdigest()[:16]
-    return f"reve-manifest-{digest}.json"
-
-
-def _write_manifest(
-    where: Destination,
-    tasks: Sequence[ReveTask],
-    files: list[dict[str, Any]],
-    superseded: list[dict[str, Any]],
-) -> str:
-    # "superseded" only when a clear left earlier files: a first store's manifest is unchanged.
-    manifest: dict[str, Any] = {"files": files, **({"superseded": superseded} if superseded else {})}
-    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    target = where.target(manifest_name(task.task_id for task in tasks))
-    _write_file(where, target, body)
-    return where.shown(target)
-
-
 def _write_file(where: Destination, target: Path | Any, body: bytes) -> None:
     """Write a small file of ours whole: renamed into place locally, one upload remotely."""
     if where.local is not None:
@@ -571,43 +608,3 @@ def _write_file(where: Destination, target: Path | Any, body: bytes) -> None:
     else:
         with target.open("wb") as fh:
             fh.write(body)
-
-
-def tasks_from_results(results: Any, *, parse: Callable[[Any], Any] | None = None) -> list[ReveTask]:
-    """``results`` as ``ReveTask`` objects: one task dict, a list of them, or nested lists
-    (a mapped task's output). A ``files`` manifest added by ``download_to`` is ignored."""
-    if parse is not None:
-        results = parse(results)
-    if isinstance(results, dict):
-        results = [results]
-    if isinstance(results, ReveTask):
-        results = [results]
-    if not isinstance(results, (list, tuple)) and not _is_lazy_sequence(results):
-        raise ReveValidationError(
-            "results must be a Reve task dict (what ReveGenerateOperator returns) or a list of them, "
-            f"got {type(results).__name__}"
-        )
-    tasks: list[ReveTask] = []
-    for item in results:
-        if item is None:
-            continue  # a mapped generation that was skipped (content policy) has no result
-        if isinstance(item, (list, tuple)) or _is_lazy_sequence(item):
-            tasks.extend(tasks_from_results(list(item)))
-            continue
-        if isinstance(item, ReveTask):
-            tasks.append(item)
-            continue
-        if isinstance(item, dict):
-            item = {key: value for key, value in item.items() if key != "files"}
-        try:
-            tasks.append(ReveTask.from_dict(item))
-        except (ValueError, TypeError) as error:
-            raise ReveValidationError(f"not a Reve task dict: {error}") from None
-    return tasks
-
-
-def _is_lazy_sequence(value: Any) -> bool:
-    # A mapped task's pulled XCom (LazyXComSequence) is iterable but neither list nor tuple.
-    return (
-        hasattr(value, "__iter__") and hasattr(value, "__len__") and not isinstance(value, (str, bytes, dict))
-    )

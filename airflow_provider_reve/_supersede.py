@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow_provider_reve._naming import SUPERSEDED_FOLDER
+from airflow_provider_reve.exceptions import ReveStorageError
 
 __all__ = ["OWNER_FIELDS", "owner_record_name", "read_owner_record", "supersede_earlier"]
 
@@ -68,8 +69,30 @@ def supersede_earlier(
     write: Callable[[str, bytes], None],
     logger: Any = None,
 ) -> list[dict[str, Any]]:
-    """Move the owner's earlier files aside; record the new ones; return the ``superseded`` list."""
-    logger = logger or log
+    """Move the owner's earlier files aside; record the new ones; return the ``superseded`` list.
+
+    :raises ReveStorageError: a move or the owner record failed. It runs after paying, so it is
+        transient like every storage error then: a retry finds the record and the moves again.
+    """
+    try:
+        return _supersede(where, owner, files, same_file=same_file, write=write, logger=logger or log)
+    except Exception as error:  # OSError locally; an object store raises its own exceptions
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise ReveStorageError(
+            f"moving this task instance's earlier files at {where} into {SUPERSEDED_FOLDER}/ (or "
+            f"recording the new ones in {owner_record_name(owner)}) failed: {type(error).__name__}: {reason}"
+        ) from None
+
+
+def _supersede(
+    where: Any,
+    owner: Mapping[str, Any],
+    files: list[dict[str, Any]],
+    *,
+    same_file: Callable[[Any, Any, Any], bool],
+    write: Callable[[str, bytes], None],
+    logger: Any,
+) -> list[dict[str, Any]]:
     earlier = read_owner_record(where, owner)
     current = {entry["path"] for entry in files}
     by_index = {entry["index"]: entry for entry in files}

@@ -39,6 +39,7 @@ class ReveValidationError(ReveError, ValueError):
 class ReveAPIError(ReveError):
     """The Reve API answered with an error, or did not answer as documented.
 
+    :param message: what happened, scrubbed of the key.
     :param endpoint: ``"POST /api/v1/generate"`` or ``"GET /api/v1/status"``.
     :param http_status: the HTTP status, ``None`` when no HTTP answer arrived.
     :param code: the API's machine code (``"INVALID_API_KEY"``, ...), ``None`` when unknown.
@@ -115,7 +116,10 @@ class ReveMalformedResponseError(ReveAPIError):
 class ReveConnectionError(ReveAPIError):
     """No HTTP answer: the connection failed or timed out.
 
-    ``request_sent`` tells whether the request may have reached the server.
+    :param message: what happened.
+    :param endpoint: ``"POST /api/v1/generate"`` or ``"GET /api/v1/status"``.
+    :param request_sent: whether the request may have reached the server (a submission that
+        may have arrived is never re-sent).
     """
 
     def __init__(self, message: str, *, endpoint: str, request_sent: bool) -> None:
@@ -128,6 +132,11 @@ class ReveAmbiguousSubmissionError(ReveAPIError):
 
     The provider never re-sends such a request by itself, because that could pay twice.
 
+    :param message: what happened, scrubbed of the key.
+    :param endpoint: ``"POST /api/v1/generate"``.
+    :param http_status: the HTTP status, ``None`` when no HTTP answer arrived.
+    :param code: the API's machine code, ``None`` when unknown.
+    :param detail: the API's human-readable detail, if any.
     :param task_id: the Reve task the answer named, when it named one (e.g. a ``SUCCESS``
         without result URLs): the task exists and was likely paid for; read it with
         ``ReveHook.get_status`` instead of submitting again. ``None`` when no id came back.
@@ -150,6 +159,7 @@ class ReveAmbiguousSubmissionError(ReveAPIError):
 class ReveDownloadError(ReveError):
     """A result file could not be downloaded.
 
+    :param message: what happened.
     :param url: the URL concerned, redacted (see ``_download.redact_url``): never its query string.
     :param http_status: the status of the final answer, when there was one.
     """
@@ -169,8 +179,28 @@ class ReveDownloadTooLargeError(ReveDownloadError):
     """The body is (or announces to be) larger than ``max_bytes``; nothing more is read."""
 
 
+class ReveStorageError(ReveDownloadError):
+    """Result files could not be written to their destination (read-only, full, unreachable).
+
+    Always transient: the Reve task is paid and finished, so a later try re-attaches to it for
+    free and stores its files once the destination is back. Before anything is paid for, an
+    unusable destination is refused as invalid input instead (``download_to``). A
+    ``ReveDownloadError``, as storage errors always were.
+
+    :param message: what failed, with the destination (never a result URL).
+    :param url: empty: no URL was at fault.
+    :param http_status: ``None``: no HTTP answer was at fault.
+    """
+
+    def __init__(self, message: str, *, url: str = "", http_status: int | None = None) -> None:
+        super().__init__(message, url=url, http_status=http_status)
+
+
 class ReveTaskFailedError(ReveError):
-    """The Reve task ended ``FAILED`` (the API refunds failed tasks)."""
+    """The Reve task ended ``FAILED`` (the API refunds failed tasks).
+
+    :param task: the failed task; its ``error_code`` is kept as ``code``.
+    """
 
     def __init__(self, task: ReveTask) -> None:
         self.task = task
@@ -182,7 +212,11 @@ class ReveTaskFailedError(ReveError):
 
 
 class ReveWaitTimeoutError(ReveError):
-    """The Reve task was still ``IN_PROGRESS`` when the wait's deadline passed."""
+    """The Reve task was still ``IN_PROGRESS`` when the wait's deadline passed.
+
+    :param message: what happened.
+    :param task: the task's last state read, if any.
+    """
 
     def __init__(self, message: str, task: ReveTask | None = None) -> None:
         super().__init__(message)
@@ -217,7 +251,12 @@ _BY_STATUS: dict[int, type[ReveAPIError]] = {
 
 
 def api_error_class(http_status: int | None, code: str | None) -> type[ReveAPIError]:
-    """The exception class for an error answer: by machine code first, then by HTTP status."""
+    """The exception class for an error answer: by machine code first, then by HTTP status.
+
+    :param http_status: the answer's HTTP status, if any.
+    :param code: the answer's machine code, if any.
+    :return: a subclass of :class:`ReveAPIError` (the class itself when nothing matches).
+    """
     if code in _BY_CODE:
         return _BY_CODE[code]
     if http_status is not None:
@@ -258,6 +297,9 @@ def is_retryable(error: BaseException) -> bool:
     errors. ``generate`` creates a paid task, so it may be re-sent only when the request provably
     created nothing. Result-file downloads are reads too; a refused URL, a file over
     ``max_bytes`` or a 403/404/410 (an expired signed URL) are not worth reading again.
+
+    :param error: the error a request raised.
+    :return: ``True`` when the same request may be sent again.
     """
     if isinstance(error, ReveAmbiguousSubmissionError):
         return False
@@ -290,12 +332,19 @@ def is_permanent_code(code: object) -> bool:
     Unknown codes are treated as transient: failed tasks are refunded, so one more try costs
     nothing, while wrongly calling an error permanent would drop work a retry could have done.
     Anything that is not a string (a task dict from a trigger event is data) is no code at all.
+
+    :param code: a machine code such as ``"INVALID_API_KEY"``.
+    :return: ``True`` for the codes in :data:`PERMANENT_CODES`.
     """
     return isinstance(code, str) and code in PERMANENT_CODES
 
 
 def is_permanent(error: BaseException) -> bool:
-    """Whether an error means the Airflow task can never succeed by being tried again."""
+    """Whether an error means the Airflow task can never succeed by being tried again.
+
+    :param error: the error a task met.
+    :return: ``True`` when no Airflow retry can help (the task fails without spending one).
+    """
     if isinstance(error, (ReveValidationError, ReveConfigurationError)):
         return True
     if isinstance(error, ReveDownloadError):

@@ -30,6 +30,23 @@ def get_provider_info() -> dict[str, Any]:
             {"name": "reve", "class-name": "airflow_provider_reve.decorators.reve.reve_task"}
         ],
         "extra-links": ["airflow_provider_reve.links.ReveResultLink"],
+        "cli": ["airflow_provider_reve.budgets.cli.get_reve_cli_commands"],
+        "config": {
+            "reve": {
+                "description": "Options of the Reve provider.",
+                "options": {
+                    "ledger_conn_id": {
+                        "description": "Airflow connection (type sqlite or postgres) of the ledger that "
+                        "counts credit budgets across the deployment. Empty: budgets are off. See the "
+                        "README, 'Budgets'.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "reve_ledger",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_reve.hooks.reve.ReveHook",

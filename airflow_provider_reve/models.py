@@ -23,7 +23,19 @@ TERMINAL_STATUSES: Final = frozenset({SUCCESS, FAILED})
 
 @dataclass(frozen=True)
 class ReveTask:
-    """A Reve generation task as the API last described it."""
+    """A Reve generation task as the API last described it.
+
+    :param task_id: the Reve task id.
+    :param status: ``"IN_PROGRESS"``, ``"SUCCESS"`` or ``"FAILED"``.
+    :param result_urls: the result files' URLs (``SUCCESS`` only); short-lived CDN links.
+    :param consumed_credits: what the task cost, when the API said so.
+    :param error_code: the API's machine code of a ``FAILED`` task.
+    :param error_message: the API's message of a ``FAILED`` task (scrubbed of the key).
+    :param model: the model id (the status API omits it; the operator remembers it).
+    :param prompt: the prompt sent (the API's answers omit it; the operator remembers it).
+    :param request: the request fields sent, prompt included, model excluded.
+    :param metadata: the caller's own JSON dict (the operators' ``metadata``), carried as is.
+    """
 
     task_id: str
     status: str
@@ -46,18 +58,25 @@ class ReveTask:
 
     @property
     def is_finished(self) -> bool:
+        """Whether the task has ended, ``SUCCESS`` or ``FAILED``."""
         return self.status in TERMINAL_STATUSES
 
     @property
     def succeeded(self) -> bool:
+        """Whether the task ended ``SUCCESS``."""
         return self.status == SUCCESS
 
     @property
     def failed(self) -> bool:
+        """Whether the task ended ``FAILED`` (the API refunds it)."""
         return self.status == FAILED
 
     def with_model(self, model: str | None) -> ReveTask:
-        """Return a copy that remembers ``model`` (the status endpoint does not say it)."""
+        """Return a copy that remembers ``model`` (the status endpoint does not say it).
+
+        :param model: the model id; ``None`` keeps the task as it is.
+        :return: this task, or a copy with ``model`` set.
+        """
         if model is None or self.model == model:
             return self
         return ReveTask(**{**self._fields(), "model": model})
@@ -65,7 +84,13 @@ class ReveTask:
     def with_caller_data(
         self, *, request: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
     ) -> ReveTask:
-        """Return a copy that remembers the request sent and the caller's ``metadata``."""
+        """Return a copy that remembers the request sent and the caller's ``metadata``.
+
+        :param request: the request fields sent (its ``prompt`` becomes :attr:`prompt`), or ``None``
+            to keep what the task has.
+        :param metadata: the caller's JSON dict, or ``None`` to keep what the task has.
+        :return: the copy.
+        """
         fields = self._fields()
         if request is not None:
             fields["request"] = dict(request)
@@ -76,14 +101,23 @@ class ReveTask:
         return ReveTask(**fields)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the shape of XCom values and trigger event payloads."""
+        """JSON-ready dict: the shape of XCom values and trigger event payloads.
+
+        :return: ``reve_task_id``, ``task_id`` (the same id; deprecated), ``status``,
+            ``result_urls`` (a list), ``consumed_credits``, ``error_code``, ``error_message``,
+            ``model``, ``prompt``, ``request`` and ``metadata``.
+        """
         data = {"reve_task_id": self.task_id, **self._fields()}
         data["result_urls"] = list(self.result_urls)
         return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ReveTask:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything that is not one."""
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` for anything that is not one.
+
+        :param data: a dict as :meth:`to_dict` makes it (from XCom or a trigger event).
+        :return: the task.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"expected a ReveTask dict, got {type(data).__name__}")
         if "reve_task_id" in data:

@@ -1,4 +1,4 @@
-"""``@task.reve``: a TaskFlow function writes the request, :class:`ReveGenerateOperator` runs it.
+"""``@task.reve``: a TaskFlow function writes the request, ``ReveGenerateOperator`` runs it.
 
 The function's return value is the request: a ``str`` is the prompt; a dict holds request fields
 (``prompt``, ``image_urls``, ``aspect_ratio``, ``num_images``, ``output_format``, ``resolution``,
@@ -36,7 +36,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 
-from airflow_provider_reve._reattach import _run_of_tries
+from airflow_provider_reve._reattach import cleared_since, run_of_tries
 from airflow_provider_reve._rendered import coerce_extra_params
 from airflow_provider_reve.exceptions import ReveValidationError
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
@@ -178,7 +178,7 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
             return
         request = {name: getattr(self, name) for name in _KEPT_FIELDS}
         entry: dict[str, Any] = {
-            "run": _run_of_tries(context),
+            "run": run_of_tries(context),
             "try": _try_number(context),
             "request": request,
         }
@@ -201,9 +201,10 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
         request = entry.get("request")
         if not isinstance(request, dict):
             return None
-        run, marker = entry.get("run"), _run_of_tries(context)
-        if run is not None and marker is not None:
-            return request if run == marker else None
+        if cleared_since(entry, context):
+            return None
+        if entry.get("run") is not None and run_of_tries(context) is not None:
+            return request
         # Kept before runs of tries were recorded (a deferral across an upgrade): this try's only.
         return request if entry.get("try") == _try_number(context) else None
 
@@ -248,13 +249,20 @@ def reve_task(
     multiple_outputs: bool = False,
     **kwargs: Any,
 ) -> TaskDecorator:
-    """``@task.reve``: the function returns the request, a :class:`ReveGenerateOperator` sends it.
+    """``@task.reve``: the function returns the request, a
+    :class:`~airflow_provider_reve.operators.reve.ReveGenerateOperator` sends it.
 
     Keyword arguments are the operator's (``model``, ``deferrable``, ``download_to``, ...).
     ``multiple_outputs`` is off whatever the function's return annotation says: that annotation
     describes the request, while the XCom is the Reve task's dict.
 
     :param python_callable: the function to wrap.
+    :param multiple_outputs: ignored (always off): the XCom is one ``ReveTask`` dict.
+    :param kwargs: the operator's arguments.
+    :return: the decorator (or the decorated task, when called with the function).
+
+    .. seealso::
+        The how-to guide: :ref:`howto/decorator:reve`.
     """
     return task_decorator_factory(
         python_callable=python_callable,

@@ -22,17 +22,24 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import requests
+from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.providers.http.hooks.http import HttpHook
 
 from airflow_provider_reve import __version__
 from airflow_provider_reve._catalog import is_synchronous, validate_request
-from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_reve._connection import (
+    ConnectionSettings,
+    missing_connection_message,
+    name_the_connection,
+    settings_from_connection,
+)
 from airflow_provider_reve._download import is_public_address
 from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
 from airflow_provider_reve._naming import check_file_name
 from airflow_provider_reve._ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
 from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, StoredResults, store_results, tasks_from_results
+from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, StoredResults, store_results
+from airflow_provider_reve._task_list import tasks_from_results
 from airflow_provider_reve._transport import request_may_have_been_sent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
@@ -120,7 +127,8 @@ class ReveHook(HttpHook):
     :param reve_conn_id: a connection of type ``reve``: API key in the password field,
         optional Base URL in host (default ``https://reve2img.com``).
     :param timeout: ``(connect, read)`` seconds; overrides the connection's extras.
-    :param retry_policy: bounds for retrying transient errors (see README, "Retries").
+    :param retry_policy: bounds for retrying transient errors (attempts, time, backoff); see the
+        "Errors and retries" page of the documentation.
     """
 
     conn_name_attr = "reve_conn_id"
@@ -148,7 +156,12 @@ class ReveHook(HttpHook):
     @property
     def settings(self) -> ConnectionSettings:
         if self._settings is None:
-            conn = self.get_connection(self.reve_conn_id)
+            try:
+                conn = self.get_connection(self.reve_conn_id)
+            except AirflowNotFoundException as error:
+                # Same exception type (retries and triggers treat it as before), a message that
+                # says what to create.
+                raise AirflowNotFoundException(missing_connection_message(self.reve_conn_id)) from error
             self._settings = settings_from_connection(
                 self.reve_conn_id, conn.host, conn.port, conn.password, conn.extra_dejson
             )
@@ -188,7 +201,14 @@ class ReveHook(HttpHook):
 
         Parameters that are ``None`` are left out of the request. The input is validated
         before any HTTP call. The request is re-sent only when it provably created nothing;
-        otherwise :class:`ReveAmbiguousSubmissionError` says a paid task may exist.
+        otherwise
+        :class:`~airflow_provider_reve.exceptions.ReveAmbiguousSubmissionError` says a paid task may exist.
+
+        :param model: the model id, e.g. ``"reve-2.0"`` or ``"seedream-5"``.
+        :param prompt: the text description (most models need one).
+        :param params: any other request field (``aspect_ratio``, ``num_images``, ``image_urls``...).
+        :return: the task as the API answered: ``SUCCESS`` at once for a synchronous model,
+            else ``IN_PROGRESS``.
         """
         body = {"model": model, "prompt": prompt, **params}
         body = {name: value for name, value in body.items() if value is not None}
@@ -217,7 +237,12 @@ class ReveHook(HttpHook):
         return task
 
     def get_status(self, task_id: str, *, model: str | None = None) -> ReveTask:
-        """Read a task's current state; transient errors are retried within the retry policy."""
+        """Read a task's current state; transient errors are retried within the retry policy.
+
+        :param task_id: the Reve task id that ``generate()`` returned.
+        :param model: the model, remembered in the returned task (the status API does not say it).
+        :return: the task's current state.
+        """
         task_id = _check_task_id(task_id)
         task = call_with_retries(
             lambda: _for_task(
@@ -229,7 +254,10 @@ class ReveHook(HttpHook):
         return task.with_model(model)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the key without spending credits: ask for the status of a task that cannot exist."""
+        """Check the key without spending credits: ask for the status of a task that cannot exist.
+
+        :return: ``(True, message)`` when the API accepted the key, else ``(False, why)``.
+        """
         probe_id = f"airflow-connection-test-{uuid.uuid4().hex}"
         try:
             self._request("GET", STATUS_PATH, STATUS_ENDPOINT, params={"task_id": probe_id})
@@ -265,6 +293,8 @@ class ReveHook(HttpHook):
             when this connection's Base URL is itself such an address (e.g. the offline fake).
         :param output_format: the extension to use when a server sends no known Content-Type.
         :param file_name: a name template, e.g. ``"{metadata[sku]}_{index}"`` (see README).
+        :return: the manifest: one dict per stored file (``reve_task_id``, ``index``, ``url``,
+            ``path``, ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
 
         Result URLs are fetched without the API key (they are not the API's). See
         :mod:`airflow_provider_reve._storage` for names, crash safety and idempotence.
@@ -314,6 +344,8 @@ class ReveHook(HttpHook):
 
         A user who points the connection at such a server (the offline fake, an internal
         gateway) chose it; its result URLs are on the same network.
+
+        :return: ``True`` for ``localhost``, a loopback or a non-public IP address.
         """
         return is_private_host(urlsplit(self.settings.base_url).hostname or "")
 
@@ -350,6 +382,7 @@ class ReveHook(HttpHook):
             )
         except ReveAPIError as error:
             gate.observe(error)  # a 429 holds this process's other requests too
+            name_the_connection(error, self.reve_conn_id)
             raise
 
     def _transport_error(self, endpoint: str, error: requests.exceptions.RequestException) -> ReveAPIError:
@@ -364,6 +397,7 @@ class ReveHook(HttpHook):
         return ReveConnectionError(f"Reve API {endpoint}: {what}", endpoint=endpoint, request_sent=sent)
 
     def close(self) -> None:
+        """Close the hook's HTTP session; the next call opens a new one."""
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -410,7 +444,10 @@ class ReveAsyncHook(ReveHook):
 
     @asynccontextmanager
     async def keep_session(self) -> AsyncIterator[None]:
-        """Hold the loop's shared session open across many calls (a trigger's whole wait)."""
+        """Hold the loop's shared session open across many calls (a trigger's whole wait).
+
+        :return: an async context manager; the session stays open while it is entered.
+        """
         async with shared_client_session():
             yield
 
@@ -421,7 +458,10 @@ class ReveAsyncHook(ReveHook):
                 get_async_extra_dejson,
             )
 
-            conn = await get_async_connection(self.reve_conn_id, hook=self)
+            try:
+                conn = await get_async_connection(self.reve_conn_id, hook=self)
+            except AirflowNotFoundException as error:
+                raise AirflowNotFoundException(missing_connection_message(self.reve_conn_id)) from error
             extra = await get_async_extra_dejson(conn)
             self._settings = settings_from_connection(
                 self.reve_conn_id, conn.host, conn.port, conn.password, extra
@@ -433,9 +473,12 @@ class ReveAsyncHook(ReveHook):
     ) -> ReveTask:
         """Read a task's current state; transient errors are retried within the retry policy.
 
+        :param task_id: the Reve task id.
+        :param model: the model, remembered in the returned task (the status API does not say it).
         :param within: seconds the whole call may take, retries included (a trigger passes the
-            time left to its deadline). Each request is also bounded on its own: see
-            :meth:`_request_timeout`.
+            time left to its deadline). Each request is also bounded on its own, by the
+            connect + read timeout in total, so a trickling answer cannot hold it.
+        :return: the task's current state.
         """
         task_id = _check_task_id(task_id)
         settings = await self.async_settings()
@@ -511,4 +554,5 @@ class ReveAsyncHook(ReveHook):
             )
         except ReveAPIError as error:
             gate.observe(error)  # a 429 pauses every trigger of this connection on the loop
+            name_the_connection(error, self.reve_conn_id)
             raise

@@ -49,6 +49,7 @@ from airflow_provider_reve._reattach import (
 )
 from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve._retry import too_many_tasks_wait
+from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
@@ -56,7 +57,7 @@ from airflow_provider_reve.exceptions import (
     ReveRateLimitError,
     ReveValidationError,
 )
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 
@@ -97,7 +98,7 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
+class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixin, BaseOperator):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -124,9 +125,13 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         ``TOO_MANY_TASKS`` in flight (seconds or timedelta).
     :param max_credits: refuse to submit when the estimated cost exceeds this (or cannot be
         estimated).
+    :param on_budget_exhausted: when a credit budget covering this task has no room (budgets need
+        ``[reve] ledger_conn_id``; see README, "Budgets"): ``"fail"`` (default, before any paid
+        call), ``"skip"``, or ``"wait"`` (deferred until the window resets or credits are
+        released, bounded by ``execution_timeout``).
     :param download_to: store the result files here when the task succeeds (templated): a local
         folder, a ``file://`` / ``s3://`` / ``gs://``... URL or an ``ObjectStoragePath``. The XCom
-        then also holds ``files``, the manifest (see README, "Results to storage").
+        then also holds ``files``, the manifest (see the "Results to storage" how-to).
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
@@ -136,6 +141,10 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         anything is paid for (see README, "Results to storage").
     :param metadata: the caller's own JSON dict (templated, at most 16 KiB), carried into the
         XCom, the manifest, Asset event ``extra`` and the gallery card.
+
+    .. seealso::
+        The how-to guide: :ref:`howto/operator:ReveGenerateOperator`; errors, retries and never
+        paying twice: :ref:`errors`.
     """
 
     template_fields: Sequence[str] = (
@@ -149,7 +158,6 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
     )
     template_fields_renderers = {"extra_params": "json", "image_urls": "json", "metadata": "json"}
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
@@ -173,6 +181,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         on_ambiguous_submit: str = "fail",
         max_submit_wait: float | timedelta = timedelta(hours=1),
         max_credits: int | None = None,
+        on_budget_exhausted: str = "fail",
         download_to: Any = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
@@ -206,6 +215,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         self.on_ambiguous_submit = on_ambiguous_submit
         self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
         self.max_credits = max_credits
+        self.on_budget_exhausted = check_on_budget_exhausted(on_budget_exhausted)
         if download_to is not None and not wait_for_completion:
             raise ValueError(
                 "download_to needs wait_for_completion=True: an unfinished task has no files. Store "
@@ -266,6 +276,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
             return self._succeeded(result.task.with_model(self.model), context)
         if result.outcome == OUTCOME_FAILED and result.task is not None:
+            self.release_budget(context)
             raise_for_failed_task(
                 result.task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
@@ -293,13 +304,24 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
-        check_download_to(self.download_to, before="nothing was submitted")
-        check_naming(self.file_name, self.metadata, before="nothing was submitted")
         task = self._reattach(memory, fingerprint)
         if task is None:
+            # Only before paying is an unusable destination the user's error (permanent). A task
+            # re-attached to is paid: storing its files is retried like any storage error.
+            check_download_to(self.download_to, before="nothing was submitted")
+            check_naming(self.file_name, self.metadata, before="nothing was submitted")
             self._check_budget(params)
-            task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
+            self.reserve_budget(context)
+            try:
+                task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
+            except BaseException as error:
+                self.release_budget_if_nothing_created(context, error)
+                raise
+            self.note_budget_task(context, task)
         return self._after_submit(task, context)
+
+    def budget_request_params(self) -> dict[str, Any]:
+        return self._validated_params()
 
     def _validated_params(self) -> dict[str, Any]:
         try:
@@ -322,6 +344,15 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
         return params
+
+    def _output_format(self) -> str | None:
+        """The requested ``output_format`` (names a file the server sends untyped), for a task that
+        is paid: a request that no longer validates (a DAG file changed since) must not fail it
+        as "nothing was submitted"."""
+        try:
+            return self._validated_params().get("output_format")
+        except AirflowFailException:
+            return self.output_format if isinstance(self.output_format, str) else None
 
     def _check_budget(self, params: dict[str, Any]) -> None:
         if self.max_credits is None:
@@ -511,6 +542,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
         if task.succeeded:
             return self._succeeded(task, context)
         if task.failed:
+            self.release_budget(context)
             raise_for_failed_task(
                 task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
@@ -562,6 +594,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
             except ReveError as error:
                 raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
         if task.failed:
+            self.release_budget(context)
             raise_for_failed_task(
                 task, self.log, on_content_policy_violation=self.on_content_policy_violation
             )
@@ -570,6 +603,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The submission entry stays: Airflow may still fail this try after we return, and the
         # retry must find this task again. A clear starts a new run of tries (see _reattach).
+        self.settle_budget(context, task)
         name_template, _ = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
         return succeeded(
             self,
@@ -579,7 +613,7 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
             allow_private_addresses=self.allow_private_addresses,
-            output_format=self._validated_params().get("output_format"),
+            output_format=self._output_format(),
             name_template=name_template,
             if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
             "generating again (a clear generates afresh).",
@@ -588,6 +622,12 @@ class ReveGenerateOperator(ReveLineageMixin, BaseOperator):
     def _described(self, task: ReveTask) -> ReveTask:
         """``task`` with what the API does not say: the model, the request sent, the metadata."""
         _, metadata = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
-        return task.with_model(self.model).with_caller_data(
-            request=self._validated_params(), metadata=metadata
-        )
+        return task.with_model(self.model).with_caller_data(request=self._sent_request(), metadata=metadata)
+
+    def _sent_request(self) -> dict[str, Any] | None:
+        """The request fields sent, for a task that is paid; ``None`` when they no longer validate
+        (a DAG file changed since): that must not fail it as "nothing was submitted"."""
+        try:
+            return self._validated_params()
+        except AirflowFailException:
+            return None

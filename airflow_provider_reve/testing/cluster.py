@@ -97,7 +97,7 @@ class LocalAirflow(ClusterQueries):
         developer's own ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` can never point the test
         deployment at a real database.
 
-        The deployment's secrets are created in ``<home>/secrets/`` (see :attr:`secrets`);
+        The deployment's secrets are created in ``<home>/secrets/`` (see ``secrets`` below);
         ``env`` may still override them, e.g. with ``AIRFLOW__API_AUTH__JWT_SECRET``.
     :param components: which of :data:`DEFAULT_COMPONENTS` to start. Without the
         ``api-server`` the REST-based helpers fall back to the ``airflow`` CLI.
@@ -109,7 +109,7 @@ class LocalAirflow(ClusterQueries):
 
     Subclasses (e.g. :class:`~airflow_provider_reve.testing.production.ProductionAirflow`)
     reuse start-up, health checks and stopping by overriding the ``_component_*`` hooks,
-    :meth:`_migrate` and :meth:`_not_ready`.
+    ``_migrate()`` and ``_not_ready()``.
     """
 
     #: The component names this class knows how to start.
@@ -174,6 +174,9 @@ class LocalAirflow(ClusterQueries):
 
         Always cleans up after itself: if anything fails, every process started so far is
         stopped before the :class:`LocalAirflowError` (with all log tails) propagates.
+
+        :param timeout: seconds to wait for every component to report healthy.
+        :return: this deployment, running.
         """
         if self._procs:
             raise LocalAirflowError("already started")
@@ -301,6 +304,8 @@ class LocalAirflow(ClusterQueries):
         the component). Processes outside those sessions are never signalled. Running tasks
         are stopped first (SIGTERM, a short grace, SIGKILL), then the components, the
         api-server last (see ``_cluster_processes.stop_sessions``).
+
+        :param timeout: seconds to wait for the processes to exit after SIGTERM, before SIGKILL.
         """
         procs, self._procs = self._procs, {}
         # Drop our keep-alive connection first, or uvicorn waits for it when shutting down.
@@ -348,6 +353,12 @@ class LocalAirflow(ClusterQueries):
 
         Returns the decoded JSON body, or ``None`` for an empty one; raises
         :class:`LocalAirflowError` with the response body on any non-2xx status.
+
+        :param method: ``GET``, ``POST``, ``PATCH``...
+        :param path: relative to ``/api/v2``, e.g. ``dags/my_dag``.
+        :param json_body: the request's JSON body, if any.
+        :param params: query parameters.
+        :return: the decoded JSON body, or ``None`` for an empty one.
         """
         if "api-server" not in self.components:
             raise LocalAirflowError("the api-server component is not running")
@@ -364,7 +375,12 @@ class LocalAirflow(ClusterQueries):
         return resp.json() if resp.content else None
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Run ``airflow <args>`` against this deployment; raise with its output on failure."""
+        """Run ``airflow <args>`` against this deployment; raise with its output on failure.
+
+        :param args: the ``airflow`` command's arguments, e.g. ``"dags", "list"``.
+        :param timeout: seconds the command may take.
+        :return: the finished process, its output as text.
+        """
         proc = subprocess.run(
             self._airflow_cmd(*args),
             env=self.env,
@@ -382,7 +398,10 @@ class LocalAirflow(ClusterQueries):
         return proc
 
     def unpause(self, dag_id: str) -> None:
-        """Unpause a DAG (new DAGs start paused: ``[core] dags_are_paused_at_creation``)."""
+        """Unpause a DAG (new DAGs start paused: ``[core] dags_are_paused_at_creation``).
+
+        :param dag_id: the DAG to unpause.
+        """
         if "api-server" in self.components:
             self.api("PATCH", f"dags/{dag_id}", {"is_paused": False})
         else:
@@ -393,6 +412,10 @@ class LocalAirflow(ClusterQueries):
 
         Uses the REST API (well under a second) and falls back to ``airflow dags trigger``
         (several seconds of start-up) when no api-server runs.
+
+        :param dag_id: the DAG to run.
+        :param conf: the run's ``conf``.
+        :return: the new run's ``run_id``.
         """
         self.unpause(dag_id)
         if "api-server" in self.components:

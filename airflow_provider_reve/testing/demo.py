@@ -8,6 +8,11 @@ waited in the triggerer), what it cost, the manifest of the stored images, the c
 the Asset event it produced and the run of ``example_reve_publish_contact_sheet`` that this
 event triggered.
 
+Budgets: the demo's Airflow has an SQLite ledger in the demo folder (``[reve] ledger_conn_id``)
+and a daily budget over ``reve_default``, so every generation reserves its credits before paying.
+At the end it prints each budget's spent / reserved / remaining, and what a budget without room
+answers before anything is paid (see README, "Budgets").
+
     python -m airflow_provider_reve.testing.demo [--keep] [--out .demo]
 
 ``--keep`` (``make demo ARGS=--keep``) leaves Airflow and the fake running afterwards and prints
@@ -32,6 +37,9 @@ from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveS
 DEMO_DAG_ID = "example_reve_content_pipeline"
 PUBLISH_DAG_ID = "example_reve_publish_contact_sheet"
 CONTACT_SHEET_ASSET = "reve_example_contact_sheet"
+#: The example DAGs shipped in the package (so the demo runs from an installed wheel too).
+PACKAGED_EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+
 RETRY_POLICIES_POOL = {
     "name": "reve_generations",
     "slots": 4,
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dags-folder", type=Path, default=Path("example_dags"))
+    parser.add_argument("--dags-folder", type=Path, default=PACKAGED_EXAMPLE_DAGS)
     parser.add_argument("--out", type=Path, default=Path(".demo"), help="demo state and generated files")
     parser.add_argument("--async-seconds", type=float, default=6.0, help="how long fake async tasks run")
     parser.add_argument(
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             env = {
                 "AIRFLOW_CONN_REVE_DEFAULT": json.dumps(connection),
                 "REVE_EXAMPLE_OUTPUT_DIR": str(files_dir),
+                **_budget_env(out),
             }
             _say("Starting Airflow: api-server, scheduler, dag-processor, triggerer ...")
             with LocalAirflow(args.dags_folder.resolve(), home=out / "airflow-home", env=env) as airflow:
@@ -98,6 +107,7 @@ def _run(airflow: LocalAirflow, api: FakeReveServer, started: float) -> int:
         print(airflow.dump_logs(tail=60), file=sys.stderr)
         return 1
     _report_files(airflow, run_id)
+    _report_budgets()
 
     publish_run = wait_for_first_run(airflow, PUBLISH_DAG_ID, timeout=120)
     publish_state = airflow.wait_for_run(PUBLISH_DAG_ID, publish_run, timeout=300)
@@ -170,6 +180,69 @@ def _report_files(airflow: LocalAirflow, run_id: str) -> None:
     for event in asset_events(airflow, CONTACT_SHEET_ASSET, run_id):
         print(f"\nAsset event on {CONTACT_SHEET_ASSET} ({event['uri']}), extra:")
         print("  " + json.dumps(event["extra"], indent=2).replace("\n", "\n  "))
+
+
+DEMO_BUDGET = "demo-daily"
+DEMO_VIDEO_BUDGET = "demo-videos"
+LEDGER_CONN_ID = "reve_ledger"
+
+
+def _budget_env(out: Path) -> dict[str, str]:
+    """Point this process and the demo's Airflow at an SQLite ledger, with two budgets in it."""
+    import os
+
+    from airflow_provider_reve.budgets import Budget
+    from airflow_provider_reve.budgets.ledger import Ledger
+    from airflow_provider_reve.budgets.schema import engine_for_url
+
+    path = out / "reve-ledger.db"
+    env = {
+        f"AIRFLOW_CONN_{LEDGER_CONN_ID.upper()}": f"sqlite:///{path}",
+        "AIRFLOW__REVE__LEDGER_CONN_ID": LEDGER_CONN_ID,
+    }
+    os.environ.update(env)
+    ledger = Ledger(engine_for_url(f"sqlite:///{path}"))
+    ledger.set_budget(Budget(name=DEMO_BUDGET, limit_credits=2000, conn_id="reve_default", window="day"))
+    # Room for no video at all: shows what a budget without room answers, before anything is paid.
+    ledger.set_budget(
+        Budget(
+            name=DEMO_VIDEO_BUDGET,
+            limit_credits=100,
+            conn_id="reve_default",
+            window="day",
+            models=("kling26-image-to-video",),
+        )
+    )
+    _say(
+        f"Budgets: {DEMO_BUDGET} (2000 credits/day), {DEMO_VIDEO_BUDGET} (100/day for kling26 "
+        f"videos), ledger {path}"
+    )
+    return env
+
+
+def _report_budgets() -> None:
+    from airflow_provider_reve.budgets import BudgetExhaustedError, Scope
+    from airflow_provider_reve.budgets.ledger import Ledger
+    from airflow_provider_reve.budgets.schema import engine_for_conn_id
+
+    ledger = Ledger(engine_for_conn_id(LEDGER_CONN_ID))
+    print("\nBudgets (airflow reve budget list):")
+    for budget in ledger.list_budgets():
+        status = ledger.status(budget.name)
+        assert status is not None
+        print(
+            f"  {budget.name:<12} spent {status.spent_credits:>5}  reserved {status.reserved_credits:>4}  "
+            f"remaining {status.remaining_credits:>5} of {budget.limit_credits}  (resets {status.resets_at})"
+        )
+    # What a 5 s kling26 video (about 150 credits) would meet: refused before any paid call.
+    scope = Scope(conn_id="reve_default", dag_id="a_video_dag", model="kling26-image-to-video")
+    try:
+        reservation = ledger.reserve("demo-refusal-probe", scope, 150)
+    except BudgetExhaustedError as refused:
+        print(f"\nA 150-credit kling26 video would be refused before paying:\n  {refused}")
+    else:
+        if reservation is not None:
+            ledger.release(reservation.id)
 
 
 def _keep(airflow: LocalAirflow, code: int) -> None:

@@ -180,7 +180,10 @@ class FakeReveServer(FakeState):
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeReveServer:
-        """Start serving in a daemon thread; returns once the port listens."""
+        """Start serving in a daemon thread; returns once the port listens.
+
+        :return: this server, listening.
+        """
         if self._thread is not None:
             raise RuntimeError("FakeReveServer is already running")
         ready = threading.Event()
@@ -221,6 +224,7 @@ class FakeReveServer(FakeState):
 
     @property
     def port(self) -> int:
+        """The TCP port the server listens on (a free one when it was started with ``port=0``)."""
         if self._port is None:
             raise RuntimeError("FakeReveServer is not running; call start() first")
         return self._port

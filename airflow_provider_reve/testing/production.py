@@ -148,6 +148,9 @@ class ProductionAirflow(LocalAirflow):
         Up means: the api-server's health endpoint answers, a running job row of this start
         exists for the scheduler, the dag-processor and each triggerer, and each Celery worker
         answers a ping. On any failure everything started so far is stopped.
+
+        :param timeout: seconds to wait for the servers and every component to be ready.
+        :return: this deployment, running.
         """
         if self._procs or self._services:
             raise LocalAirflowError("already started")
@@ -167,10 +170,14 @@ class ProductionAirflow(LocalAirflow):
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop every Airflow process (see :meth:`LocalAirflow.stop`), then Redis and PostgreSQL.
+        """Stop every Airflow process, then Redis and PostgreSQL.
+
+        The processes stop as in :meth:`~airflow_provider_reve.testing.cluster.LocalAirflow.stop`.
 
         The servers go last, so that no component dies on a lost database while shutting down;
         PostgreSQL's data folder is deleted. Safe to call repeatedly.
+
+        :param timeout: seconds to wait for each process to exit after SIGTERM, before SIGKILL.
         """
         try:
             celery, self._celery = self._celery, None
@@ -262,7 +269,11 @@ class ProductionAirflow(LocalAirflow):
         return f"not up yet: {missing}" if missing else None
 
     def worker_pings(self, timeout: float = 1.0) -> set[str]:
-        """Celery node names of the workers that answer a ping within ``timeout`` seconds."""
+        """Celery node names of the workers that answer a ping within ``timeout`` seconds.
+
+        :param timeout: seconds to wait for the answers.
+        :return: the Celery hostnames of the workers that answered.
+        """
         if self._celery is None:
             from celery import Celery
 
@@ -281,6 +292,11 @@ class ProductionAirflow(LocalAirflow):
         returns once they are all gone. With another signal what is left is still stopped by
         :meth:`stop`, or by a second ``kill()``, and :meth:`start_component` refuses while any
         of it runs.
+
+        :param component: e.g. ``"triggerer-1"`` or ``"worker-2"``.
+        :param sig: the signal; SIGKILL (the default) is a host that died.
+        :param timeout: seconds to wait for the processes to be gone (SIGKILL only).
+        :return: the pids that were signalled.
         """
         proc = self._procs.pop(component, None) or self._signalled.pop(component, None)
         if proc is None:
@@ -301,14 +317,22 @@ class ProductionAirflow(LocalAirflow):
         return members
 
     def stop_component(self, component: str, timeout: float = 60.0) -> None:
-        """Stop one component gracefully (SIGTERM, then SIGKILL at ``timeout``), as a deploy would."""
+        """Stop one component gracefully (SIGTERM, then SIGKILL at ``timeout``), as a deploy would.
+
+        :param component: e.g. ``"triggerer-1"``.
+        :param timeout: seconds to wait for it to exit.
+        """
         proc = self._procs.pop(component, None)
         if proc is None:
             raise LocalAirflowError(f"{component!r} is not running")
         stop_sessions({component: proc}, timeout)
 
     def start_component(self, component: str, timeout: float = 120.0) -> None:
-        """Start a stopped or killed component again and wait until it is up."""
+        """Start a stopped or killed component again and wait until it is up.
+
+        :param component: e.g. ``"triggerer-1"``.
+        :param timeout: seconds to wait for it to be ready.
+        """
         if component not in self.components:
             raise ValueError(f"unknown component {component!r}; choose from {self.components}")
         if component in self._procs:
@@ -331,8 +355,14 @@ class ProductionAirflow(LocalAirflow):
     def wait_until(self, what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
         """Poll ``probe`` until it returns something other than ``None``; return that.
 
-        Raises :class:`LocalAirflowError` with every log tail after ``timeout`` seconds, or at
-        once if a component or service died that was not stopped on purpose.
+        Raises :class:`~airflow_provider_reve.testing.cluster.LocalAirflowError` with every log
+        tail after ``timeout`` seconds, or at once if a component or service died that was not
+        stopped on purpose.
+
+        :param what: what is awaited, for the error message.
+        :param probe: called every 0.25 s; ``None`` means "not yet".
+        :param timeout: seconds to wait.
+        :return: the probe's first answer other than ``None``.
         """
         return self._poll(what, timeout, probe, interval=0.25)
 
@@ -342,7 +372,10 @@ class ProductionAirflow(LocalAirflow):
         )
 
     def job_hostnames(self) -> dict[int, str]:
-        """``job.id`` -> ``job.hostname`` (the component name), e.g. to name a ``triggerer_id``."""
+        """``job.id`` -> ``job.hostname`` (the component name), e.g. to name a ``triggerer_id``.
+
+        :return: job id -> the component (hostname) that ran it.
+        """
         rows = self.query("SELECT id, hostname FROM job")
         return {r["id"]: r["hostname"] for r in rows}
 

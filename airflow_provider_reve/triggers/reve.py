@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import random
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -83,10 +84,32 @@ def settle_time() -> float:
     that report, and Airflow 3.3 may then fail the task as "state changed externally"
     (apache/airflow#66374, #72716). A worker supervisor notices its task's exit within
     ``[workers] min_heartbeat_interval`` (5 s by default), so we wait that long plus a second.
+
+    Under ``dag.test()`` there is no executor and no second process: the task and then its
+    trigger run one after the other in this process, so there is nothing to race and the
+    trigger may fire at once (offline DAG tests would otherwise wait ~6 s per deferral).
+
+    :return: ``time.time()`` plus ``[workers] min_heartbeat_interval`` plus one second.
     """
+    if runs_under_dag_test():
+        return time.time()
     from airflow.providers.common.compat.sdk import conf
 
     return time.time() + conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0) + 1.0
+
+
+def runs_under_dag_test() -> bool:
+    """Whether this task runs in-process, with its triggers run inline (``dag.test()``).
+
+    Told by the task runner's channel to its supervisor: a real worker talks to a supervisor
+    process over a socket; ``dag.test()`` (without ``use_executor``) installs an in-process one.
+    Only modules already imported are looked at: a worker never pays for importing them here.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    supervisor = sys.modules.get("airflow.sdk.execution_time.supervisor")
+    in_process = getattr(supervisor, "InProcessSupervisorComms", None)
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return isinstance(in_process, type) and isinstance(comms, in_process)
 
 
 class ReveTaskTrigger(BaseTrigger):
@@ -112,6 +135,9 @@ class ReveTaskTrigger(BaseTrigger):
 
     The log says when the status changes, and otherwise at most every
     :attr:`progress_log_interval` seconds that the task is still waiting (with the time spent).
+
+    .. seealso::
+        How the operator and the sensor use it: :ref:`howto/sensor:ReveTaskSensor`.
     """
 
     #: Class-level, not a kwarg: the cadence of log lines is not part of the stored trigger.
@@ -337,7 +363,15 @@ class _WaitLog:
 
 @dataclass(frozen=True)
 class ReveTaskEvent:
-    """A trigger event, checked: what ``execute_complete`` may trust."""
+    """A trigger event, checked: what ``execute_complete`` may trust.
+
+    :param outcome: ``"success"``, ``"failed"``, ``"timeout"`` or ``"error"``.
+    :param reve_task_id: the Reve task the event is about (the one the Airflow task waits for).
+    :param task: the task's last state read, or ``None`` when none was read.
+    :param message: what happened, for the task log (scrubbed of the key).
+    :param error_code: the API's machine code of a permanent ``error``, if any.
+    :param retryable: ``False`` for an ``error`` no retry can fix; ``None`` otherwise.
+    """
 
     outcome: str
     reve_task_id: str
@@ -352,7 +386,14 @@ class ReveMalformedEventError(ReveError):
 
 
 def read_event(event: Any, expected_task_id: str | None) -> ReveTaskEvent:
-    """Validate a trigger event for the Reve task we deferred on; raise a clear error otherwise."""
+    """Validate a trigger event for the Reve task we deferred on; raise a clear error otherwise.
+
+    :param event: the event as Airflow handed it to ``execute_complete``: untrusted data.
+    :param expected_task_id: the Reve task this Airflow task deferred on.
+    :return: the checked event.
+    :raises ReveMalformedEventError: when the event is not what :class:`ReveTaskTrigger` sends
+        for this task.
+    """
     if not isinstance(event, dict):
         raise ReveMalformedEventError(f"Reve trigger event is not a dict: {type(event).__name__}")
     outcome = event.get("outcome")

@@ -30,7 +30,7 @@ from .airflow_with_logins import AirflowWithLogins, Login
 
 SYSTEM_DIR = Path(__file__).resolve().parent
 REPO = SYSTEM_DIR.parent.parent
-EXAMPLE_DAGS = REPO / "example_dags"
+EXAMPLE_DAGS = REPO / "airflow_provider_reve" / "example_dags"
 OTHER_TEAM_DAGS = SYSTEM_DIR / "dags_other_team"
 ARTIFACTS = SYSTEM_DIR / "artifacts"
 

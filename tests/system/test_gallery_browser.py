@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from .airflow_with_logins import AirflowWithLogins, Login
 from .conftest import CONTENT_DAG_ID, OTHER_DAG_ID, ContentRun
+from .test_gallery_theme_browser import CONTRAST_JS
 
 CARD = '[data-testid="reve-card"]'
 IMAGE = 'img[data-testid="reve-image"]'
@@ -192,3 +193,24 @@ def test_a_viewer_of_another_team_sees_none_of_the_pipelines_generations(
         f"{gallery_airflow.base_url}/reve/media?{query}&reve_task_id={first.xcom['task_id']}&index=0"
     )
     assert media is not None and media.status == 403
+
+
+def test_every_text_of_the_served_gallery_and_credits_pages_is_readable_in_both_themes(
+    gallery_airflow: AirflowWithLogins,
+    content_run: ContentRun,
+    logins: dict[str, Login],
+    new_page: Any,
+) -> None:
+    page = new_page()
+    log_in(page, gallery_airflow, logins["member"])
+    faint: dict[str, list[dict[str, Any]]] = {}
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        for path in ("/reve/gallery", "/reve/credits"):
+            page.goto(f"{gallery_airflow.base_url}{path}")
+            page.wait_for_load_state("load")
+            measured = page.evaluate(CONTRAST_JS)
+            assert measured, path
+            faint[f"{scheme} {path}"] = [item for item in measured if item["ratio"] < item["needed"]]
+
+    assert faint == {key: [] for key in faint}

@@ -59,6 +59,7 @@ with DAG(
     },
     doc_md=__doc__,
 ):
+    # [START howto_operator_reve_retry_fan_out]
     variants = ReveGenerateOperator.partial(
         task_id="variants",
         model="nano-banana",
@@ -71,7 +72,9 @@ with DAG(
         max_submit_wait=timedelta(minutes=30),
         pool=POOL,
     ).expand(prompt=PROMPTS)
+    # [END howto_operator_reve_retry_fan_out]
 
+    # [START howto_operator_reve_ambiguous_retry]
     icon = ReveGenerateOperator(
         task_id="icon",
         model="reve-2.0",  # synchronous: answers at once, never defers
@@ -82,11 +85,13 @@ with DAG(
         retries=2,
         pool=POOL,
     )
+    # [END howto_operator_reve_ambiguous_retry]
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def summarize(generated: list[dict[str, Any]], icon: dict[str, Any]) -> dict[str, Any]:
         """Runs on what was generated; a skipped instance has no result and is left out."""
-        kept = [result for result in generated if result]
+        # A slice: one read of them all; iterating would end on a "not found" logged at ERROR.
+        kept = [result for result in generated[:] if result]
         return {
             "generated": len(kept),
             "skipped": len(PROMPTS) - len(kept),

@@ -73,9 +73,11 @@ ROOT = output_root()
 PROMPTS = read_prompts()
 # Rendered per task instance (see user_defined_macros below): the same folder for every
 # instance and every retry of a run, a different one for every run.
+# [START howto_reve_assets_declare]
 RUN_FOLDER = ObjectStoragePath(ROOT + "/{{ run_folder(dag_run) }}")
 IMAGES = Asset(name="reve_example_images", uri=f"{ROOT}/images")
 CONTACT_SHEET = Asset(name="reve_example_contact_sheet", uri=f"{ROOT}/contact-sheets")
+# [END howto_reve_assets_declare]
 
 with DAG(
     dag_id="example_reve_content_pipeline",
@@ -88,6 +90,7 @@ with DAG(
     user_defined_macros={"run_folder": run_folder},
     doc_md=__doc__,
 ):
+    # [START howto_operator_reve_generate]
     generate = ReveGenerateOperator.partial(
         task_id="generate",
         model="seedream-5",
@@ -98,6 +101,7 @@ with DAG(
         download_to=RUN_FOLDER,
         outlets=[IMAGES],
     ).expand(prompt=PROMPTS)
+    # [END howto_operator_reve_generate]
 
     @task(outlets=[CONTACT_SHEET])
     def contact_sheet(
@@ -110,7 +114,9 @@ with DAG(
         """Lay every stored image out on one sheet, captioned with its (rendered) prompt."""
         from PIL import Image, ImageDraw, ImageFont, ImageOps  # only the workers need Pillow
 
-        results = list(generated)  # ordered by map index, like the prompts
+        # One read of every map index, ordered like the prompts. (Iterating the lazy sequence
+        # reads item by item until one is "not found", which Airflow logs at ERROR level.)
+        results = list(generated[:])
         captions = prompts if len(prompts) == len(results) else [r["task_id"] for r in results]
         pairs = zip(results, captions, strict=True)
         images = [(entry, caption) for result, caption in pairs for entry in result["files"]]
@@ -149,13 +155,16 @@ with DAG(
             "consumed_credits": sum(credits) if credits else None,
             "run_id": run_id,
         }
+        # [START howto_reve_asset_event_extra]
         # The Asset event's extra: what a DAG scheduled on the sheet reads to find it.
         outlet_events[CONTACT_SHEET].extra = summary
+        # [END howto_reve_asset_event_extra]
         return summary
 
     contact_sheet(generate.output, PROMPTS, RUN_FOLDER)
 
 
+# [START howto_reve_asset_scheduled_dag]
 with DAG(
     dag_id="example_reve_publish_contact_sheet",
     schedule=[CONTACT_SHEET],  # data-aware: runs when a new contact sheet lands
@@ -198,3 +207,4 @@ publishes nothing.
         return published
 
     publish()
+# [END howto_reve_asset_scheduled_dag]

@@ -63,7 +63,7 @@ with DAG(
     user_defined_macros={"run_folder": run_folder},
     doc_md=__doc__,
 ):
-
+    # [START howto_decorator_reve]
     @task.reve(model="seedream-5", deferrable=True, poll_interval=2, aspect_ratio="16:9", max_credits=25)
     def keyframe(dag_run: Any = None) -> dict[str, Any]:
         """The request for the video's first frame: a prompt string, or a dict of request fields."""
@@ -74,7 +74,9 @@ with DAG(
         }
 
     first_frame = keyframe()
+    # [END howto_decorator_reve]
 
+    # [START howto_operator_reve_submit_without_waiting]
     submit_video = ReveGenerateOperator(
         task_id="submit_video",
         model="kling26-image-to-video",
@@ -85,7 +87,9 @@ with DAG(
         max_credits=45,  # 9 credits per second
         wait_for_completion=False,
     )
+    # [END howto_operator_reve_submit_without_waiting]
 
+    # [START howto_sensor_reve]
     wait_for_video = ReveTaskSensor(
         task_id="wait_for_video",
         reve_task_id=submit_video.output,
@@ -93,13 +97,16 @@ with DAG(
         poke_interval=2,
         timeout=timedelta(minutes=30),
     )
+    # [END howto_sensor_reve]
 
+    # [START howto_operator_reve_download]
     store_media = ReveDownloadResultsOperator(
         task_id="store_media",
         results=[first_frame, wait_for_video.output],
         destination=ObjectStoragePath(ROOT + "/video/{{ run_folder(dag_run) }}"),
         outlets=[VIDEO],
     )
+    # [END howto_operator_reve_download]
 
     first_frame >> submit_video  # the template above pulls its XCom: make the order explicit
 

@@ -1,0 +1,53 @@
+"""Credit budgets reserved before paying, counted in a ledger database shared by the deployment.
+
+Budgets are off unless ``[reve] ledger_conn_id`` names an Airflow connection (sqlite or postgres).
+Read them from Python with :class:`Ledger` (``Ledger.configured()``); define them with
+``airflow reve budget set`` or :meth:`Ledger.set_budget`. The ledger (SQLAlchemy) loads on first
+use, never when a DAG file imports the operator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_reve.budgets.model import Budget, BudgetExhaustedError, BudgetRefusal, Scope
+from airflow_provider_reve.budgets.windows import WINDOWS, Window, window_at
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.budgets.ledger import BudgetStatus, Ledger, Reservation
+    from airflow_provider_reve.budgets.mixin import ON_BUDGET_EXHAUSTED_CHOICES, BudgetHost, ReveBudgetMixin
+
+__all__ = [
+    "ON_BUDGET_EXHAUSTED_CHOICES",
+    "WINDOWS",
+    "Budget",
+    "BudgetExhaustedError",
+    "BudgetHost",
+    "BudgetRefusal",
+    "BudgetStatus",
+    "Ledger",
+    "Reservation",
+    "ReveBudgetMixin",
+    "Scope",
+    "Window",
+    "window_at",
+]
+
+# Loaded on first use: the ledger needs SQLAlchemy, the mixin Airflow; neither is needed to
+# read a budget's window arithmetic, nor by the racing processes of the tests.
+_LAZY = {
+    "BudgetStatus": "ledger",
+    "Ledger": "ledger",
+    "Reservation": "ledger",
+    "ON_BUDGET_EXHAUSTED_CHOICES": "mixin",
+    "BudgetHost": "mixin",
+    "ReveBudgetMixin": "mixin",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
