@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_provider_reve._defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES
-from airflow_provider_reve._finish import check_max_bytes, finish
+from airflow_provider_reve._finish import check_max_bytes, check_naming, finish
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error
 from airflow_provider_reve._rendered import parse_rendered_literal
-from airflow_provider_reve._storage import tasks_from_results
+from airflow_provider_reve._task_list import tasks_from_results
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
 from airflow_provider_reve.links import ReveResultLinkMixin
 
@@ -49,15 +49,19 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
     :param allow_private_addresses: let result URLs point at private/loopback addresses.
         ``None`` (default): only when the connection's Base URL is itself such an address.
     :param output_format: the extension to use when a server sends no known Content-Type.
+    :param file_name: how the files are named (templated): ``{index}``, ``{reve_task_id}`` and
+        ``{metadata[key]}`` (each task's own metadata: ``"{metadata[sku]}_{index}"`` names a
+        mapped fan-out's files by product). Two results with one name refuse the store.
 
     Returns the manifest, one entry per file (``reve_task_id``, ``index``, ``url``, ``path``,
-    ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
+    ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``, ``prompt``,
+    ``request``, ``metadata``).
 
     .. seealso::
         The how-to guide: :ref:`howto/operator:ReveDownloadResultsOperator`.
     """
 
-    template_fields: Sequence[str] = ("results", "destination", "reve_conn_id")
+    template_fields: Sequence[str] = ("results", "destination", "reve_conn_id", "file_name")
     template_fields_renderers = {"results": "json"}
     ui_color = "#f4e3ff"
 
@@ -70,9 +74,11 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
         max_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
         output_format: str | None = None,
+        file_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.file_name = file_name
         self.results = results
         self.destination = destination
         self.reve_conn_id = reve_conn_id
@@ -87,6 +93,9 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
         return ReveHook(self.reve_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        name_template, _ = check_naming(
+            self.file_name, None, before="nothing was downloaded", metadata_per_task=True
+        )
         try:
             tasks = tasks_from_results(self.results, parse=_parse)
         except ReveValidationError as error:
@@ -109,6 +118,7 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
                 max_bytes=self.max_bytes,
                 allow_private_addresses=self.allow_private_addresses,
                 output_format=self.output_format,
+                name_template=name_template,
             )
         except ReveError as error:
             raise_for_error(error, self.log)

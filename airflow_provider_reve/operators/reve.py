@@ -33,7 +33,7 @@ from airflow_provider_reve._defaults import (
     OUTCOME_SUCCESS,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, finish, succeeded
+from airflow_provider_reve._finish import check_download_to, check_max_bytes, check_naming, finish, succeeded
 from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import (
     ON_CONTENT_POLICY_CHOICES,
@@ -135,6 +135,12 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
+    :param file_name: how ``download_to`` names the files (templated), e.g.
+        ``"{{ params.sku }}_{index}"``; placeholders ``{index}``, ``{reve_task_id}``,
+        ``{metadata[key]}``; the extension still comes from the content type. Checked before
+        anything is paid for (see README, "Results to storage").
+    :param metadata: the caller's own JSON dict (templated, at most 16 KiB), carried into the
+        XCom, the manifest, Asset event ``extra`` and the gallery card.
 
     .. seealso::
         The how-to guide: :ref:`howto/operator:ReveGenerateOperator`; errors, retries and never
@@ -147,8 +153,10 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         "extra_params",
         "reve_conn_id",
         "download_to",
+        "file_name",
+        "metadata",
     )
-    template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
+    template_fields_renderers = {"extra_params": "json", "image_urls": "json", "metadata": "json"}
     ui_color = "#f4e3ff"
 
     def __init__(
@@ -177,9 +185,13 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         download_to: Any = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
+        file_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if file_name is not None and download_to is None:
+            raise ValueError("file_name names the files download_to stores: give download_to too")
         if on_content_policy_violation not in ON_CONTENT_POLICY_CHOICES:
             raise ValueError(f"on_content_policy_violation must be one of {ON_CONTENT_POLICY_CHOICES}")
         if on_ambiguous_submit not in ON_AMBIGUOUS_SUBMIT_CHOICES:
@@ -213,6 +225,8 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         self.download_to = download_to
         self.max_download_bytes = check_max_bytes(max_download_bytes, "max_download_bytes")
         self.allow_private_addresses = allow_private_addresses
+        self.file_name = file_name
+        self.metadata = metadata
 
     @cached_property
     def hook(self) -> ReveHook:
@@ -295,6 +309,7 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
             # Only before paying is an unusable destination the user's error (permanent). A task
             # re-attached to is paid: storing its files is retried like any storage error.
             check_download_to(self.download_to, before="nothing was submitted")
+            check_naming(self.file_name, self.metadata, before="nothing was submitted")
             self._check_budget(params)
             self.reserve_budget(context)
             try:
@@ -534,8 +549,8 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         if not self.wait_for_completion:
             # Still remembered: if Airflow fails this try after we return, the retry hands on
             # the same task instead of submitting another.
-            finish(self, context, [task.with_model(self.model)], hook=self.hook)
-            return task.with_model(self.model).to_dict()
+            finish(self, context, [self._described(task)], hook=self.hook)
+            return self._described(task).to_dict()
         deadline = time.time() + self.timeout
         if self.deferrable:
             from airflow_provider_reve.triggers.reve import ReveTaskTrigger, settle_time
@@ -589,15 +604,30 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         # The submission entry stays: Airflow may still fail this try after we return, and the
         # retry must find this task again. A clear starts a new run of tries (see _reattach).
         self.settle_budget(context, task)
+        name_template, _ = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
         return succeeded(
             self,
             context,
-            task.with_model(self.model),
+            self._described(task),
             hook=self.hook,
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
             allow_private_addresses=self.allow_private_addresses,
             output_format=self._output_format(),
+            name_template=name_template,
             if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
             "generating again (a clear generates afresh).",
         )
+
+    def _described(self, task: ReveTask) -> ReveTask:
+        """``task`` with what the API does not say: the model, the request sent, the metadata."""
+        _, metadata = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
+        return task.with_model(self.model).with_caller_data(request=self._sent_request(), metadata=metadata)
+
+    def _sent_request(self) -> dict[str, Any] | None:
+        """The request fields sent, for a task that is paid; ``None`` when they no longer validate
+        (a DAG file changed since): that must not fail it as "nothing was submitted"."""
+        try:
+            return self._validated_params()
+        except AirflowFailException:
+            return None
