@@ -4,6 +4,8 @@ the REST ``PATCH`` a person's click sends decides: approve -> paid once, reject 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from airflow_provider_reve.testing.cluster import LocalAirflow
@@ -17,6 +19,23 @@ def api(session_fake_reve_server: FakeReveServer) -> FakeReveServer:
     session_fake_reve_server.reset()
     session_fake_reve_server.set_async_seconds(1)
     return session_fake_reve_server
+
+
+def wait_until_the_parked_try_has_exited(af: LocalAirflow, run_id: str, timeout: float = 120) -> None:
+    """Answer only once the scheduler recorded the parking worker's exit.
+
+    On Airflow 3.3 an answer that resumes the task before then races that record, and the
+    scheduler fails the resumed task as "state changed externally" (the same race as a trigger
+    firing too soon, apache/airflow#66374). A person never answers that fast; a bot might.
+    """
+    line = (
+        "Received executor event with state success for task instance TaskInstanceKey("
+        f"dag_id='{DAG_ID}', task_id='poster', run_id='{run_id}'"
+    )
+    deadline = time.monotonic() + timeout
+    while line not in af.component_log("scheduler").read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"the scheduler never recorded the exit of {run_id}'s parked try"
+        time.sleep(0.25)
 
 
 def charged(api: FakeReveServer) -> int:
@@ -50,6 +69,8 @@ def test_an_expensive_generation_waits_in_required_actions_and_only_an_approval_
             {"chosen_options": [option], "params_input": {}},
         )
 
+    for run_id in (approved_run, rejected_run):
+        wait_until_the_parked_try_has_exited(af, run_id)
     answer(approved_run, "Approve")
     answer(rejected_run, "Reject")
 
@@ -61,5 +82,7 @@ def test_an_expensive_generation_waits_in_required_actions_and_only_an_approval_
     assert charged(api) == 50
     shown = af.api("GET", f"dags/{DAG_ID}/dagRuns/{rejected_run}/taskInstances/poster/-1/hitlDetails")
     assert shown["chosen_options"] == ["Reject"]
-    states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in af.task_instances(DAG_ID, rejected_run)}
+    states = {
+        ti["task_id"]: (ti["state"], ti["try_number"]) for ti in af.task_instances(DAG_ID, rejected_run)
+    }
     assert states == {"poster": ("failed", 1)}  # a rejection spends no retries
