@@ -2,7 +2,12 @@
 
 Source: ``models.md`` (the public Image Models / Video Models pages). The catalog is data that
 changes, so unknown models and unknown fields pass through untouched; only values that are
-documented for a known model are checked, before any paid call.
+documented for a known model are checked, before any paid call. The one exception is an id that
+is a near miss of a known one (:func:`looks_like_a_typo`: ``seedream5``, ``Seedream-5``,
+``nano-bananna``): it is refused naming the closest known ids, since sending it could only fail
+at the API or, worse, run a model nobody meant. An id that differs in its digits or by more
+than a letter (``seedream-6``, ``nano-banana-2``, ``kling3-pro-text-to-video-hd``) may be a new
+model and passes through.
 
 Some input is refused for every model, known or not, because no API could make use of it and
 sending it could only cost money or leak something: a request that is not JSON, parameter names
@@ -14,8 +19,10 @@ over the password), and a request body larger than :data:`MAX_REQUEST_BYTES`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +117,11 @@ def validate_request(model: Any, params: Mapping[str, Any]) -> None:
         raise ReveValidationError(f"parameter names must be non-empty strings, got {_shown(names[0])}")
     _check_json_serialisable(params)
     spec = MODELS.get(model)
+    if spec is None and looks_like_a_typo(model):
+        raise ReveValidationError(
+            f"unknown model id {model!r}; did you mean {_or_list(closest_models(model))}? Known "
+            f"ids: {', '.join(sorted(MODELS))}"
+        )
 
     prompt = params.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
@@ -253,6 +265,45 @@ def _check_source_urls(name: str, urls: Any) -> None:
             raise ReveValidationError(
                 f"{where} contains spaces or control characters; percent-encode them: {_shown(url)}"
             )
+
+
+def _spelling(model_id: str) -> str:
+    """The id without case and separators: ``Seedream_5`` and ``seedream5`` are ``seedream5``."""
+    return re.sub(r"[^0-9a-z]", "", model_id.lower())
+
+
+def closest_models(model: str, limit: int = 3) -> list[str]:
+    """The known model ids nearest to ``model`` in spelling, best first."""
+    by_spelling = {_spelling(known): known for known in MODELS}
+    matches = difflib.get_close_matches(_spelling(model), list(by_spelling), n=limit, cutoff=0.6)
+    return [by_spelling[match] for match in matches]
+
+
+def looks_like_a_typo(model: str) -> bool:
+    """Whether an unknown ``model`` is a known id misspelt rather than a model we do not know yet.
+
+    A typo: the same id but for case and separators, or one slip of a letter (dropped, doubled,
+    swapped or wrong) with the same digits. A new model almost always differs in its digits
+    (``seedream-6``) or by a word (``-hd``): that passes through, as the catalog promises.
+    """
+    spelling = _spelling(model)
+    for known in MODELS:
+        known_spelling = _spelling(known)
+        if spelling == known_spelling:
+            return True
+        same_digits = re.findall(r"\d+", spelling) == re.findall(r"\d+", known_spelling)
+        if (
+            same_digits
+            and abs(len(spelling) - len(known_spelling)) <= 1
+            and difflib.SequenceMatcher(None, spelling, known_spelling).ratio() >= 0.85
+        ):
+            return True
+    return False
+
+
+def _or_list(names: list[str]) -> str:
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def _shown(value: Any) -> str:

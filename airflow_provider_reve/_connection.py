@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve.exceptions import ReveConfigurationError
+from airflow_provider_reve.exceptions import ReveAPIError, ReveAuthenticationError, ReveConfigurationError
 
 DEFAULT_BASE_URL = "https://reve2img.com"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -44,6 +44,31 @@ class ConnectionSettings:
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def missing_connection_message(conn_id: str) -> str:
+    """What to do when Airflow has no connection ``conn_id``: its type, and how to create it.
+
+    Only a placeholder stands where the key goes: this text reaches task logs and the UI.
+    """
+    env_name = f"AIRFLOW_CONN_{conn_id.upper()}"  # exactly the name Airflow looks up
+    return (
+        f"The Airflow connection {conn_id!r} isn't defined. Create it with type 'reve' (the UI's "
+        "Admin -> Connections, type Reve, your key in the 'API key' field), or as an environment "
+        f'variable of the workers and triggerers: {env_name}=\'{{"conn_type": "reve", '
+        '"password": "<your Reve API key>"}\' (add "host" for another Base URL). See README, '
+        '"Connection".'
+    )
+
+
+def name_the_connection(error: ReveAPIError, conn_id: str) -> None:
+    """Say which connection's key the API refused (401/403): the one place the user must fix."""
+    if isinstance(error, ReveAuthenticationError):
+        error.message = (
+            f"{error.message} -- the key of Airflow connection {conn_id!r} was refused: put a "
+            "valid Reve key in its 'API key' (password) field."
+        )
+        error.args = (error.message,)
 
 
 def settings_from_connection(

@@ -251,10 +251,47 @@ def _check_url(url: str, previous_scheme: str | None) -> SplitResult:
     return parts
 
 
+# IPv6 ranges that carry an IPv4 address, and where in them it sits. A connection to one of them
+# reaches (through a translator, a tunnel or the dual stack) the IPv4 address inside, so they are
+# judged as that address is: "64:ff9b::a9fe:a9fe" is the cloud metadata service, reached by NAT64.
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the last 32 bits
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a site's own translator
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated "::a.b.c.d"
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT "::ffff:0:a.b.c.d"
+
+
 def is_public_address(address: str) -> bool:
+    """Whether ``address`` (IPv4 or IPv6 text) is a public, unicast address.
+
+    An IPv6 address that embeds an IPv4 one (mapped, compatible, SIIT, NAT64, 6to4, Teredo) is
+    public only when the IPv4 address inside is public too.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL_USE:
+            return False  # a site-local translator: whatever it reaches is the site's own network
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            if ip.ipv4_mapped is not None or ip in _IPV4_COMPATIBLE or ip in _IPV4_TRANSLATED:
+                ip = embedded  # these *are* the IPv4 address, spelled in IPv6
+            elif not _is_public(embedded):
+                return False
+    return _is_public(ip)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if ip.sixtofour is not None:
+        return ip.sixtofour  # 2002:AABB:CCDD::/48 is the 6to4 site of AA.BB.CC.DD
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client, whose bits Teredo stores inverted (Python undoes it)
+    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_TRANSLATED or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     # is_global is False for private, loopback, link-local, shared (CGNAT), reserved,
     # documentation and unspecified ranges; multicast is excluded explicitly, as some
     # multicast ranges count as "global".

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, Stats
 
-from airflow_provider_reve._outcomes import raise_for_error
+from airflow_provider_reve._outcomes import raise_for_storing_error
 from airflow_provider_reve._storage import (
     StoredResults,
     asset_uri,
     prepare_destination,
     resolve_destination,
 )
-from airflow_provider_reve.exceptions import ReveError, ReveValidationError
+from airflow_provider_reve.exceptions import ReveStorageError, ReveValidationError
 from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
@@ -58,12 +58,13 @@ def check_download_to(download_to: Any, *, before: str) -> None:
 
     Called before anything is paid for (the generate operator) or waited for (the sensor), so
     that a typo does not surface an hour later, after a paid generation, with expiring URLs.
+    Only then is an unusable destination permanent: once a task is paid, storing it is retried.
     """
     if download_to is None:
         return
     try:
         prepare_destination(resolve_destination(download_to))
-    except ReveValidationError as error:
+    except (ReveValidationError, ReveStorageError) as error:
         raise AirflowFailException(f"Invalid download_to ({before}): {error}") from error
 
 
@@ -104,13 +105,15 @@ def succeeded(
             allow_private_addresses=allow_private_addresses,
             output_format=output_format,
         )
-    except ReveError as error:
+    except Exception as error:
+        # Paid: whatever went wrong between the answer and the stored files (the destination
+        # read-only for a moment, an object store's own exception) must leave a retry to store.
         operator.log.error(
             "Reve task %s succeeded (and is paid for) but its files could not be stored. %s",
             task.task_id,
             if_storing_fails,
         )
-        raise_for_error(error, operator.log)
+        raise_for_storing_error(error, operator.log)
     data = task.to_dict()
     if stored is not None:
         data["files"] = stored.files

@@ -6,7 +6,10 @@ The classes come from :mod:`airflow_provider_reve._retry`; this module only maps
   ``AirflowFailException``: no Airflow retry is spent on something that cannot succeed;
 * content policy with ``on_content_policy_violation="skip"`` -> ``AirflowSkipException``;
 * transient (rate limits, 5xx, timeouts, FAILED tasks with a transient code -- refunded, so a
-  retry costs nothing extra) -> ``AirflowException``, so the user's ``retries`` apply.
+  retry costs nothing extra) -> ``AirflowException``, so the user's ``retries`` apply;
+* after a task is paid and finished, every error on the way to its stored files is transient
+  (:func:`raise_for_storing_error`): a retry re-attaches for free. Only a result URL that no try
+  can fetch (expired, refused by the download policy, over ``max_bytes``) is permanent.
 
 Every decision is logged with its class and reason.
 """
@@ -23,7 +26,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve._retry import is_permanent, is_permanent_code
-from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
+from airflow_provider_reve.exceptions import ReveDownloadError, ReveError, ReveTaskFailedError
 from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
@@ -55,6 +58,26 @@ def raise_for_error(
         error,
     )
     raise AirflowException(str(error)) from error
+
+
+def raise_for_storing_error(error: BaseException, log: logging.Logger | Any) -> NoReturn:
+    """A paid, finished task whose files could not be stored: fail the try so a retry stores them.
+
+    A destination that is read-only, full or unreachable for a moment, or was refused by a check
+    that guards *before* paying, is transient here. Never ``AirflowFailException``, which would
+    spend no retries and leave the paid result behind, except for a URL no try can fetch.
+    """
+    if isinstance(error, ReveDownloadError) and is_permanent(error):
+        raise_for_error(error, log)
+    log.warning(
+        "Storing the files failed TRANSIENTLY (%s): the Reve task is paid; failing this try so that "
+        "Airflow's retries re-attach to it (free) and store them. %s",
+        type(error).__name__,
+        error,
+    )
+    raise AirflowException(
+        f"The result files could not be stored ({type(error).__name__}): {error}"
+    ) from error
 
 
 def raise_for_failed_task(

@@ -12,10 +12,10 @@ instance, written at three moments, each one store call:
 
 The entry is never deleted after success: Airflow may still fail the try after ``execute()``
 returned (``post_execute``, the XCom push, the success report), and the retry must find the task
-again. A *clear* must generate afresh, and the try number cannot tell a clear from a retry, so
-every entry records the task instance's ``max_tries``, which retries leave alone and a clear
-raises. ``[state_store]
-clear_on_success = True`` removes entries atomically when success is recorded; either way works.
+again. A *clear* must generate afresh, and the try number alone cannot tell a clear from a retry
+(:func:`cleared_since` says how Airflow 3.3 lets us tell, and where it does not).
+``[state_store] clear_on_success = True`` removes entries atomically when success is recorded;
+either way works.
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+__all__ = [
+    "REFUSED",
+    "STATE_KEY",
+    "SUBMITTED",
+    "SUBMITTING",
+    "Recalled",
+    "SubmittedTaskMemory",
+    "cleared_since",
+    "request_fingerprint",
+    "run_of_tries",
+]
 
 STATE_KEY = "reve_submitted_task"
 
@@ -52,18 +64,51 @@ class Recalled:
     first_refusal: float | None = None
 
 
-def _run_of_tries(context: Mapping[str, Any]) -> int | None:
-    """Which run of tries this is: the task instance's ``max_tries``.
+def run_of_tries(context: Mapping[str, Any]) -> int | None:
+    """Which run of tries this is: the task instance's ``max_tries`` (recorded in every entry).
 
-    A retry never changes ``max_tries``; a clear sets it to ``try_number + retries``, past any
-    earlier value (unless ``retries`` was lowered at the same time: then the clear re-attaches,
-    which costs nothing). Not ``max_tries - retries``: ``retries`` comes from the DAG file the
-    worker parsed, which may have changed between two tries of one run.
+    A retry never changes ``max_tries``; a clear of a queued, scheduled, deferred or finished
+    instance sets it to ``try_number + retries``, past any earlier value (unless ``retries`` was
+    lowered at the same time: then the clear re-attaches, which costs nothing). Not
+    ``max_tries - retries``: ``retries`` comes from the DAG file the worker parsed, which may have
+    changed between two tries of one run.
     """
     max_tries = getattr(context.get("ti"), "max_tries", None)
     if not isinstance(max_tries, int) or isinstance(max_tries, bool):
         return None
     return max_tries
+
+
+def _try_number(context: Mapping[str, Any]) -> int | None:
+    number = getattr(context.get("ti"), "try_number", None)
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def cleared_since(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
+    """Whether the task instance was cleared after the try that wrote ``entry``.
+
+    Airflow 3.3 (``clear_task_instances``), by the state the instance was cleared in:
+
+    * queued, scheduled, deferred, up for retry or finished: ``max_tries`` is raised to
+      ``try_number + retries`` -> the entry's ``run`` differs;
+    * running: it goes ``restarting`` and keeps ``max_tries``; the killed try is then either
+      reported ended by the executor, and the scheduler raises ``max_tries`` as a clear does
+      (-> ``run`` differs), or failed (a lost heartbeat), and ``restarting`` is always eligible
+      for a retry, even past ``max_tries``. A try numbered past ``max_tries + 1`` is one no retry
+      can be: only a clear while running reaches it (-> cleared, unless this very try wrote the
+      entry: a deferral resuming).
+
+    Left indistinguishable from a retry: a clear of a *running* instance with retries left whose
+    killed try Airflow fails without raising ``max_tries``. That try re-attaches to the task the
+    earlier try paid for (nothing is paid twice); clear it again once it is no longer running to
+    generate afresh. ``dag_run.clear_number`` is not used: it also counts clears of the run's
+    other tasks, and reading one of those as this task's clear would pay twice.
+    """
+    run, marker = entry.get("run"), run_of_tries(context)
+    if run is not None and marker is not None and run != marker:
+        return True
+    number = _try_number(context)
+    return marker is not None and number is not None and number > marker + 1 and entry.get("try") != number
 
 
 class SubmittedTaskMemory:
@@ -72,9 +117,9 @@ class SubmittedTaskMemory:
     def __init__(self, context: Mapping[str, Any], log: logging.Logger | Any) -> None:
         self._store = context.get("task_state_store")
         self._log = log
-        self._run_marker = _run_of_tries(context)
-        ti = context.get("ti")
-        self._try_number = getattr(ti, "try_number", None)
+        self._context = context
+        self._run_marker = run_of_tries(context)
+        self._try_number = _try_number(context)
         if self._store is None:
             global _warned_unavailable
             if not _warned_unavailable:
@@ -95,8 +140,7 @@ class SubmittedTaskMemory:
         entry = self._store.get(STATE_KEY)
         if not isinstance(entry, dict):
             return None
-        run = entry.get("run")
-        if run is not None and self._run_marker is not None and run != self._run_marker:
+        if cleared_since(entry, self._context):
             self._log.info(
                 "The task was cleared since Reve task %s was submitted (try %s): generating afresh.",
                 entry.get("task_id") or "(none)",

@@ -40,8 +40,12 @@ from urllib.parse import quote
 
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve._redact import Redactor
-from airflow_provider_reve._retry import RetryPolicy, call_with_retries
-from airflow_provider_reve.exceptions import ReveDownloadError, ReveValidationError
+from airflow_provider_reve._retry import RetryPolicy, call_with_retries, is_permanent
+from airflow_provider_reve.exceptions import (
+    ReveDownloadError,
+    ReveStorageError,
+    ReveValidationError,
+)
 from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -85,6 +89,10 @@ _HASH_CHUNK = 1024 * 1024
 # killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
 STALE_SPOOL_SECONDS = 24 * 3600
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
+# Earlier manifests read for files to reuse, and failures spelled out in one error.
+_MAX_MANIFESTS = 1000
+_MANIFEST_NAME = re.compile(r"reve-manifest-[0-9a-f]{16}\.json")
+_MAX_REPORTED = 5
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,11 @@ def _resolve(value: Any) -> Destination:
             raise ReveValidationError("download destination is empty")
         if "://" not in text:
             return Destination(local=_absolute(Path(text)), remote=None)
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() in _LOCAL_PROTOCOLS:
+            # Read here, not by ObjectStoragePath, which would resolve "file://data/reve" against
+            # this process's working directory (and FILE:// is the same scheme as file://).
+            return Destination(local=_absolute(_local_url_path(text, rest)), remote=None)
         from airflow.sdk import ObjectStoragePath
 
         try:
@@ -158,6 +171,18 @@ def _resolve(value: Any) -> Destination:
             "Airflow provider that brings it (e.g. apache-airflow-providers-amazon for s3://)"
         ) from None
     return Destination(local=None, remote=value)
+
+
+def _local_url_path(url: str, rest: str) -> Path:
+    """The path of a ``file://`` / ``local://`` URL: ``file:///abs`` or ``file://localhost/abs``."""
+    host, slash, path = rest.partition("/")
+    if host.lower() in ("", "localhost"):
+        return Path(slash + path)
+    raise ReveValidationError(
+        f"download destination must be an absolute path, got {url!r}: a local URL takes three "
+        f"slashes ({url.partition(':')[0].lower()}:///{rest}), and {host!r} would be read as a "
+        "folder of the working directory"
+    )
 
 
 def _absolute(path: Path) -> Path:
@@ -236,14 +261,18 @@ def store_results(
 ) -> StoredResults:
     """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
 
-    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors);
-        files stored before it stay, complete, and a re-run skips them.
-    :raises ReveValidationError: a task has not succeeded, or the destination is not usable.
+    :raises ReveDownloadError: a file could not be fetched (after retrying transient errors).
+        Every other file is still fetched and stored first (each file's fate is its own), the
+        manifest lists those, and a re-run skips them; the error names every file that failed.
+    :raises ReveStorageError: the destination cannot take files now (read-only, full, gone):
+        transient, the tasks are paid and a later try stores them.
+    :raises ReveValidationError: a task has not succeeded, or the destination is not a valid
+        folder or URL.
 
     ``hidden`` secrets (the API key) are scrubbed from every URL in a log line or error: a redirect
-    may put one in a path. Tasks listed twice are stored once. A file that an earlier run's
-    manifest here records, and that is still there with its size and sha256, is reused
-    without downloading: its URL may have expired since.
+    may put one in a path. Tasks listed twice are stored once. A file that any earlier manifest
+    in this destination records (whatever set of tasks it was written for), and that is still
+    there with its size and sha256, is reused without downloading: its URL may have expired since.
     """
     from airflow_provider_reve._download import _check_url  # requests: only when a task runs
 
@@ -271,8 +300,11 @@ def store_results(
     _remove_stale_spools(where.local, logger)
     earlier = _earlier_entries(where, tasks)
     files: list[dict[str, Any]] = []
+    failures: list[ReveDownloadError] = []
     started = time.monotonic()
     for task in tasks:
+        if failures and isinstance(failures[-1], ReveStorageError):
+            break  # the destination itself fails: every other file would fail there too
         for index, url in enumerate(task.result_urls):
             kept = earlier.get((task.task_id, index))
             if kept is not None:
@@ -296,19 +328,38 @@ def store_results(
                 except OSError as error:
                     # Disk full, permissions, a vanished folder: the storage's fault, not the URL's.
                     # Retried by the policy (it may pass), then reported with the path, never the URL.
-                    raise ReveDownloadError(
+                    raise ReveStorageError(
                         f"storing result {index} of Reve task {task.task_id} at {where} failed: "
-                        f"{type(error).__name__}: {error.strerror or error}",
-                        url="",
+                        f"{type(error).__name__}: {error.strerror or error}"
                     ) from None
 
-            entry = call_with_retries(
-                fetch,
-                policy,
-                what=f"Downloading result {index} of Reve task {task.task_id}",
-            )
+            try:
+                entry = call_with_retries(
+                    fetch,
+                    policy,
+                    what=f"Downloading result {index} of Reve task {task.task_id}",
+                )
+            except ReveDownloadError as error:
+                # Each file's fate is its own: one task's expired URL must not cost another
+                # task's files, whose URLs are live now and expire too. Reported after all.
+                logger.error("Could not store %s", error)
+                failures.append(error)
+                if isinstance(error, ReveStorageError):
+                    break
+                continue
             files.append(entry)
-    manifest_path = _write_manifest(where, tasks, files) if files else None
+    try:
+        manifest_path = _write_manifest(where, tasks, files) if files else None
+    except OSError as error:
+        problem = ReveStorageError(
+            f"writing the manifest at {where} failed: {type(error).__name__}: {error.strerror or error}"
+        )
+        if not failures:
+            raise problem from None
+        logger.error("%s", problem)
+        manifest_path = None
+    if failures:
+        raise _not_all_stored(failures, len(files), where)
     total = sum(entry["bytes"] for entry in files)
     logger.info(
         "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
@@ -377,7 +428,11 @@ def _store_one(
 
 
 def prepare_destination(where: Destination) -> None:
-    """Create a local destination and prove a file can be written there (before paying)."""
+    """Create a local destination and prove a file can be written there.
+
+    :raises ReveStorageError: not now. Before paying, the caller refuses that as invalid input
+        (``_finish.check_download_to``); after paying it is transient like any storage error.
+    """
     if where.local is None:
         return
     try:
@@ -386,7 +441,7 @@ def prepare_destination(where: Destination) -> None:
         os.close(fd)
         probe.unlink()
     except OSError as error:
-        raise ReveValidationError(
+        raise ReveStorageError(
             f"download destination {where.local} is not writable: {type(error).__name__}: "
             f"{error.strerror or error}"
         ) from None
@@ -413,32 +468,90 @@ def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
 
 
 def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Entries of this destination's manifest for ``tasks`` whose files are still intact."""
-    manifest = where.target(manifest_name(task.task_id for task in tasks))
-    try:
-        with manifest.open("rb") as fh:
-            entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return {}
-    wanted = {(task.task_id, index): task for task in tasks for index in range(len(task.result_urls))}
+    """Entries of *any* manifest in this destination for files of ``tasks`` still intact there.
+
+    Per file, not per set of tasks: a file stored with tasks A and B is reused when a later call
+    stores A and C, after A's URL expired. This set's own manifest is read first; the others only
+    while the folder holds a file of ours that none read so far vouches for (so a first store
+    reads no manifest, however many an object-store folder holds).
+    """
+    wanted = {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
+    own = manifest_name(task.task_id for task in tasks)
     kept: dict[tuple[str, int], dict[str, Any]] = {}
-    for entry in entries if isinstance(entries, list) else []:
+    _reuse_from(where, own, wanted, kept)
+    if len(kept) == len(wanted):
+        return kept
+    names = _names_in(where)
+    manifests = sorted(name for name in names if _MANIFEST_NAME.fullmatch(name) and name != own)
+    for manifest in manifests[:_MAX_MANIFESTS]:
+        missing = wanted - kept.keys()
+        if not any(_named_for(key, name) for key in missing for name in names):
+            break
+        _reuse_from(where, manifest, missing, kept)
+    return kept
+
+
+def _reuse_from(
+    where: Destination,
+    manifest: str,
+    wanted: set[tuple[str, int]],
+    kept: dict[tuple[str, int], dict[str, Any]],
+) -> None:
+    for entry in _manifest_entries(where.target(manifest)):
         try:
             key = (entry["reve_task_id"], entry["index"])
             name = str(entry["path"]).rsplit("/", 1)[-1]
         except (KeyError, TypeError):
             continue
-        # Only a file with the name we give it, inside this destination, counts: a manifest is
-        # a file anyone with access to the folder may have edited.
-        ours = key in wanted and name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
-        target = where.target(name) if ours else None
-        if (
-            target is not None
-            and where.shown(target) == entry["path"]
-            and _same_file(target, entry.get("bytes"), entry.get("sha256"))
+        # Only a file with the name we give it, inside this destination, counts: a manifest is a
+        # file anyone with access to the folder may have edited.
+        if key not in wanted or key in kept or not _named_for(key, name):
+            continue
+        target = where.target(name)
+        if where.shown(target) == entry["path"] and _same_file(
+            target, entry.get("bytes"), entry.get("sha256")
         ):
             kept[key] = entry
-    return kept
+
+
+def _named_for(key: tuple[str, int], name: str) -> bool:
+    return name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
+
+
+def _names_in(where: Destination) -> list[str]:
+    folder = where.local if where.local is not None else where.remote
+    try:
+        return [path.name for path in folder.iterdir()]  # type: ignore[union-attr]
+    except Exception:  # cannot list (an object store without it): no other manifest is read
+        return []
+
+
+def _manifest_entries(manifest: Any) -> list[Any]:
+    try:
+        with manifest.open("rb") as fh:
+            entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
+    except Exception:  # missing, unreadable, not ours: nothing to reuse from it
+        return []
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
+def _not_all_stored(failures: list[ReveDownloadError], stored: int, where: Destination) -> ReveDownloadError:
+    """One error for every file that could not be stored, typed so that a retry happens when
+    any of them may still succeed (a 503, the destination) and not when none can (expired URLs)."""
+    if isinstance(failures[-1], ReveStorageError):  # the files after it were not tried
+        return ReveStorageError(
+            f"{failures[-1]} ({stored} file(s) stored before; the others were not tried)"
+            + "".join(f"; also {error}" for error in failures[:-1][:_MAX_REPORTED])
+        )
+    transient = [error for error in failures if not is_permanent(error)]
+    first = (transient or failures)[0]
+    shown = "; ".join(str(error) for error in failures[:_MAX_REPORTED])
+    more = f"; and {len(failures) - _MAX_REPORTED} more" if len(failures) > _MAX_REPORTED else ""
+    message = (
+        f"{len(failures)} result file(s) could not be stored at {where} ({stored} other(s) were, and "
+        f"are listed in the manifest): {shown}{more}"
+    )
+    return type(first)(message, url=first.url, http_status=first.http_status)
 
 
 def _open_spool(folder: Path | None) -> tuple[int, Path]:

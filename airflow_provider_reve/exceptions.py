@@ -179,6 +179,23 @@ class ReveDownloadTooLargeError(ReveDownloadError):
     """The body is (or announces to be) larger than ``max_bytes``; nothing more is read."""
 
 
+class ReveStorageError(ReveDownloadError):
+    """Result files could not be written to their destination (read-only, full, unreachable).
+
+    Always transient: the Reve task is paid and finished, so a later try re-attaches to it for
+    free and stores its files once the destination is back. Before anything is paid for, an
+    unusable destination is refused as invalid input instead (``download_to``). A
+    ``ReveDownloadError``, as storage errors always were.
+
+    :param message: what failed, with the destination (never a result URL).
+    :param url: empty: no URL was at fault.
+    :param http_status: ``None``: no HTTP answer was at fault.
+    """
+
+    def __init__(self, message: str, *, url: str = "", http_status: int | None = None) -> None:
+        super().__init__(message, url=url, http_status=http_status)
+
+
 class ReveTaskFailedError(ReveError):
     """The Reve task ended ``FAILED`` (the API refunds failed tasks).
 

@@ -3,8 +3,15 @@
 How Airflow 3.3 serves an extra link: when a task's process ends -- finished, failed, or
 *deferred* -- the worker calls :meth:`ReveResultLink.get_link` and stores what it returns as the
 XCom ``_link_ReveResultLink``; the api-server later reads only that XCom. ``get_link`` therefore
-cannot rely on anything kept in memory: a deferred task resumes in a new process. So the operator
-pushes the URL into its own XCom (:func:`push_result_link`) and ``get_link`` reads it back.
+cannot rely on anything kept in memory *between* processes: a deferred task resumes in a new
+process. So the operator pushes the URL into its own XCom (:func:`push_result_link`).
+
+``get_link`` runs in the process that just ran the operator, so it first takes what
+:func:`push_result_link` remembered on that operator object; the Reve operators start with "no
+link yet" (``ReveResultLinkMixin``), so ``get_link`` never reads an XCom that does not exist:
+the supervisor logs a missing XCom at ERROR level (``XCom not found``), which on every deferral
+taught people to ignore errors. Only an operator that never called :func:`push_result_link` in
+this process (someone else's, writing the XCom by hand) is looked up in XCom.
 
 The URL comes from the Reve API, which we do not trust with the user's browser: only a plain
 ``http(s)://host/...`` URL becomes a link. ``javascript:``, ``data:``, ``file:``, a URL with
@@ -14,7 +21,7 @@ The URL comes from the Reve API, which we do not trust with the user's browser: 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -25,12 +32,23 @@ from airflow_provider_reve.models import ReveTask
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator, Context, TaskInstanceKey
 
+__all__ = [
+    "RESULT_URL_XCOM_KEY",
+    "ReveResultLink",
+    "ReveResultLinkMixin",
+    "first_result_url",
+    "push_result_link",
+    "safe_link",
+]
+
 log = logging.getLogger(__name__)
 
 #: The task's own XCom key that holds the link's target (a checked URL, or ``None``).
 RESULT_URL_XCOM_KEY = "reve_result_url"
 # Signed CDN URLs are long, but not this long; anything longer is not a URL we want in an href.
 _MAX_URL_CHARS = 8192
+# The attribute on the running operator that holds the link pushed in this process.
+_PUSHED_IN_THIS_PROCESS = "reve_result_link"
 
 
 class ReveResultLink(BaseOperatorLink):
@@ -39,15 +57,29 @@ class ReveResultLink(BaseOperatorLink):
     name = "Reve result"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        """The task instance's first result URL, read back from its own XCom.
+        """The task instance's first result URL: kept on the operator that just ran, else its XCom.
 
-        :param operator: the task's operator (unused: the URL is in the XCom).
+        :param operator: the task's operator (holds the link pushed in this process, if any).
         :param ti_key: the task instance.
         :return: a URL that :func:`safe_link` accepts, or ``""`` (no link).
         """
+        if hasattr(operator, _PUSHED_IN_THIS_PROCESS):
+            return safe_link(getattr(operator, _PUSHED_IN_THIS_PROCESS))
         # Checked again on the way out: the XCom may have been written by an older version of
         # this provider, by a custom XCom backend, or by hand.
         return safe_link(XCom.get_value(ti_key=ti_key, key=RESULT_URL_XCOM_KEY))
+
+
+class ReveResultLinkMixin:
+    """The "Reve result" link for an operator that calls :func:`push_result_link` when it has one.
+
+    Until it does, in this process, the link is empty: deferring, failing or skipping before a
+    result never makes Airflow look up (and log at ERROR) an XCom that was never written.
+    """
+
+    operator_extra_links: Collection[BaseOperatorLink] = (ReveResultLink(),)
+    #: What :func:`push_result_link` stored in this process (a checked URL), ``None`` until then.
+    reve_result_link: str | None = None
 
 
 def push_result_link(context: Context, url: str | None) -> None:
@@ -67,6 +99,10 @@ def push_result_link(context: Context, url: str | None) -> None:
     ti: Any = context.get("ti") if isinstance(context, Mapping) else None
     if callable(getattr(ti, "xcom_push", None)):
         ti.xcom_push(key=RESULT_URL_XCOM_KEY, value=link)
+        # The task runner's finalize() asks the link of this very object (ti.task).
+        task = getattr(ti, "task", None) or context.get("task")
+        if task is not None:
+            setattr(task, _PUSHED_IN_THIS_PROCESS, link)
 
 
 def safe_link(url: Any) -> str:

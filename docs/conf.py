@@ -23,7 +23,7 @@ from airflow_provider_reve import __version__  # noqa: E402
 
 #: Where the example DAGs live. The how-to pages include code from them through
 #: ``exampleinclude`` (below), so moving them is a one-line change here.
-EXAMPLE_DAGS_DIR = ROOT / "example_dags"
+EXAMPLE_DAGS_DIR = ROOT / "airflow_provider_reve" / "example_dags"
 
 project = "airflow-provider-reve"
 author = "The airflow-provider-reve authors"

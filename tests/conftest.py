@@ -11,7 +11,8 @@ from pathlib import Path
 _HOME = Path(tempfile.mkdtemp(prefix="reve-tests-airflow-home-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "example_dags")
+_EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "airflow_provider_reve" / "example_dags"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_EXAMPLE_DAGS)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
 

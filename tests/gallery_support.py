@@ -210,7 +210,16 @@ def media_params(src: str) -> dict[str, str]:
 
 def assert_only_safe_urls(urls: list[str]) -> None:
     """Every href/src/action is a route of the plugin, the Airflow UI, or a plain http(s) URL."""
-    own = ("gallery", "task-instance", "credits", "media?", "static/gallery.css", "../dags/", "/auth/")
+    own = (
+        "gallery",
+        "task-instance",
+        "credits",
+        "budgets",
+        "media?",
+        "static/gallery.css",
+        "../dags/",
+        "/auth/",
+    )
     for value in urls:
         if value.startswith(("http://", "https://")):
             assert safe_link(value) == value, value

@@ -21,7 +21,7 @@ from reve_test_helpers import return_values
 from airflow_provider_reve._finish import ASSET_EXTRA_KEYS
 from airflow_provider_reve.testing import FakeReveServer
 
-EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "airflow_provider_reve" / "example_dags"
 PROMPTS_FILE = EXAMPLE_DAGS / "prompts" / "content_pipeline.txt"
 DAG_IDS = {
     "example_reve_content_pipeline",

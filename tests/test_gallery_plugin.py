@@ -17,8 +17,8 @@ import jwt
 import pytest
 
 from airflow_provider_reve._storage import safe_stem
-from airflow_provider_reve.plugins import _media
-from airflow_provider_reve.plugins._render import EXPIRED_URL
+from airflow_provider_reve.plugins.app import media as gallery_media
+from airflow_provider_reve.plugins.app.rendering import EXPIRED_URL
 from tests.gallery_dags.reve_gallery_dags import HOSTILE_PROMPT
 from tests.gallery_data import add_ti, remove_dag, seed_generations
 from tests.gallery_support import (
@@ -363,7 +363,7 @@ def forged(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 operator=operator,
                 value=task_value(name, files=[entry]),
             )
-    _media.VERIFIED.clear()
+    gallery_media.VERIFIED.clear()
     yield {"real": real.read_bytes()}
     with db_session() as session:
         remove_dag(session, "reve_gallery_forged")
@@ -578,7 +578,7 @@ def test_processes_that_load_plugins_but_serve_no_ui_do_not_build_the_web_app(tm
         "from airflow import plugins_manager\n"
         "plugins, _ = plugins_manager._get_plugins()\n"
         "assert 'reve_gallery' in [p.name for p in plugins]\n"
-        "print('airflow_provider_reve.plugins._routes' in sys.modules)\n"
+        "print('airflow_provider_reve.plugins.app' in sys.modules)\n"
     )
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
     result = subprocess.run(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
-from airflow_provider_reve.exceptions import ReveDownloadError
+from airflow_provider_reve.exceptions import ReveDownloadError, ReveStorageError, is_permanent
 from tests.storage_stub import PNG, CdnStub, cut, file, gated, sha256, store, succeeded
 
 REMOTE_CONN = "reve_storage_tests"
@@ -147,3 +147,17 @@ def test_a_rerun_over_an_identical_remote_object_does_not_upload_it_again(cdn: C
     writes = [opened for opened in RecordingMemoryFS.opened if opened == ("/bucket/reve/t1_0.png", "wb")]
     assert len(writes) == 1
     assert RecordingMemoryFS.store["/bucket/reve/t1_0.png"].getvalue() == PNG
+
+
+def test_a_store_that_stops_accepting_data_fails_transiently_without_fetching_the_other_files(
+    cdn: CdnStub, bucket: Any
+) -> None:
+    first = cdn.route("/a.png", file(PNG))
+    second = cdn.route("/b.png", file(PNG))
+    RecordingMemoryFS.fail_writes_after = 10
+
+    with pytest.raises(ReveStorageError, match="stopped accepting") as raised:
+        store([succeeded("A", first), succeeded("B", second)], bucket)
+
+    assert not is_permanent(raised.value)  # paid results: a retry stores them once the store is back
+    assert cdn.hits("/b.png") == 0, "files were still fetched into a destination that fails every write"

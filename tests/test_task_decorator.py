@@ -503,6 +503,32 @@ def test_a_deferred_retry_re_attaches_with_the_first_trys_request_until_a_clear_
     ]
 
 
+def test_a_clear_while_running_that_airflow_ends_as_a_failed_try_calls_the_function_afresh(server):
+    # Airflow 3.3 keeps max_tries when it clears a running instance ("restarting") and may then
+    # give it one more try past max_tries: no retry is ever numbered so, only a clear.
+    server.set_async_seconds(60)
+    generation = Generation(lambda call: f"{PROMPT}, take {call}", deferrable=True)
+    store = StateStore()
+    with pytest.raises(TaskDeferred):
+        generation.operator().execute(context(store, try_number=1, max_tries=0))
+
+    with pytest.raises(TaskDeferred) as cleared:
+        generation.operator().execute(context(store, try_number=2, max_tries=0))
+
+    assert generation.calls == 2, "a clear while running re-used the old request"
+    assert server.submissions == 2
+    # That try's own deferral resumes with the request it kept, without calling the function.
+    paid = cleared.value.kwargs["reve_task_id"]
+    server.finish_task(paid)
+    result = generation.operator().resume_execution(
+        cleared.value.method_name,
+        {**(cleared.value.kwargs or {}), "event": fire(cleared.value.trigger)},
+        context(store, try_number=2, max_tries=0),
+    )
+    assert result["task_id"] == paid
+    assert generation.calls == 2
+
+
 class FlakyCdn:
     """The loopback host of the fake's result URLs: answers 503 while ``down``, else relays the
     fake's own file (over HTTP). ``hits`` counts the requests it got."""

@@ -36,7 +36,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 
-from airflow_provider_reve._reattach import _run_of_tries
+from airflow_provider_reve._reattach import cleared_since, run_of_tries
 from airflow_provider_reve._rendered import coerce_extra_params
 from airflow_provider_reve.exceptions import ReveValidationError
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
@@ -186,7 +186,7 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
             return
         request = {name: getattr(self, name) for name in _KEPT_FIELDS}
         entry: dict[str, Any] = {
-            "run": _run_of_tries(context),
+            "run": run_of_tries(context),
             "try": _try_number(context),
             "request": request,
         }
@@ -209,9 +209,10 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
         request = entry.get("request")
         if not isinstance(request, dict):
             return None
-        run, marker = entry.get("run"), _run_of_tries(context)
-        if run is not None and marker is not None:
-            return request if run == marker else None
+        if cleared_since(entry, context):
+            return None
+        if entry.get("run") is not None and run_of_tries(context) is not None:
+            return request
         # Kept before runs of tries were recorded (a deferral across an upgrade): this try's only.
         return request if entry.get("try") == _try_number(context) else None
 

@@ -22,11 +22,17 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import requests
+from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.providers.http.hooks.http import HttpHook
 
 from airflow_provider_reve import __version__
 from airflow_provider_reve._catalog import is_synchronous, validate_request
-from airflow_provider_reve._connection import ConnectionSettings, settings_from_connection
+from airflow_provider_reve._connection import (
+    ConnectionSettings,
+    missing_connection_message,
+    name_the_connection,
+    settings_from_connection,
+)
 from airflow_provider_reve._download import is_public_address
 from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
 from airflow_provider_reve._ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
@@ -148,7 +154,12 @@ class ReveHook(HttpHook):
     @property
     def settings(self) -> ConnectionSettings:
         if self._settings is None:
-            conn = self.get_connection(self.reve_conn_id)
+            try:
+                conn = self.get_connection(self.reve_conn_id)
+            except AirflowNotFoundException as error:
+                # Same exception type (retries and triggers treat it as before), a message that
+                # says what to create.
+                raise AirflowNotFoundException(missing_connection_message(self.reve_conn_id)) from error
             self._settings = settings_from_connection(
                 self.reve_conn_id, conn.host, conn.port, conn.password, conn.extra_dejson
             )
@@ -359,6 +370,7 @@ class ReveHook(HttpHook):
             )
         except ReveAPIError as error:
             gate.observe(error)  # a 429 holds this process's other requests too
+            name_the_connection(error, self.reve_conn_id)
             raise
 
     def _transport_error(self, endpoint: str, error: requests.exceptions.RequestException) -> ReveAPIError:
@@ -434,7 +446,10 @@ class ReveAsyncHook(ReveHook):
                 get_async_extra_dejson,
             )
 
-            conn = await get_async_connection(self.reve_conn_id, hook=self)
+            try:
+                conn = await get_async_connection(self.reve_conn_id, hook=self)
+            except AirflowNotFoundException as error:
+                raise AirflowNotFoundException(missing_connection_message(self.reve_conn_id)) from error
             extra = await get_async_extra_dejson(conn)
             self._settings = settings_from_connection(
                 self.reve_conn_id, conn.host, conn.port, conn.password, extra
@@ -527,4 +542,5 @@ class ReveAsyncHook(ReveHook):
             )
         except ReveAPIError as error:
             gate.observe(error)  # a 429 pauses every trigger of this connection on the loop
+            name_the_connection(error, self.reve_conn_id)
             raise

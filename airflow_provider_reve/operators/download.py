@@ -20,7 +20,7 @@ from airflow_provider_reve._outcomes import raise_for_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._storage import tasks_from_results
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -35,7 +35,7 @@ def _parse(value: Any) -> Any:
     return value
 
 
-class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
+class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOperator):
     """Download every result file of one or more finished Reve tasks to ``destination``.
 
     :param results: what ``ReveGenerateOperator`` or ``ReveTaskSensor`` returned: one task
@@ -60,7 +60,6 @@ class ReveDownloadResultsOperator(ReveLineageMixin, BaseOperator):
     template_fields: Sequence[str] = ("results", "destination", "reve_conn_id")
     template_fields_renderers = {"results": "json"}
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,

@@ -58,7 +58,7 @@ from airflow_provider_reve.exceptions import (
     ReveRateLimitError,
     ReveValidationError,
 )
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 
@@ -99,7 +99,9 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin, BaseOperator):
+class ReveGenerateOperator(
+    ReveResultLinkMixin, ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin, BaseOperator
+):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -157,7 +159,6 @@ class ReveGenerateOperator(ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin,
     )
     template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
@@ -304,9 +305,11 @@ class ReveGenerateOperator(ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin,
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
-        check_download_to(self.download_to, before="nothing was submitted")
         task = self._reattach(memory, fingerprint)
         if task is None:
+            # Only before paying is an unusable destination the user's error (permanent). A task
+            # re-attached to is paid: storing its files is retried like any storage error.
+            check_download_to(self.download_to, before="nothing was submitted")
             self._check_budget(params)
             self.wait_for_approval(context)
             self.reserve_budget(context)
@@ -342,6 +345,15 @@ class ReveGenerateOperator(ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin,
         except ReveValidationError as error:
             raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
         return params
+
+    def _output_format(self) -> str | None:
+        """The requested ``output_format`` (names a file the server sends untyped), for a task that
+        is paid: a request that no longer validates (a DAG file changed since) must not fail it
+        as "nothing was submitted"."""
+        try:
+            return self._validated_params().get("output_format")
+        except AirflowFailException:
+            return self.output_format if isinstance(self.output_format, str) else None
 
     def _check_budget(self, params: dict[str, Any]) -> None:
         if self.max_credits is None:
@@ -601,7 +613,7 @@ class ReveGenerateOperator(ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin,
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
             allow_private_addresses=self.allow_private_addresses,
-            output_format=self._validated_params().get("output_format"),
+            output_format=self._output_format(),
             if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
             "generating again (a clear generates afresh).",
         )

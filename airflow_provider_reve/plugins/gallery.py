@@ -9,6 +9,8 @@ that setting says.
 Every Airflow process imports this module when it loads plugins (scheduler, workers,
 triggerer...). Only the API server needs the web app, so it is built on first use of
 :attr:`ReveGalleryPlugin.fastapi_apps`; elsewhere importing this module costs a class definition.
+The app itself is the package :mod:`airflow_provider_reve.plugins.app` (routes, security, params,
+queries, rendering, media), in the shape of Airflow's edge3 provider.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from functools import cache
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
+
+__all__ = ["GALLERY_VIEW", "MEDIA_TAB", "URL_PREFIX", "ReveGalleryPlugin", "gallery_app"]
 
 URL_PREFIX = "/reve"
 
@@ -41,7 +45,7 @@ MEDIA_TAB = {
 
 @cache
 def gallery_app() -> Any:
-    from airflow_provider_reve.plugins._routes import create_app
+    from airflow_provider_reve.plugins.app import create_app
 
     return create_app()
 

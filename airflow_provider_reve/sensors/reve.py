@@ -32,8 +32,8 @@ from airflow_provider_reve._lineage import ReveLineageMixin
 from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
 from airflow_provider_reve._rendered import parse_rendered_literal
 from airflow_provider_reve._retry import is_permanent
-from airflow_provider_reve.exceptions import ReveError, ReveTaskFailedError
-from airflow_provider_reve.links import ReveResultLink
+from airflow_provider_reve.exceptions import ReveError, ReveStorageError, ReveTaskFailedError
+from airflow_provider_reve.links import ReveResultLinkMixin
 from airflow_provider_reve.models import ReveTask
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # The hook and the trigger load when a task runs, not when a DAG file is parsed (see _defaults).
 
 
-class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
+class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
     """Wait until a Reve task finishes; push its ``ReveTask.to_dict()`` as XCom ``return_value``.
 
     :param reve_task_id: the Reve task id (templated), or the whole dict the
@@ -66,7 +66,10 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         ``None``: only when the connection's Base URL is itself such an address (the fake).
 
     A task that ends ``FAILED`` fails the sensor with the API's error code and message
-    (skipped instead with ``soft_fail=True``).
+    (skipped instead with ``soft_fail=True``). ``soft_fail`` / ``never_fail`` / ``silent_fail``
+    apply to the *wait* only: once the task succeeded, storing its files happens after Airflow's
+    sensor handling, so a storage error fails the try (retries apply, re-attaching is free) and
+    is never turned into a skip.
 
     .. seealso::
         The how-to guide: :ref:`howto/sensor:ReveTaskSensor`.
@@ -74,7 +77,6 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
 
     template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id", "download_to")
     ui_color = "#f4e3ff"
-    operator_extra_links = (ReveResultLink(),)
 
     def __init__(
         self,
@@ -117,12 +119,56 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         return model if isinstance(model, str) else None
 
     def execute(self, context: Context) -> Any:
-        check_download_to(self.download_to, before="checked before waiting")
-        return super().execute(context)
+        if not (self.reschedule and context.get("task_reschedule_count")):
+            # Once per try: a rescheduled poke is already waiting, and a folder unwritable for a
+            # moment then must not end a wait for a task paid for elsewhere.
+            self._check_destination_before_waiting()
+        self._reve_succeeded: ReveTask | None = None
+        # BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable sensor makes
+        # before deferring included -- goes through its soft_fail / never_fail / silent_fail
+        # handling, so a bad ``reve_task_id`` is skipped with ``soft_fail`` in both modes.
+        waited = super().execute(context)
+        return self._finish_after_waiting(waited, context)
 
-    # ``execute`` is otherwise BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable
-    # sensor makes before deferring included -- goes through its soft_fail / never_fail /
-    # silent_fail handling, so a bad ``reve_task_id`` is skipped with ``soft_fail`` in both modes.
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        self._reve_succeeded = None
+        # BaseSensorOperator.resume_execution turns *any* AirflowException into a skip under
+        # soft_fail: storing a paid result must happen outside it (see _finish_after_waiting).
+        waited = super().resume_execution(next_method, next_kwargs, context)
+        return self._finish_after_waiting(waited, context)
+
+    def _finish_after_waiting(self, waited: Any, context: Context) -> Any:
+        """Store the files of the task the wait found SUCCESS (log, metric, Asset events too).
+
+        Outside Airflow's sensor handling on purpose: a storage error is not an outcome of the
+        wait, and soft_fail must not skip a paid result that a retry could still store.
+        """
+        task = getattr(self, "_reve_succeeded", None)
+        if task is None:
+            return waited
+        self._reve_succeeded = None
+        return self._succeeded(task, context)
+
+    def _check_destination_before_waiting(self) -> None:
+        try:
+            check_download_to(self.download_to, before="checked before waiting")
+        except AirflowFailException as error:
+            # A folder that cannot be written is permanent only before a wait (a typo or a bad
+            # URL always is). A task that already succeeded has files to store now: storing them
+            # then fails transiently, and a retry stores them once the folder is back.
+            if not isinstance(error.__cause__, ReveStorageError) or not self._already_succeeded():
+                raise
+            self.log.warning(
+                "download_to cannot take files right now, but Reve task %s has already succeeded: "
+                "trying to store its files anyway (an error then fails this try for a retry).",
+                self.resolved_task_id,
+            )
+
+    def _already_succeeded(self) -> bool:
+        try:
+            return self.hook.get_status(self.resolved_task_id, model=self.known_model).succeeded
+        except (ReveError, AirflowException):
+            return False
 
     def poke(self, context: Context) -> PokeReturnValue:
         task_id = self.resolved_task_id
@@ -143,7 +189,7 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         if task.failed:
             raise _failed(task)
         if task.succeeded:
-            return PokeReturnValue(is_done=True, xcom_value=self._succeeded(task, context))
+            return PokeReturnValue(is_done=True, xcom_value=self._waited_for(task))
         now = time.monotonic()
         last = getattr(self, "_progress_logged_at", None)
         # One line on the first poke, then at most one per PROGRESS_LOG_INTERVAL: a long video
@@ -199,12 +245,18 @@ class ReveTaskSensor(ReveLineageMixin, BaseSensorOperator):
         except ReveMalformedEventError as error:
             raise AirflowException(str(error)) from error
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
-            return self._succeeded(result.task.with_model(self.known_model), context)
+            return self._waited_for(result.task.with_model(self.known_model))
         if result.outcome == OUTCOME_FAILED and result.task is not None:
             raise _failed(result.task)
         if result.outcome == OUTCOME_ERROR:
             raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
         raise _timed_out(ends_at_execution_timeout, self, result.message)
+
+    def _waited_for(self, task: ReveTask) -> dict[str, Any]:
+        """The wait is over: the task succeeded. Its files are stored by ``execute`` /
+        ``resume_execution`` once Airflow's sensor handling is behind us."""
+        self._reve_succeeded = task
+        return task.to_dict()
 
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The same line, metric and storage as the generate operator: a task submitted with

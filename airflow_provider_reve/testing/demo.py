@@ -37,6 +37,9 @@ from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveS
 DEMO_DAG_ID = "example_reve_content_pipeline"
 PUBLISH_DAG_ID = "example_reve_publish_contact_sheet"
 CONTACT_SHEET_ASSET = "reve_example_contact_sheet"
+#: The example DAGs shipped in the package (so the demo runs from an installed wheel too).
+PACKAGED_EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+
 RETRY_POLICIES_POOL = {
     "name": "reve_generations",
     "slots": 4,
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dags-folder", type=Path, default=Path("example_dags"))
+    parser.add_argument("--dags-folder", type=Path, default=PACKAGED_EXAMPLE_DAGS)
     parser.add_argument("--out", type=Path, default=Path(".demo"), help="demo state and generated files")
     parser.add_argument("--async-seconds", type=float, default=6.0, help="how long fake async tasks run")
     parser.add_argument(

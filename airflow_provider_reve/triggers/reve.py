@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import random
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -84,11 +85,31 @@ def settle_time() -> float:
     (apache/airflow#66374, #72716). A worker supervisor notices its task's exit within
     ``[workers] min_heartbeat_interval`` (5 s by default), so we wait that long plus a second.
 
+    Under ``dag.test()`` there is no executor and no second process: the task and then its
+    trigger run one after the other in this process, so there is nothing to race and the
+    trigger may fire at once (offline DAG tests would otherwise wait ~6 s per deferral).
+
     :return: ``time.time()`` plus ``[workers] min_heartbeat_interval`` plus one second.
     """
+    if runs_under_dag_test():
+        return time.time()
     from airflow.providers.common.compat.sdk import conf
 
     return time.time() + conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0) + 1.0
+
+
+def runs_under_dag_test() -> bool:
+    """Whether this task runs in-process, with its triggers run inline (``dag.test()``).
+
+    Told by the task runner's channel to its supervisor: a real worker talks to a supervisor
+    process over a socket; ``dag.test()`` (without ``use_executor``) installs an in-process one.
+    Only modules already imported are looked at: a worker never pays for importing them here.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    supervisor = sys.modules.get("airflow.sdk.execution_time.supervisor")
+    in_process = getattr(supervisor, "InProcessSupervisorComms", None)
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return isinstance(in_process, type) and isinstance(comms, in_process)
 
 
 class ReveTaskTrigger(BaseTrigger):

@@ -1,10 +1,11 @@
 """``example_reve_content_pipeline`` through a real Airflow: what ``make demo`` shows, proven.
 
-One deployment for the module (api-server, scheduler, dag-processor, triggerer) parses
-``example_dags/`` with ``$REVE_EXAMPLE_OUTPUT_DIR`` set to a temporary folder and the
-``reve_default`` connection on a fake Reve API of its own. The pipeline is unpaused once, so the
-scheduler starts its ``@daily`` run by itself; every test below reads what that one run left in
-the metadata database, the output folder, the api-server and the fake's ledger.
+One deployment for the module (api-server, scheduler, dag-processor, triggerer) parses the
+shipped ``airflow_provider_reve/example_dags/`` with ``$REVE_EXAMPLE_OUTPUT_DIR`` set to a
+temporary folder and the ``reve_default`` connection on a fake Reve API of its own. The
+pipeline is unpaused once, so the scheduler starts its ``@daily`` run by itself; every test
+below reads what that one run left in the metadata database, the output folder, the
+api-server and the fake's ledger.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from airflow_provider_reve.testing.cluster import LocalAirflow
 from airflow_provider_reve.testing.demo import wait_for_first_run
 from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveServer
 
-EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
+EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "airflow_provider_reve" / "example_dags"
 PROMPTS_FILE = EXAMPLE_DAGS / "prompts" / "content_pipeline.txt"
 DAG_ID = "example_reve_content_pipeline"
 PUBLISH_DAG_ID = "example_reve_publish_contact_sheet"
@@ -229,3 +230,22 @@ def test_the_fake_api_was_paid_exactly_once_per_rendered_prompt(pipeline: Pipeli
     assert sorted(entry["task_id"] for entry in charges) == sorted(task["task_id"] for task in tasks)
     assert [entry for entry in pipeline.api.ledger if entry["reason"] != "charge"] == []
     assert pipeline.api.submissions == len(tasks) == 4
+
+
+def test_the_successful_run_with_deferrals_logs_no_error_in_any_task_log_or_the_scheduler_log(
+    pipeline: PipelineRun,
+):
+    # Log-based alerting watches ERROR lines: a run where nothing failed must have none (issue 22:
+    # the "Reve result" link used to make every deferral log "XCom not found" at ERROR).
+    assert pipeline.state == "success"
+    run_logs = [path for path in pipeline.airflow.log_dir.rglob("*.log") if f"dag_id={DAG_ID}" in str(path)]
+    assert run_logs, "the task logs of the run"
+    errors = [
+        f"{path.name}: {line}"
+        for path in run_logs
+        for line in path.read_text(errors="replace").splitlines()
+        if '"level":"error"' in line.replace(" ", "") or "[error" in line
+    ]
+    assert errors == []
+    scheduler_log = (pipeline.airflow.log_dir / "scheduler.log").read_text(errors="replace")
+    assert "XCom not found" not in scheduler_log

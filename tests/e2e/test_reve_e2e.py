@@ -148,7 +148,7 @@ def test_the_example_pipeline_runs_through_the_real_scheduler_and_triggerer(tmp_
     """What `make demo` shows, asserted: the shipped example DAG succeeds and writes real files."""
     from airflow_provider_reve.testing import demo
 
-    example_dags = Path(__file__).resolve().parents[2] / "example_dags"
+    example_dags = Path(__file__).resolve().parents[2] / "airflow_provider_reve" / "example_dags"
     args = ["--dags-folder", str(example_dags), "--out", str(tmp_path / "demo"), "--async-seconds", "4"]
     assert demo.main(args) == 0
     generated = list((tmp_path / "demo" / "generated").rglob("*"))

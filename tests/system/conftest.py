@@ -30,7 +30,7 @@ from .airflow_with_logins import AirflowWithLogins, Login
 
 SYSTEM_DIR = Path(__file__).resolve().parent
 REPO = SYSTEM_DIR.parent.parent
-EXAMPLE_DAGS = REPO / "example_dags"
+EXAMPLE_DAGS = REPO / "airflow_provider_reve" / "example_dags"
 OTHER_TEAM_DAGS = SYSTEM_DIR / "dags_other_team"
 ARTIFACTS = SYSTEM_DIR / "artifacts"
 
@@ -38,6 +38,7 @@ CONTENT_DAG_ID = "example_reve_content_pipeline"
 OTHER_DAG_ID = "other_team_report"
 TEAM = "content"
 OTHER_TEAM = "other"
+GALLERY_BUDGET = "content-daily"
 
 # The one command that makes the browser available; also what .ci/system-deps runs as root.
 INSTALL_HINT = "sudo apt-get install -y --no-install-recommends chromium fonts-liberation"
@@ -149,15 +150,28 @@ def system_fake_reve() -> Iterator[FakeReveServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def gallery_ledger(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The browser tests' SQLite ledger with one daily budget over ``reve_default`` (room for all)."""
+    from airflow_provider_reve.budgets import Budget, Ledger
+    from airflow_provider_reve.budgets.schema import engine_for_url
+
+    path = tmp_path_factory.mktemp("ledger") / "reve-ledger.db"
+    ledger = Ledger(engine_for_url(f"sqlite:///{path}"))
+    ledger.set_budget(Budget(GALLERY_BUDGET, 100_000, "reve_default", window="day", time_zone="Europe/Paris"))
+    return ledger
+
+
 @pytest.fixture(scope="module")  # stopped before the next module starts its own cluster
 def gallery_airflow(
     system_fake_reve: FakeReveServer,
     logins: dict[str, Login],
+    gallery_ledger: Any,
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[AirflowWithLogins]:
     """One Airflow for the browser tests: the example DAGs owned by team ``content``, another team's
-    DAG, three users, the Reve connection pointing at the fake API."""
+    DAG, three users, the Reve connection pointing at the fake API, budgets in ``gallery_ledger``."""
     base = tmp_path_factory.mktemp("system")
     conn = {"conn_type": "reve", "host": system_fake_reve.url, "password": DEFAULT_API_KEY}
     cluster = AirflowWithLogins(
@@ -168,6 +182,8 @@ def gallery_airflow(
         env={
             "AIRFLOW_CONN_REVE_DEFAULT": json.dumps(conn),
             "REVE_EXAMPLE_OUTPUT_DIR": str(base / "generated"),
+            "AIRFLOW_CONN_REVE_LEDGER": gallery_ledger.engine.url.render_as_string(),
+            "AIRFLOW__REVE__LEDGER_CONN_ID": "reve_ledger",
         },
     )
     try:

@@ -3,8 +3,8 @@
 A person logs in on Airflow's own login page, opens "Reve gallery" from the UI's Browse menu
 (the plugin's page then lives in the UI's iframe), and the test asserts what that person sees:
 pixels decoded by the browser (``naturalWidth``), prompts and credits equal to what the metadata
-DB says (rendered fields, XCom), the "Reve media" tab of a task instance, and a viewer of another
-team, who reads other DAGs, seeing none of it.
+DB says (rendered fields, XCom), the "Reve media" tab of a task instance, the Budgets panel showing
+what the ledger counted, and a viewer of another team, who reads other DAGs, seeing none of it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .airflow_with_logins import AirflowWithLogins, Login
-from .conftest import CONTENT_DAG_ID, OTHER_DAG_ID, ContentRun
+from .conftest import CONTENT_DAG_ID, GALLERY_BUDGET, OTHER_DAG_ID, ContentRun
+from .test_gallery_theme_browser import CONTRAST_JS
 
 CARD = '[data-testid="reve-card"]'
 IMAGE = 'img[data-testid="reve-image"]'
@@ -192,3 +193,83 @@ def test_a_viewer_of_another_team_sees_none_of_the_pipelines_generations(
         f"{gallery_airflow.base_url}/reve/media?{query}&reve_task_id={first.xcom['task_id']}&index=0"
     )
     assert media is not None and media.status == 403
+
+
+def test_every_text_of_the_served_gallery_credits_and_budgets_pages_is_readable_in_both_themes(
+    gallery_airflow: AirflowWithLogins,
+    content_run: ContentRun,
+    logins: dict[str, Login],
+    new_page: Any,
+) -> None:
+    page = new_page()
+    log_in(page, gallery_airflow, logins["member"])
+    faint: dict[str, list[dict[str, Any]]] = {}
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        for path in ("/reve/gallery", "/reve/credits", "/reve/budgets"):
+            page.goto(f"{gallery_airflow.base_url}{path}")
+            page.wait_for_load_state("load")
+            measured = page.evaluate(CONTRAST_JS)
+            assert measured, path
+            faint[f"{scheme} {path}"] = [item for item in measured if item["ratio"] < item["needed"]]
+
+    assert faint == {key: [] for key in faint}
+
+
+BUDGET_ROW_JS = """row => ({
+    attrs: {...row.dataset},
+    cells: Array.from(row.querySelectorAll('td')).map(td => td.textContent),
+})"""
+
+
+def test_the_budgets_panel_opened_from_the_gallery_shows_what_the_ledger_counted(
+    gallery_airflow: AirflowWithLogins,
+    content_run: ContentRun,
+    gallery_ledger: Any,
+    logins: dict[str, Login],
+    new_page: Any,
+    artifacts: Path,
+) -> None:
+    page = new_page()
+    log_in(page, gallery_airflow, logins["member"])
+    gallery = open_gallery_from_navigation(page)
+    gallery.get_by_role("link", name="Budgets").click()
+    panel = plugin_frame(page, "/reve/budgets")
+    row_selector = f'[data-testid="budget"][data-budget="{GALLERY_BUDGET}"]'
+    panel.locator(row_selector).wait_for()
+    page.screenshot(path=str(artifacts / "gallery-budgets.png"))
+
+    status = gallery_ledger.status(GALLERY_BUDGET)
+    paid = sum(g.xcom["consumed_credits"] for g in content_run.generations)
+    # Every generation reserved before paying and settled what it consumed: the ledger says so.
+    assert (status.spent_credits, status.reserved_credits) == (paid, 0) and paid > 0
+    shown = panel.eval_on_selector(row_selector, BUDGET_ROW_JS)
+    assert shown["attrs"]["limit"] == str(status.budget.limit_credits)
+    assert shown["attrs"]["spent"] == str(status.spent_credits)
+    assert shown["attrs"]["reserved"] == str(status.reserved_credits)
+    assert shown["attrs"]["remaining"] == str(status.remaining_credits)
+    assert shown["attrs"]["resetsAt"] == status.resets_at.isoformat()
+    # What a person reads: name, scope, window, then limit, spent, reserved, remaining, reset.
+    cells = shown["cells"]
+    assert cells[0] == GALLERY_BUDGET and cells[2] == "day (Europe/Paris)"
+    assert cells[3:7] == [
+        f"{status.budget.limit_credits:,}",
+        f"{status.spent_credits:,}",
+        f"{status.reserved_credits:,}",
+        f"{status.remaining_credits:,}",
+    ]
+    assert cells[7] == status.resets_at.strftime("%Y-%m-%d %H:%M UTC")
+    dag = panel.eval_on_selector(
+        f'[data-testid="budget-dag"][data-budget="{GALLERY_BUDGET}"][data-dag-id="{CONTENT_DAG_ID}"]',
+        BUDGET_ROW_JS,
+    )
+    assert (dag["attrs"]["spent"], dag["attrs"]["reserved"]) == (str(paid), "0")
+
+    # Another team's viewer sees the same deployment-wide totals, and not the pipeline's DAG.
+    other = new_page()
+    log_in(other, gallery_airflow, logins["outsider"])
+    other.goto(f"{gallery_airflow.base_url}/reve/budgets")
+    other.locator(row_selector).wait_for()
+    assert other.eval_on_selector(row_selector, BUDGET_ROW_JS)["attrs"]["spent"] == str(paid)
+    assert other.locator('[data-testid="budget-dag"]').count() == 0
+    assert CONTENT_DAG_ID not in other.content()

@@ -140,6 +140,9 @@ class _Api:
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         self.state.count(FILES, None)
+        early = await _before(request, self.state.match_fault(FILES, None, None))
+        if early is not None:
+            return early
         found = self.state.result_file(request.match_info["task_id"], request.match_info["name"])
         if found is None:
             raise web.HTTPNotFound(text="No such file.")

@@ -40,7 +40,10 @@ AFTER = frozenset(
 #: Faults that change the task being created.
 ON_CREATE = frozenset({"fail_task", "in_progress"})
 FAULT_KINDS = BEFORE | AFTER | ON_CREATE
-FAULT_ENDPOINTS = frozenset({GENERATE, STATUS, "any"})
+FAULT_ENDPOINTS = frozenset({GENERATE, STATUS, FILES, "any"})
+#: What a CDN may do to a result-file download: answer a proxy page (``html``, e.g. ``status=503``)
+#: or drop the connection. Only rules naming ``endpoint="files"`` apply to downloads, never ``"any"``.
+FILE_FAULT_KINDS = frozenset({"html", "drop_before"})
 _ONLY_FOR = {
     "drop_after": GENERATE,
     "html_after": GENERATE,
@@ -89,7 +92,8 @@ class Fault:
           list a FAILED task's codes).
         * ``"in_progress"``: a synchronous model (``reve-2.0``) answers ``IN_PROGRESS`` and runs
           like an asynchronous one, so its polling path can be tested.
-    :param endpoint: ``"generate"``, ``"status"`` or ``"any"`` (default).
+    :param endpoint: ``"generate"``, ``"status"``, ``"any"`` (default: both of those) or
+        ``"files"`` (result-file downloads, as a CDN fails them: ``html`` or ``drop_before`` only).
     :param code: the machine code (``error``, ``fail_task``) or status string (``unknown_status``).
     :param status: HTTP status override (``error``, ``html``, ``html_after``, ``huge``).
     :param retry_after: value of a ``Retry-After`` header (seconds, or an HTTP date string).
@@ -126,6 +130,11 @@ class Fault:
         if self.endpoint not in FAULT_ENDPOINTS:
             raise ValueError(
                 f"unknown fault endpoint {self.endpoint!r}; use one of {sorted(FAULT_ENDPOINTS)}"
+            )
+        if self.endpoint == FILES and self.kind not in FILE_FAULT_KINDS:
+            raise ValueError(
+                f"fault kind {self.kind!r} does not apply to result files; "
+                f"use one of {sorted(FILE_FAULT_KINDS)}"
             )
         only = _ONLY_FOR.get(self.kind)
         if only and self.endpoint not in (only, "any"):
@@ -169,7 +178,9 @@ class Fault:
             self.code = self.code or "GENERATION_FAILED"
 
     def applies_to(self, endpoint: str) -> bool:
-        """Whether this rule may match a request to ``endpoint`` (``"generate"`` or ``"status"``)."""
+        """Whether this rule may match a request to ``endpoint`` (generate, status or files)."""
+        if endpoint == FILES or self.endpoint == FILES:
+            return self.endpoint == endpoint  # "any" means the API's endpoints, not the CDN
         if self.endpoint not in (endpoint, "any"):
             return False
         only = _ONLY_FOR.get(self.kind)

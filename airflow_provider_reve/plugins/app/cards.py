@@ -22,11 +22,23 @@ from urllib.parse import urlencode, urlsplit
 
 from airflow_provider_reve._catalog import get_spec
 from airflow_provider_reve.links import safe_link
-from airflow_provider_reve.plugins import _queries
-from airflow_provider_reve.plugins._queries import DOWNLOAD_OPERATORS, GENERATE_OPERATORS, TaskRow
+from airflow_provider_reve.plugins.app import queries
+from airflow_provider_reve.plugins.app.queries import DOWNLOAD_OPERATORS, GENERATE_OPERATORS, TaskRow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+__all__ = [
+    "Card",
+    "Draft",
+    "Media",
+    "Owner",
+    "build_cards",
+    "complete_cards",
+    "draft_cards",
+    "media_kind",
+    "media_route",
+]
 
 _VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".m4v")
 
@@ -186,7 +198,22 @@ def _base_card(row: TaskRow) -> Card:
 
 def build_cards(session: Session, rows: list[TaskRow]) -> list[Card]:
     """Cards for ``rows``, in their order; a download task gives one card per Reve task it stored."""
-    cards: list[_Pending] = []
+    return complete_cards(session, draft_cards(rows))
+
+
+@dataclass
+class Draft:
+    """A card before its run is consulted: cheap to make (no query), so a page can be cut first."""
+
+    card: Card
+    task: dict[str, Any] | None
+    owner: Owner | None
+    files: list[Any]
+
+
+def draft_cards(rows: list[TaskRow]) -> list[Draft]:
+    """One draft per card ``rows`` give, in their order, without touching the database."""
+    drafts: list[Draft] = []
     for row in rows:
         owner: Owner | None = (row.dag_id, row.run_id, row.task_id, row.map_index)
         if row.operator in DOWNLOAD_OPERATORS:
@@ -200,7 +227,7 @@ def build_cards(session: Session, rows: list[TaskRow]) -> list[Card]:
                 card.reve_status = "SUCCESS"
                 card.model = _str(entries[0].get("model"))
                 card.credits = _int(entries[0].get("consumed_credits"))
-                cards.append((card, None, owner, entries))
+                drafts.append(Draft(card, None, owner, entries))
             continue
         card = _base_card(row)
         task = _task_dict(row.value)
@@ -213,7 +240,13 @@ def build_cards(session: Session, rows: list[TaskRow]) -> list[Card]:
                 and row.state == "success"
                 and card.reve_status == "IN_PROGRESS"
             )
-        cards.append((card, task, owner if files else None, files))
+        drafts.append(Draft(card, task, owner if files else None, files))
+    return drafts
+
+
+def complete_cards(session: Session, drafts: list[Draft]) -> list[Card]:
+    """The finished cards: prompts, results and files found elsewhere in their runs."""
+    cards: list[_Pending] = [(d.card, d.task, d.owner, d.files) for d in drafts]
     _complete_from_runs(session, cards)
     result = []
     for card, task, owner, files in cards:
@@ -232,8 +265,8 @@ def _complete_from_runs(session: Session, cards: list[_Pending]) -> None:
     ids = {c.reve_task_id for c, *_ in cards if c.reve_task_id}
     if not runs or not ids:
         return
-    related = _queries.related_tasks(session, runs, ids)
-    manifests = _queries.download_manifests(session, runs)
+    related = queries.related_tasks(session, runs, ids)
+    manifests = queries.download_manifests(session, runs)
     stored: dict[tuple[str, str, str], tuple[Owner, list[dict[str, Any]]]] = {}
     for manifest in manifests:
         manifest_owner = (manifest.dag_id, manifest.run_id, manifest.task_id, manifest.map_index)

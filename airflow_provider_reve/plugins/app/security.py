@@ -18,6 +18,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
+__all__ = [
+    "Forbidden",
+    "NotAuthenticated",
+    "User",
+    "current_user",
+    "login_url",
+    "readable_dag_ids",
+    "require_dag",
+]
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -41,6 +51,10 @@ async def current_user(
         # Airflow answers 401 (no token, expired) or 403 (invalid, revoked): for a page
         # both mean "log in again", never "you are logged in but may not see this".
         raise NotAuthenticated(str(error.detail)) from None
+
+
+#: A route's user, as a dependency: ``def page(user: User)``. 401 (a page) when there is none.
+User = Annotated[Any, Depends(current_user)]
 
 
 def _auth_manager() -> Any:

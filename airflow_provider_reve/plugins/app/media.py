@@ -11,9 +11,16 @@ its own files (its configuration, its secrets). So before a byte is sent:
 * the content must hash to the manifest's ``sha256``. Nobody can write a manifest that points at
   a file they cannot read and still match its hash, so a forged manifest gets nothing.
 
-Local paths are read directly; anything else (``s3://...``) through Airflow's
-``ObjectStoragePath`` and its connections. Verified local files are remembered by
-(path, device, inode, size, mtime) so a gallery page does not hash every image each time.
+The ``path`` is read once by :func:`locations.locate` (every local spelling gives one local
+path; only listed object-store schemes are remote). Local paths are opened non-blocking, with
+``O_NOFOLLOW``; anything else through Airflow's ``ObjectStoragePath`` and its connections, into a
+local copy that is hashed as it is written: what is sent is exactly what was checked. Every read
+runs in :mod:`reading`'s pool under a deadline (the caller waits with a time limit).
+
+Verified local files are remembered by what a writer cannot put back: path, device, inode, size,
+mtime *and ctime* (``utime`` restores an mtime, nothing restores a ctime). A file is remembered
+only once its ctime is :data:`SETTLE_SECONDS` old, so a rewrite within the same clock tick as the
+check cannot keep the old ctime (git's "racy clean" rule); until then it is hashed every time.
 """
 
 from __future__ import annotations
@@ -24,13 +31,27 @@ import re
 import stat
 import tempfile
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import IO, Any
 
 from airflow_provider_reve._storage import EXTENSIONS, safe_stem
+from airflow_provider_reve.plugins.app.locations import Location, LocationRefused, locate
+from airflow_provider_reve.plugins.app.reading import Deadline, ReadTimedOut
+
+__all__ = [
+    "MAX_BYTES",
+    "MEDIA_TYPES",
+    "SETTLE_SECONDS",
+    "VERIFIED",
+    "Entry",
+    "MediaRefused",
+    "Opened",
+    "check_entry",
+    "find_entry",
+    "open_verified",
+]
 
 #: What may be served, by extension: images and videos only, never HTML, SVG or scripts.
 MEDIA_TYPES = {
@@ -47,7 +68,8 @@ MAX_BYTES = 1024**3  # the download default: nothing larger was ever stored by t
 _IN_MEMORY = 32 * 1024 * 1024
 _CHUNK = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_LOCAL_SCHEMES = ("file://", "local://")
+#: Seconds a file's ctime must be in the past before a successful check is remembered.
+SETTLE_SECONDS = 2.0
 
 
 class MediaRefused(Exception):
@@ -56,7 +78,7 @@ class MediaRefused(Exception):
 
 @dataclass(frozen=True)
 class Entry:
-    path: str
+    location: Location
     size: int
     sha256: str
     content_type: str
@@ -95,7 +117,11 @@ def check_entry(entry: dict[str, Any]) -> Entry:
         raise MediaRefused("no sha256")
     if not isinstance(reve_task_id, str) or not isinstance(index, int) or isinstance(index, bool):
         raise MediaRefused("no id")
-    name = PurePosixPath(path.split("://", 1)[-1]).name
+    try:
+        location = locate(path)
+    except LocationRefused as refused:
+        raise MediaRefused(str(refused)) from None
+    name = location.name
     stem, _, suffix = name.rpartition(".")
     if stem != f"{safe_stem(reve_task_id)}_{index}" or suffix not in MEDIA_TYPES:
         raise MediaRefused("not a stored result file name")
@@ -104,7 +130,9 @@ def check_entry(entry: dict[str, Any]) -> Entry:
     # name says, so a manifest cannot make an image be read as anything else.
     if isinstance(declared, str) and declared in EXTENSIONS and EXTENSIONS[declared] != suffix:
         raise MediaRefused("content type does not match the file name")
-    return Entry(path=path, size=size, sha256=digest, content_type=MEDIA_TYPES[suffix], file_name=name)
+    return Entry(
+        location=location, size=size, sha256=digest, content_type=MEDIA_TYPES[suffix], file_name=name
+    )
 
 
 class _VerifiedCache:
@@ -136,56 +164,41 @@ class _VerifiedCache:
 VERIFIED = _VerifiedCache()
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith(_LOCAL_SCHEMES)
-
-
-def _local_path(path: str) -> str:
-    for scheme in _LOCAL_SCHEMES:
-        if path.startswith(scheme):
-            return path[len(scheme) :]
-    return path
-
-
-def _hash(handle: IO[bytes], limit: int) -> tuple[str, int]:
-    digest, total = hashlib.sha256(), 0
-    while chunk := handle.read(_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            break
-        digest.update(chunk)
-    return digest.hexdigest(), total
-
-
-@dataclass
 class Opened:
-    """A verified file, ready to send: ``body`` is bytes, or chunks from an open handle."""
+    """A verified file, ready to send: its bytes, or an open descriptor read with ``pread``."""
 
-    entry: Entry
-    body: bytes | Iterator[bytes]
+    def __init__(self, entry: Entry, *, data: bytes | None = None, handle: IO[bytes] | None = None) -> None:
+        self.entry = entry
+        self.data = data
+        self._handle = handle
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (blocking: run it in :mod:`reading`'s pool)."""
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        assert self._handle is not None
+        return os.pread(self._handle.fileno(), length, offset)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
-def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
+def open_verified(entry: Entry, deadline: Deadline) -> Opened:
+    """Open the file and prove it is the manifest's; :class:`MediaRefused` otherwise.
+
+    Blocking: call it through :func:`reading.within`. ``deadline`` is checked between chunks.
+    """
+    if entry.location.local is not None:
+        return _open_local(entry, entry.location.local, deadline)
+    return _open_remote(entry, str(entry.location.remote), deadline)
+
+
+def _open_local(entry: Entry, path: str, deadline: Deadline) -> Opened:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        while chunk := handle.read(_CHUNK):
-            yield chunk
-    finally:
-        handle.close()
-
-
-def open_verified(entry: Entry) -> Opened:
-    """Open the file and prove it is the manifest's; :class:`MediaRefused` otherwise."""
-    if _is_local(entry.path):
-        return _open_local(entry)
-    return _open_remote(entry)
-
-
-def _open_local(entry: Entry) -> Opened:
-    path = _local_path(entry.path)
-    if not os.path.isabs(path):
-        raise MediaRefused("not an absolute path")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, flags)  # non-blocking: a FIFO opens at once, and is refused below
     except OSError:
         raise MediaRefused("not readable") from None
     try:
@@ -193,55 +206,78 @@ def _open_local(entry: Entry) -> Opened:
         # fails fdopen(), and a leaked descriptor per request would starve the api-server.
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size:
-            raise MediaRefused("not the stored file")
+            raise MediaRefused("not a regular file of the stored size")
         handle = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
     try:
-        key = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, entry.sha256)
+        key = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, entry.sha256)
+        known = key in VERIFIED
         if entry.size <= _IN_MEMORY:
-            data = handle.read(entry.size + 1)
+            data = os.pread(fd, entry.size + 1, 0)
+            if len(data) != entry.size or (not known and hashlib.sha256(data).hexdigest() != entry.sha256):
+                raise MediaRefused("not the stored file")
             handle.close()
-            if len(data) != entry.size or (
-                key not in VERIFIED and hashlib.sha256(data).hexdigest() != entry.sha256
-            ):
+            opened = Opened(entry, data=data)
+        else:
+            if not known and _pread_hash(fd, entry.size, deadline) != entry.sha256:
                 raise MediaRefused("not the stored file")
+            opened = Opened(entry, handle=handle)
+        if not known and time.time_ns() - info.st_ctime_ns > SETTLE_SECONDS * 1e9:
             VERIFIED.add(key)
-            return Opened(entry, data)
-        if key not in VERIFIED:
-            digest, total = _hash(handle, entry.size)
-            if total != entry.size or digest != entry.sha256:
-                raise MediaRefused("not the stored file")
-            VERIFIED.add(key)
-        handle.seek(0)
-        return Opened(entry, _chunks(handle))
+        return opened
     except BaseException:
         handle.close()
         raise
 
 
-def _open_remote(entry: Entry) -> Opened:
-    # One read into a local spool while hashing: what is sent is exactly what was checked.
+def _pread_hash(fd: int, size: int, deadline: Deadline) -> str:
+    digest, offset = hashlib.sha256(), 0
+    while offset < size:
+        deadline.check()
+        chunk = os.pread(fd, min(_CHUNK, size - offset), offset)
+        if not chunk:
+            raise MediaRefused("shorter than the stored file")
+        digest.update(chunk)
+        offset += len(chunk)
+    if os.pread(fd, 1, offset):
+        raise MediaRefused("longer than the stored file")
+    return digest.hexdigest()
+
+
+def _open_remote(entry: Entry, path: str, deadline: Deadline) -> Opened:
+    # One read into a local copy while hashing: what is sent is exactly what was checked.
     from airflow.sdk import ObjectStoragePath
 
-    spool = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY)  # noqa: SIM115 -- handed to the response
+    in_memory = entry.size <= _IN_MEMORY
+    buffer = bytearray()
+    spool = None if in_memory else tempfile.TemporaryFile()  # noqa: SIM115 -- handed to the response
     try:
         digest, total = hashlib.sha256(), 0
         try:
-            with ObjectStoragePath(entry.path).open("rb") as source:
+            with ObjectStoragePath(path).open("rb") as source:
                 while chunk := source.read(_CHUNK):
+                    deadline.check()
                     total += len(chunk)
                     if total > entry.size:
                         break
                     digest.update(chunk)
-                    spool.write(chunk)
+                    if spool is None:
+                        buffer += chunk
+                    else:
+                        spool.write(chunk)
+        except ReadTimedOut:
+            raise
         except Exception:
             raise MediaRefused("not readable") from None
         if total != entry.size or digest.hexdigest() != entry.sha256:
             raise MediaRefused("not the stored file")
-        spool.seek(0)
-        return Opened(entry, _chunks(spool))  # type: ignore[arg-type]
+        if spool is None:
+            return Opened(entry, data=bytes(buffer))
+        spool.flush()
+        return Opened(entry, handle=spool)
     except BaseException:
-        spool.close()
+        if spool is not None:
+            spool.close()
         raise

@@ -17,8 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from airflow_provider_reve.plugins._queries import CreditRow
-from airflow_provider_reve.plugins._render import document, esc, route, url
+from airflow_provider_reve.plugins.app.queries import CreditRow
+from airflow_provider_reve.plugins.app.rendering import document, esc, route, url
+
+__all__ = ["DagTotals", "Summary", "credits_page", "summarize"]
 
 _CHART_WIDTH = 720
 _CHART_HEIGHT = 180

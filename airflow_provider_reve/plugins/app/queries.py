@@ -27,6 +27,33 @@ from sqlalchemy.orm import aliased, outerjoin
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+__all__ = [
+    "DAG_IDS_TTL",
+    "DOWNLOAD_OPERATORS",
+    "GENERATE_OPERATORS",
+    "IN_PROGRESS_STATES",
+    "MAX_PER_PAGE",
+    "REVE_OPERATORS",
+    "SENSOR_OPERATORS",
+    "SHOWN_OPERATORS",
+    "SHOWN_STATES",
+    "STATUS_FILTERS",
+    "CreditRow",
+    "Filters",
+    "Manifest",
+    "Related",
+    "Submitter",
+    "TaskRow",
+    "credit_rows",
+    "download_manifests",
+    "gallery_dag_ids",
+    "gallery_page",
+    "parse_value",
+    "related_tasks",
+    "reve_return_value",
+    "task_rows",
+]
+
 #: ``TaskInstance.operator`` of the tasks that submit a Reve task (class names, as Airflow stores them).
 GENERATE_OPERATORS = ("ReveGenerateOperator", "_ReveDecoratedOperator")
 SENSOR_OPERATORS = ("ReveTaskSensor",)

@@ -114,7 +114,9 @@ with DAG(
         """Lay every stored image out on one sheet, captioned with its (rendered) prompt."""
         from PIL import Image, ImageDraw, ImageFont, ImageOps  # only the workers need Pillow
 
-        results = list(generated)  # ordered by map index, like the prompts
+        # One read of every map index, ordered like the prompts. (Iterating the lazy sequence
+        # reads item by item until one is "not found", which Airflow logs at ERROR level.)
+        results = list(generated[:])
         captions = prompts if len(prompts) == len(results) else [r["task_id"] for r in results]
         pairs = zip(results, captions, strict=True)
         images = [(entry, caption) for result, caption in pairs for entry in result["files"]]

@@ -24,15 +24,39 @@ from datetime import datetime
 from urllib.parse import quote, urlencode
 
 from airflow_provider_reve.links import safe_link
-from airflow_provider_reve.plugins._cards import Card, Media
+from airflow_provider_reve.plugins.app.cards import Card, Media
+
+__all__ = [
+    "EXPIRED_URL",
+    "MAX_MEDIA_PER_CARD",
+    "MISSING_FILE",
+    "NONE",
+    "STYLESHEET",
+    "airflow_ti_path",
+    "document",
+    "duration_text",
+    "esc",
+    "filter_form",
+    "gallery_page",
+    "grid",
+    "message_page",
+    "pager",
+    "render_card",
+    "route",
+    "task_instance_page",
+    "url",
+]
 
 #: Relative routes of this app (pages live at ``<prefix>/<route>``) and the Airflow UI's.
-_OWN_ROUTES = ("gallery", "task-instance", "credits", "media?", "static/", "../dags/")
+_OWN_ROUTES = ("gallery", "task-instance", "credits", "budgets", "media?", "static/", "../dags/")
 STYLESHEET = "static/gallery.css"
 
 EXPIRED_URL = "Result URL expired or unreachable. Store results with download_to to keep them."
 MISSING_FILE = "Stored file not available."
 NONE = "-"  # a value nobody reported
+#: Files shown on one card. A Reve task returns a few; a manifest (written by DAG code) that names
+#: thousands for one task must not make one card the size of a whole page.
+MAX_MEDIA_PER_CARD = 16
 
 
 def esc(value: object) -> str:
@@ -63,7 +87,11 @@ def airflow_ti_path(dag_id: str, run_id: str, task_id: str, map_index: int) -> s
 def document(title: str, body: str, *, active: str = "") -> str:
     tabs = "".join(
         f'<a href="{url(href)}"{" aria-current=page" if name == active else ""}>{esc(label)}</a>'
-        for name, href, label in (("gallery", "gallery", "Gallery"), ("credits", "credits", "Credits"))
+        for name, href, label in (
+            ("gallery", "gallery", "Gallery"),
+            ("credits", "credits", "Credits"),
+            ("budgets", "budgets", "Budgets"),
+        )
     )
     return (
         "<!doctype html>\n"
@@ -164,8 +192,19 @@ def _status(card: Card) -> str:
     return " · ".join(parts)
 
 
+def _columns(count: int) -> int:
+    """Thumbnails side by side, so a card with several files is no taller than one with one."""
+    return 1 if count <= 1 else 2 if count <= 4 else 3
+
+
 def render_card(card: Card, *, current: bool = False) -> str:
-    media = "".join(_media(item, card) for item in card.media) if card.media else _empty_media(card)
+    media = "".join(_media(item, card) for item in card.media[:MAX_MEDIA_PER_CARD])
+    if not card.media:
+        media = _empty_media(card)
+    elif len(card.media) > MAX_MEDIA_PER_CARD:
+        hidden = len(card.media) - MAX_MEDIA_PER_CARD
+        media += f'<p class="full" data-testid="reve-more-media">{hidden:,} more file(s) not shown</p>'
+    columns = _columns(min(len(card.media), MAX_MEDIA_PER_CARD))
     if card.prompt:
         prompt = f'<p class="prompt" data-testid="reve-prompt">{esc(card.prompt)}</p>'
     else:
@@ -200,7 +239,7 @@ def render_card(card: Card, *, current: bool = False) -> str:
     attrs = " ".join(f'{name}="{esc(value)}"' for name, value in attributes.items() if value is not None)
     return (
         f'<li class="card state-{esc(card.state or "none")}" {attrs}>'
-        f'<div class="media">{media}</div>{prompt}'
+        f'<div class="media cols-{columns}" data-testid="reve-media">{media}</div>{prompt}'
         '<dl class="facts">'
         f'<dt>Model</dt><dd data-testid="reve-model">{esc(card.model or NONE)}</dd>'
         f'<dt>Status</dt><dd data-testid="reve-status">{esc(_status(card))}</dd>'
@@ -263,20 +302,29 @@ def filter_form(
     )
 
 
-def pager(total: int, page: int, per_page: int, params: Mapping[str, str | None]) -> str:
+def pager(
+    total: int,
+    page: int,
+    per_page: int,
+    params: Mapping[str, str | None],
+    *,
+    name: str = "gallery",
+    labels: tuple[str, str] = ("← Newer", "Older →"),
+) -> str:
+    """Where this page is in ``total`` cards, with links to the pages before and after."""
     pages = max(1, -(-total // per_page))
-    first = 0 if total == 0 else (page - 1) * per_page + 1
+    first = 0 if total == 0 else min(total, (page - 1) * per_page + 1)
     last = min(total, page * per_page)
     links = []
     if page > 1:
         links.append(
-            f'<a rel="prev" href="{url(route("gallery", {**params, "page": page - 1}))}" '
-            'data-testid="reve-prev">← Newer</a>'
+            f'<a rel="prev" href="{url(route(name, {**params, "page": min(page, pages + 1) - 1}))}" '
+            f'data-testid="reve-prev">{esc(labels[0])}</a>'
         )
     if page < pages:
         links.append(
-            f'<a rel="next" href="{url(route("gallery", {**params, "page": page + 1}))}" '
-            'data-testid="reve-next">Older →</a>'
+            f'<a rel="next" href="{url(route(name, {**params, "page": page + 1}))}" '
+            f'data-testid="reve-next">{esc(labels[1])}</a>'
         )
     return (
         f'<nav class="pager" aria-label="Pages" data-testid="reve-pager">'
@@ -314,16 +362,28 @@ def gallery_page(
 
 
 def task_instance_page(
-    dag_id: str, run_id: str, task_id: str, cards: Sequence[Card], map_index: int | None
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    cards: Sequence[Card],
+    map_index: int | None,
+    *,
+    total: int,
+    page: int,
+    per_page: int,
+    params: Mapping[str, str | None],
 ) -> str:
+    """The "Reve media" tab: one page of ``total`` cards, the tab's own instance first."""
     mapped = sorted({card.map_index for card in cards})
     heading = f"Reve media of {task_id}"
     intro = f"DAG {dag_id}, run {run_id}"
     if mapped and mapped != [-1]:
-        intro += f", {len(mapped)} mapped instance(s)"
+        intro += f", {total:,} card(s) of its mapped instances"
     if cards:
-        ordered = sorted(cards, key=lambda c: (c.map_index != map_index, c.map_index))
-        content = grid(ordered, current_map_index=map_index)
+        nav = pager(total, page, per_page, params, name="task-instance", labels=("← Previous", "Next →"))
+        content = nav + grid(cards, current_map_index=map_index) + (nav if len(cards) > 8 else "")
+    elif total:
+        content = pager(total, page, per_page, params, name="task-instance", labels=("← Previous", "Next →"))
     else:
         content = (
             '<p class="empty-list" data-testid="reve-empty">This task instance has no Reve media '

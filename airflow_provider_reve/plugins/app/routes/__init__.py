@@ -1,0 +1,1 @@
+"""The gallery app's routes: pages (HTML) and media (stored files)."""
