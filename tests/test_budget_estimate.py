@@ -14,9 +14,9 @@ from test_budget_cli import airflow
 from airflow_provider_reve.budgets import Ledger
 from airflow_provider_reve.testing import FakeReveServer
 
-EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_DAGS = REPO / "airflow_provider_reve" / "example_dags"
 ESTIMATE_DAGS = Path(__file__).resolve().parent / "dags_estimate"
-REPO = EXAMPLE_DAGS.parent
 
 
 @pytest.fixture
