@@ -165,7 +165,9 @@ def test_conf_params_and_literal_expand_inputs_are_rendered_and_xcom_counts_are_
     # expand over another task's XCom: how many is not known before the run, and it says so.
     assert tasks["over_xcom"]["instances"] is None
     assert "XCom of 'prompts'" in tasks["over_xcom"]["unknown"]
+    # A mapped @task.reve: its function is called once per literal argument, each request priced.
+    assert tasks["mapped_function"]["credits_each"] == [40, 40, 40]  # 2 nano-banana images each
     # A duration read from XCom: the price is not known, and is left out of the total.
     assert tasks["duration_from_xcom"]["credits_each"] == [None]
-    assert estimated["total_credits"] == 36 + 420
+    assert estimated["total_credits"] == 36 + 420 + 120
     assert estimated["fully_known"] is False

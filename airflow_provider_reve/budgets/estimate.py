@@ -101,7 +101,12 @@ def estimate_dag_run(
     for task in dag.tasks:
         operator_class = getattr(task, "operator_class", type(task))
         if isinstance(operator_class, type) and issubclass(operator_class, ReveGenerateOperator):
-            generations.append(_estimate_task(dag, task, context))
+            try:
+                generations.append(_estimate_task(dag, task, context))
+            except Exception as error:  # one odd task must not hide the others' costs
+                unknown = GenerationEstimate(task.task_id, None, "reve_default")
+                unknown.unknown = f"could not be rendered before the run ({type(error).__name__}: {error})"
+                generations.append(unknown)
     return DagRunEstimate(dag.dag_id, run_after, logical_date, generations)
 
 
@@ -198,11 +203,18 @@ def _estimate_task(dag: Any, task: Any, context: dict[str, Any]) -> GenerationEs
     conn_id = partial.get("reve_conn_id", getattr(task, "reve_conn_id", None)) or "reve_default"
     estimate = GenerationEstimate(task.task_id, model, conn_id)
     expand_input = getattr(task, "expand_input", None)
+    # A mapped @task.reve maps its function's arguments (op_kwargs), not operator arguments.
+    function_input = getattr(task, "op_kwargs_expand_input", None)
     if expand_input is None:
         instances = [copy.copy(task)]  # rendered per run: the DAG's own task stays a template
     else:
         try:
-            instances = [task.unmap(kwargs) for kwargs in _expansions(expand_input.value)]
+            if function_input is not None:
+                instances = [
+                    task.unmap({"op_kwargs": kwargs}) for kwargs in _expansions(function_input.value)
+                ]
+            else:
+                instances = [task.unmap(kwargs) for kwargs in _expansions(expand_input.value)]
         except NotKnownBeforeRunError as count_unknown:
             estimate.unknown = f"how many instances: the expand {count_unknown}"
             return estimate

@@ -1,5 +1,6 @@
 """Request shapes ``airflow reve estimate`` must render: params and --conf, a product of literal
-``expand`` lists, an ``expand`` over XCom, a priced field read from XCom."""
+``expand`` lists, an ``expand`` over XCom, a mapped ``@task.reve`` function, a priced field read
+from XCom."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ with DAG(
         return ["a", "b"]
 
     ReveGenerateOperator.partial(task_id="over_xcom", model="seedream-5").expand(prompt=prompts())
+
+    @task.reve(model="nano-banana")
+    def mapped_function(subject: str) -> dict:
+        return {"prompt": f"a poster of {subject}", "num_images": 2}
+
+    mapped_function.expand(subject=["a fox", "a hare", "an owl"])
+
     ReveGenerateOperator(
         task_id="duration_from_xcom",
         model="kling26-text-to-video",
