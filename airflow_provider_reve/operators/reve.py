@@ -49,6 +49,7 @@ from airflow_provider_reve._reattach import (
 )
 from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
 from airflow_provider_reve._retry import too_many_tasks_wait
+from airflow_provider_reve.budgets.approval import ReveApprovalMixin, check_approval_options
 from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
@@ -98,7 +99,9 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return seconds
 
 
-class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixin, BaseOperator):
+class ReveGenerateOperator(
+    ReveResultLinkMixin, ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin, BaseOperator
+):
     """Generate images or videos with Reve.
 
     :param model: model id, e.g. ``"reve-2.0"`` (default), ``"seedream-5"``,
@@ -129,6 +132,12 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         ``[reve] ledger_conn_id``; see README, "Budgets"): ``"fail"`` (default, before any paid
         call), ``"skip"``, or ``"wait"`` (deferred until the window resets or credits are
         released, bounded by ``execution_timeout``).
+    :param approval_above_credits: a request estimated above this many credits (or whose price
+        is unknown) waits for a person's approval in Airflow's "Required actions" before anything
+        is reserved or paid (default ``None``: never asks).
+    :param approval_timeout: how long to wait for that answer (seconds or timedelta; default
+        ``None``: no limit); no answer by then fails the task, nothing paid.
+    :param on_approval_rejected: ``"fail"`` (default) or ``"skip"`` the task when rejected.
     :param download_to: store the result files here when the task succeeds (templated): a local
         folder, a ``file://`` / ``s3://`` / ``gs://``... URL or an ``ObjectStoragePath``. The XCom
         then also holds ``files``, the manifest (see the "Results to storage" how-to).
@@ -182,6 +191,9 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         max_submit_wait: float | timedelta = timedelta(hours=1),
         max_credits: int | None = None,
         on_budget_exhausted: str = "fail",
+        approval_above_credits: int | None = None,
+        approval_timeout: float | timedelta | None = None,
+        on_approval_rejected: str = "fail",
         download_to: Any = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
@@ -216,6 +228,9 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
         self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
         self.max_credits = max_credits
         self.on_budget_exhausted = check_on_budget_exhausted(on_budget_exhausted)
+        self.approval_above_credits, self.approval_timeout, self.on_approval_rejected = (
+            check_approval_options(approval_above_credits, approval_timeout, on_approval_rejected)
+        )
         if download_to is not None and not wait_for_completion:
             raise ValueError(
                 "download_to needs wait_for_completion=True: an unfinished task has no files. Store "
@@ -311,6 +326,7 @@ class ReveGenerateOperator(ReveResultLinkMixin, ReveLineageMixin, ReveBudgetMixi
             check_download_to(self.download_to, before="nothing was submitted")
             check_naming(self.file_name, self.metadata, before="nothing was submitted")
             self._check_budget(params)
+            self.wait_for_approval(context)
             self.reserve_budget(context)
             try:
                 task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
