@@ -1,4 +1,10 @@
-"""The "Reve result" button on a task in the Airflow UI (an operator extra link).
+"""The "Reve result" extra link of a task in the Airflow UI (Details -> Extra links in 3.3).
+
+When the task stored its files, the link opens the stored copy of its first result through the
+Reve gallery's file route (``reve/media?...``, relative, so the UI resolves it against its own
+base URL, a sub-path deployment included); the route serves a file only to users who may read
+the DAG, and only after it proves to be the file the manifest describes. Otherwise it opens the
+first result URL, which expires.
 
 How Airflow 3.3 serves an extra link: when a task's process ends -- finished, failed, or
 *deferred* -- the worker calls :meth:`ReveResultLink.get_link` and stores what it returns as the
@@ -23,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 RESULT_URL_XCOM_KEY = "reve_result_url"
 # Signed CDN URLs are long, but not this long; anything longer is not a URL we want in an href.
 _MAX_URL_CHARS = 8192
+#: The gallery's file route, relative to the UI's base URL (plugins.gallery.URL_PREFIX + "/media",
+#: spelled out: this module is imported at DAG-parse time, the plugin module is not).
+MEDIA_ROUTE = "reve/media?"
+_MEDIA_QUERY = ("dag_id", "run_id", "task_id", "map_index", "reve_task_id", "index")
 # The attribute on the running operator that holds the link pushed in this process.
 _PUSHED_IN_THIS_PROCESS = "reve_result_link"
 
@@ -61,13 +71,16 @@ class ReveResultLink(BaseOperatorLink):
 
         :param operator: the task's operator (holds the link pushed in this process, if any).
         :param ti_key: the task instance.
-        :return: a URL that :func:`safe_link` accepts, or ``""`` (no link).
+        :return: a URL that :func:`safe_link` accepts, the gallery route to the stored copy
+            (see ``stored_link``), or ``""`` (no link).
         """
         if hasattr(operator, _PUSHED_IN_THIS_PROCESS):
-            return safe_link(getattr(operator, _PUSHED_IN_THIS_PROCESS))
+            pushed = getattr(operator, _PUSHED_IN_THIS_PROCESS)
+            return safe_link(pushed) or stored_link(pushed)
         # Checked again on the way out: the XCom may have been written by an older version of
         # this provider, by a custom XCom backend, or by hand.
-        return safe_link(XCom.get_value(ti_key=ti_key, key=RESULT_URL_XCOM_KEY))
+        value = XCom.get_value(ti_key=ti_key, key=RESULT_URL_XCOM_KEY)
+        return safe_link(value) or stored_link(value)
 
 
 class ReveResultLinkMixin:
@@ -91,7 +104,7 @@ def push_result_link(context: Context, url: str | None) -> None:
     :param context: the task's context (its ``ti`` pushes the XCom).
     :param url: the first result URL, or ``None``.
     """
-    link = safe_link(url) or None
+    link = safe_link(url) or stored_link(url) or None
     if url is not None and link is None:
         # The value itself is not quoted: it came from the API and may carry anything.
         log.warning("No 'Reve result' link for this task: the result URL is not a plain http(s) URL.")
@@ -103,6 +116,27 @@ def push_result_link(context: Context, url: str | None) -> None:
         task = getattr(ti, "task", None) or context.get("task")
         if task is not None:
             setattr(task, _PUSHED_IN_THIS_PROCESS, link)
+
+
+def stored_result_route(context: Context, entry: Mapping[str, Any]) -> str | None:
+    """The gallery's route to the stored file of manifest ``entry`` of this task instance."""
+    ti: Any = context.get("ti") if isinstance(context, Mapping) else None
+    values = {name: getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index")}
+    values.update(reve_task_id=entry.get("reve_task_id"), index=entry.get("index"))
+    if values["map_index"] is None:
+        values["map_index"] = -1
+    if any(values[name] is None for name in _MEDIA_QUERY):
+        return None
+    return MEDIA_ROUTE + urlencode({name: values[name] for name in _MEDIA_QUERY})
+
+
+def stored_link(value: Any) -> str:
+    """``value`` if it is a route :func:`stored_result_route` builds, else ``""``."""
+    if not isinstance(value, str) or not value.startswith(MEDIA_ROUTE) or len(value) > _MAX_URL_CHARS:
+        return ""
+    # urlencode leaves only these: nothing a browser could read as another scheme or host.
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~%+=&")
+    return value if all(c in allowed for c in value[len(MEDIA_ROUTE) :]) else ""
 
 
 def safe_link(url: Any) -> str:

@@ -64,3 +64,11 @@ def no_defer_settle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     # "Now", not 0.0: polling paces itself from this moment (a wait that began in 1970 would
     # already count as long-running and be polled at the slowest rate).
     monkeypatch.setattr("airflow_provider_reve.triggers.reve.settle_time", time.time)
+
+
+@pytest.fixture(scope="session")
+def example_output_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One output folder for the example DAGs for the whole session, whichever module runs them:
+    their Asset URIs name it, and Airflow keeps the first active Asset per name, so a second
+    folder would leave the later runs' Assets inactive (and their tasks failing)."""
+    return tmp_path_factory.mktemp("example-output")

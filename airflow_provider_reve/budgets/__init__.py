@@ -2,8 +2,9 @@
 
 Budgets are off unless ``[reve] ledger_conn_id`` names an Airflow connection (sqlite or postgres).
 Read them from Python with :class:`Ledger` (``Ledger.configured()``); define them with
-``airflow reve budget set`` or :meth:`Ledger.set_budget`. The ledger (SQLAlchemy) loads on first
-use, never when a DAG file imports the operator.
+``airflow reve budget set`` or :meth:`Ledger.set_budget`. ``approval`` asks a person before an
+expensive generation; ``estimate`` is ``airflow reve estimate``, a run's cost before it runs.
+The ledger (SQLAlchemy) loads on first use, never when a DAG file imports the operator.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from airflow_provider_reve.budgets.model import Budget, BudgetExhaustedError, Bu
 from airflow_provider_reve.budgets.windows import WINDOWS, Window, window_at
 
 if TYPE_CHECKING:
+    from airflow_provider_reve.budgets.approval import ApprovalHost, ReveApprovalMixin
     from airflow_provider_reve.budgets.ledger import BudgetStatus, Ledger, Reservation
     from airflow_provider_reve.budgets.mixin import ON_BUDGET_EXHAUSTED_CHOICES, BudgetHost, ReveBudgetMixin
 
 __all__ = [
     "ON_BUDGET_EXHAUSTED_CHOICES",
     "WINDOWS",
+    "ApprovalHost",
     "Budget",
     "BudgetExhaustedError",
     "BudgetHost",
@@ -27,6 +30,7 @@ __all__ = [
     "BudgetStatus",
     "Ledger",
     "Reservation",
+    "ReveApprovalMixin",
     "ReveBudgetMixin",
     "Scope",
     "Window",
@@ -42,6 +46,8 @@ _LAZY = {
     "ON_BUDGET_EXHAUSTED_CHOICES": "mixin",
     "BudgetHost": "mixin",
     "ReveBudgetMixin": "mixin",
+    "ApprovalHost": "approval",
+    "ReveApprovalMixin": "approval",
 }
 
 

@@ -92,7 +92,32 @@ def get_reve_cli_commands() -> list[CLICommand]:
             ),
         ],
     )
-    return [GroupCommand(name="reve", help="Reve provider commands", subcommands=[budget])]
+    estimate = ActionCommand(
+        name="estimate",
+        help="What a run or a backfill of a DAG would cost, and each covering budget's headroom "
+        "(exits 1 when a budget would be exceeded)",
+        func=_estimate,
+        args=(
+            Arg(("dag_id",), help="the DAG's id"),
+            Arg(("--logical-date",), help="the run's logical date (ISO 8601; default: none, a manual run)"),
+            Arg(("--conf",), help="the run's conf, a JSON object (overrides params)"),
+            Arg(
+                ("--backfill",),
+                nargs=2,
+                metavar=("FROM", "TO"),
+                help="every run a backfill from FROM to TO would create (ISO 8601 dates)",
+            ),
+            Arg(("--subdir",), help="the DAGs folder to load it from (default: [core] dags_folder)"),
+            _JSON,
+        ),
+    )
+    return [GroupCommand(name="reve", help="Reve provider commands", subcommands=[budget, estimate])]
+
+
+def _estimate(args: Namespace) -> None:
+    from airflow_provider_reve.budgets.estimate import estimate_command
+
+    estimate_command(args)
 
 
 def _ledger() -> Any:

@@ -41,6 +41,7 @@ __all__ = [
     "ON_BUDGET_EXHAUSTED_CHOICES",
     "BudgetHost",
     "ReveBudgetMixin",
+    "budget_scope",
     "check_on_budget_exhausted",
 ]
 
@@ -226,6 +227,11 @@ def _key(host: BudgetHost, context: Mapping[str, Any], params: dict[str, Any]) -
         ident["run_of_tries"],
         request_fingerprint(host.model, params),
     )
+
+
+def budget_scope(host: Any, context: Mapping[str, Any]) -> Scope:
+    """What budgets see of this task: its connection, DAG, DAG tags and model."""
+    return _scope(host, context)
 
 
 def _scope(host: BudgetHost, context: Mapping[str, Any]) -> Scope:

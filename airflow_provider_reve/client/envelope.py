@@ -4,7 +4,7 @@ Whatever arrives -- HTML from a proxy, truncated JSON, a missing ``data``, a sta
 have never seen, an answer too long to read -- the caller gets one of those two, never a
 KeyError or JSONDecodeError.
 
-Every string taken from the answer goes through the one scrubber (:mod:`._redact`) here, before
+Every string taken from the answer goes through the one scrubber (``client.redact``) here, before
 it becomes part of an exception, a ``ReveTask``, a trigger event or a log line: a server that
 echoes the ``Authorization`` header back cannot put the key anywhere we keep or show.
 """

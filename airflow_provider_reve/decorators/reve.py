@@ -121,6 +121,14 @@ class _ReveDecoratedOperator(DecoratedOperator, ReveGenerateOperator):
             self._restore_request(context)
         return super().resume_execution(next_method, next_kwargs, context)
 
+    def render_request_for_estimate(self, context: Mapping[str, Any]) -> None:
+        """Call the function and take its request as ``execute`` would, keeping nothing
+        (``airflow reve estimate``: the price of what this task would send)."""
+        merged = dict(context)
+        context_merge(merged, self.op_kwargs)  # type: ignore[arg-type]
+        kwargs = determine_kwargs(self.python_callable, self.op_args, merged)
+        self._take_request(self.python_callable(*self.op_args, **kwargs))
+
     # -- the function's answer ---------------------------------------------------------------
     def _function_name(self) -> str:
         return getattr(self.python_callable, "__name__", repr(self.python_callable))

@@ -51,12 +51,9 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.results.download import is_public_address
-from airflow_provider_reve.results.storage import (
-    DEFAULT_MAX_BYTES,
-    StoredResults,
-    store_results,
-    tasks_from_results,
-)
+from airflow_provider_reve.results.naming import check_file_name
+from airflow_provider_reve.results.storage import DEFAULT_MAX_BYTES, StoredResults, store_results
+from airflow_provider_reve.results.task_list import tasks_from_results
 
 GENERATE_PATH = "/api/v1/generate"
 STATUS_PATH = "/api/v1/status"
@@ -284,6 +281,7 @@ class ReveHook(HttpHook):
         max_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
         output_format: str | None = None,
+        file_name: str | None = None,
     ) -> list[dict[str, Any]]:
         """Store every result file of ``results`` at ``destination``; return the manifest.
 
@@ -294,6 +292,7 @@ class ReveHook(HttpHook):
         :param allow_private_addresses: fetch from private/loopback addresses too. ``None``: only
             when this connection's Base URL is itself such an address (e.g. the offline fake).
         :param output_format: the extension to use when a server sends no known Content-Type.
+        :param file_name: a name template, e.g. ``"{metadata[sku]}_{index}"`` (see README).
         :return: the manifest: one dict per stored file (``reve_task_id``, ``index``, ``url``,
             ``path``, ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
 
@@ -306,6 +305,7 @@ class ReveHook(HttpHook):
             max_bytes=max_bytes,
             allow_private_addresses=allow_private_addresses,
             output_format=output_format,
+            name_template=check_file_name(file_name),
         ).files
 
     def store_results(
@@ -317,8 +317,13 @@ class ReveHook(HttpHook):
         allow_private_addresses: bool | None = None,
         output_format: str | None = None,
         logger: Any = None,
+        name_template: str | None = None,
+        owner: dict[str, Any] | None = None,
     ) -> StoredResults:
-        """:meth:`download_results` for operators: also says where the manifest file went."""
+        """:meth:`download_results` for operators: also says where the manifest file went.
+
+        ``name_template`` and ``owner``: see :func:`~airflow_provider_reve.results.storage.store_results`.
+        """
         if allow_private_addresses is None:
             allow_private_addresses = self.base_url_is_private()
         return store_results(
@@ -330,6 +335,8 @@ class ReveHook(HttpHook):
             retry_policy=self.retry_policy,
             logger=logger,
             hidden=[self.settings.api_key],
+            name_template=name_template,
+            owner=owner,
         )
 
     def base_url_is_private(self) -> bool:

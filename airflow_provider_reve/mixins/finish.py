@@ -6,7 +6,8 @@ The generate operator, the sensor and the download operator all end the same way
 2. attach Asset event ``extra`` to the task's ``outlets`` -- here, in the method that
    *finishes* the task (``execute_complete`` after a deferral), because the outlet-event
    accessor lives in the process that reports success;
-3. remember the first result URL for the "Reve result" extra link;
+3. remember the "Reve result" extra link's target: the stored copy of the first result (the
+   gallery's file route) when there is one, else its first result URL;
 4. keep a summary on the operator for OpenLineage's ``get_openlineage_facets_on_complete``.
 """
 
@@ -16,11 +17,12 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow.providers.common.compat.sdk import AirflowFailException, Stats
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, Stats
 
 from airflow_provider_reve.exceptions import ReveStorageError, ReveValidationError
 from airflow_provider_reve.mixins.outcomes import raise_for_storing_error
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.naming import check_file_name, check_metadata
 from airflow_provider_reve.results.storage import (
     StoredResults,
     asset_uri,
@@ -38,9 +40,11 @@ __all__ = [
     "FinishingHost",
     "asset_extra",
     "check_download_to",
+    "check_naming",
     "emit_asset_events",
     "finish",
     "succeeded",
+    "task_instance_owner",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ ASSET_EXTRA_KEYS = (
     "file_count",
     "destination",
     "manifest_path",
+    "metadata",
 )
 
 
@@ -82,6 +87,34 @@ def check_download_to(download_to: Any, *, before: str) -> None:
         raise AirflowFailException(f"Invalid download_to ({before}): {error}") from error
 
 
+def check_naming(
+    file_name: Any, metadata: Any, *, before: str, paid: bool = False, metadata_per_task: bool = False
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The rendered ``file_name`` and ``metadata``, or a clear failure.
+
+    Called before paying (a permanent failure: nothing was spent) and again where the task
+    finishes (``paid=True``): a template that renders differently in the resumed process then
+    fails retryably, since a retry re-attaches to the paid task for free.
+    """
+    try:
+        checked = check_metadata(metadata)
+        return check_file_name(file_name, checked, metadata_per_task=metadata_per_task), checked
+    except ReveValidationError as error:
+        failure = AirflowException if paid else AirflowFailException
+        raise failure(f"Invalid file_name or metadata ({before}): {error}") from error
+
+
+def task_instance_owner(context: Context) -> dict[str, Any] | None:
+    """The Airflow task instance a store works for (its earlier files get superseded), or None."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    if ti is None:
+        return None
+    owner = {name: getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index")}
+    if not all(isinstance(owner[name], str) for name in ("dag_id", "run_id", "task_id")):
+        return None
+    return owner
+
+
 def succeeded(
     operator: FinishingHost,
     context: Context,
@@ -92,6 +125,7 @@ def succeeded(
     max_bytes: int,
     allow_private_addresses: bool | None,
     output_format: str | None = None,
+    name_template: str | None = None,
     if_storing_fails: str,
 ) -> dict[str, Any]:
     """The generate operator's and the sensor's last step: log, count, store, return the XCom.
@@ -118,6 +152,7 @@ def succeeded(
             max_bytes=max_bytes,
             allow_private_addresses=allow_private_addresses,
             output_format=output_format,
+            name_template=name_template,
         )
     except Exception as error:
         # Paid: whatever went wrong between the answer and the stored files (the destination
@@ -144,6 +179,7 @@ def finish(
     max_bytes: int | None = None,
     allow_private_addresses: bool | None = None,
     output_format: str | None = None,
+    name_template: str | None = None,
 ) -> StoredResults | None:
     """Store (optionally), then emit Asset events, the link value and the lineage summary."""
     stored = None
@@ -157,6 +193,8 @@ def finish(
             allow_private_addresses=allow_private_addresses,
             output_format=output_format,
             logger=operator.log,
+            name_template=name_template,
+            owner=task_instance_owner(context),
             **kwargs,
         )
     emit_asset_events(operator, context, tasks, stored)
@@ -171,6 +209,7 @@ def finish(
 def asset_extra(tasks: Sequence[ReveTask], stored: StoredResults | None) -> dict[str, Any]:
     credits = [task.consumed_credits for task in tasks]
     models = sorted({task.model for task in tasks if task.model})
+    metadata = [task.metadata for task in tasks]
     return {
         "reve_task_ids": [task.task_id for task in tasks],
         "model": models[0] if len(models) == 1 else (models or None),
@@ -179,6 +218,8 @@ def asset_extra(tasks: Sequence[ReveTask], stored: StoredResults | None) -> dict
         "file_count": len(stored.files) if stored else sum(len(task.result_urls) for task in tasks),
         "destination": stored.destination if stored else None,
         "manifest_path": stored.manifest_path if stored else None,
+        # One task's metadata as it is; several tasks' as a list in the order of reve_task_ids.
+        "metadata": metadata[0] if len(metadata) == 1 else (metadata if any(metadata) else None),
     }
 
 
@@ -206,6 +247,7 @@ def emit_asset_events(
                         "sha256": entry["sha256"],
                         "content_type": entry["content_type"],
                         "model": entry["model"],
+                        "metadata": entry.get("metadata"),
                     },
                 )
         elif isinstance(outlet, Asset):
@@ -217,10 +259,13 @@ def _remember_link(context: Context, tasks: Sequence[ReveTask], stored: StoredRe
 
     if context.get("ti") is None:  # a hand-built context (unit tests of execute) has no XCom
         return
+    from airflow_provider_reve.links import stored_result_route
+
+    route = stored_result_route(context, stored.files[0]) if stored and stored.files else None
     urls = [entry["url"] for entry in stored.files] if stored else []
     urls += [url for task in tasks for url in task.result_urls]
     try:
-        push_result_link(context, urls[0] if urls else None)
+        push_result_link(context, route or (urls[0] if urls else None))
     except Exception as error:
         # A UI link is not worth failing a paid, stored generation for (an API-server hiccup).
         log.warning("Could not store the 'Reve result' link (%s); the task's result is unaffected.", error)

@@ -86,6 +86,14 @@ class ReveRequestMixin:
         except AirflowFailException:
             return self.output_format if isinstance(self.output_format, str) else None
 
+    def _sent_request(self: RequestHost) -> dict[str, Any] | None:
+        """The request fields sent, for a task that is paid; ``None`` when they no longer validate
+        (a DAG file changed since): that must not fail it as "nothing was submitted"."""
+        try:
+            return self._validated_params()
+        except AirflowFailException:
+            return None
+
     def _check_budget(self: RequestHost, params: dict[str, Any]) -> None:
         """``max_credits``: refuse a request that costs more, or whose cost cannot be known."""
         from airflow_provider_reve.client.catalog import estimate_credits

@@ -46,15 +46,19 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
     :param allow_private_addresses: let result URLs point at private/loopback addresses.
         ``None`` (default): only when the connection's Base URL is itself such an address.
     :param output_format: the extension to use when a server sends no known Content-Type.
+    :param file_name: how the files are named (templated): ``{index}``, ``{reve_task_id}`` and
+        ``{metadata[key]}`` (each task's own metadata: ``"{metadata[sku]}_{index}"`` names a
+        mapped fan-out's files by product). Two results with one name refuse the store.
 
     Returns the manifest, one entry per file (``reve_task_id``, ``index``, ``url``, ``path``,
-    ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
+    ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``, ``prompt``,
+    ``request``, ``metadata``).
 
     .. seealso::
         The how-to guide: :ref:`howto/operator:ReveDownloadResultsOperator`.
     """
 
-    template_fields: Sequence[str] = ("results", "destination", "reve_conn_id")
+    template_fields: Sequence[str] = ("results", "destination", "reve_conn_id", "file_name")
     template_fields_renderers = {"results": "json"}
     ui_color = "#f4e3ff"
 
@@ -67,9 +71,11 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
         max_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
         output_format: str | None = None,
+        file_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.file_name = file_name
         self.results = results
         self.destination = destination
         self.reve_conn_id = reve_conn_id
@@ -84,10 +90,13 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
         return ReveHook(self.reve_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from airflow_provider_reve.mixins.finish import finish
+        from airflow_provider_reve.mixins.finish import check_naming, finish
         from airflow_provider_reve.mixins.outcomes import raise_for_error
-        from airflow_provider_reve.results.storage import tasks_from_results
+        from airflow_provider_reve.results.task_list import tasks_from_results
 
+        name_template, _ = check_naming(
+            self.file_name, None, before="nothing was downloaded", metadata_per_task=True
+        )
         try:
             tasks = tasks_from_results(self.results, parse=_parse)
         except ReveValidationError as error:
@@ -110,6 +119,7 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
                 max_bytes=self.max_bytes,
                 allow_private_addresses=self.allow_private_addresses,
                 output_format=self.output_format,
+                name_template=name_template,
             )
         except ReveError as error:
             raise_for_error(error, self.log)

@@ -21,6 +21,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_reve.budgets.approval import ReveApprovalMixin, check_approval_options
 from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.client.retry import too_many_tasks_wait  # cheap; tests patch it here
 from airflow_provider_reve.defaults import (
@@ -88,6 +89,7 @@ class ReveGenerateOperator(
     ReveReattachMixin,
     ReveSubmitBackoffMixin,
     ReveLineageMixin,
+    ReveApprovalMixin,
     ReveBudgetMixin,
     BaseOperator,
 ):
@@ -121,12 +123,24 @@ class ReveGenerateOperator(
         ``[reve] ledger_conn_id``; see README, "Budgets"): ``"fail"`` (default, before any paid
         call), ``"skip"``, or ``"wait"`` (deferred until the window resets or credits are
         released, bounded by ``execution_timeout``).
+    :param approval_above_credits: a request estimated above this many credits (or whose price
+        is unknown) waits for a person's approval in Airflow's "Required actions" before anything
+        is reserved or paid (default ``None``: never asks).
+    :param approval_timeout: how long to wait for that answer (seconds or timedelta; default
+        ``None``: no limit); no answer by then fails the task, nothing paid.
+    :param on_approval_rejected: ``"fail"`` (default) or ``"skip"`` the task when rejected.
     :param download_to: store the result files here when the task succeeds (templated): a local
         folder, a ``file://`` / ``s3://`` / ``gs://``... URL or an ``ObjectStoragePath``. The XCom
         then also holds ``files``, the manifest (see the "Results to storage" how-to).
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
+    :param file_name: how ``download_to`` names the files (templated), e.g.
+        ``"{{ params.sku }}_{index}"``; placeholders ``{index}``, ``{reve_task_id}``,
+        ``{metadata[key]}``; the extension still comes from the content type. Checked before
+        anything is paid for (see README, "Results to storage").
+    :param metadata: the caller's own JSON dict (templated, at most 16 KiB), carried into the
+        XCom, the manifest, Asset event ``extra`` and the gallery card.
 
     .. seealso::
         The how-to guide: :ref:`howto/operator:ReveGenerateOperator`; errors, retries and never
@@ -139,8 +153,10 @@ class ReveGenerateOperator(
         "extra_params",
         "reve_conn_id",
         "download_to",
+        "file_name",
+        "metadata",
     )
-    template_fields_renderers = {"extra_params": "json", "image_urls": "json"}
+    template_fields_renderers = {"extra_params": "json", "image_urls": "json", "metadata": "json"}
     ui_color = "#f4e3ff"
 
     def __init__(
@@ -166,12 +182,19 @@ class ReveGenerateOperator(
         max_submit_wait: float | timedelta = timedelta(hours=1),
         max_credits: int | None = None,
         on_budget_exhausted: str = "fail",
+        approval_above_credits: int | None = None,
+        approval_timeout: float | timedelta | None = None,
+        on_approval_rejected: str = "fail",
         download_to: Any = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
+        file_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if file_name is not None and download_to is None:
+            raise ValueError("file_name names the files download_to stores: give download_to too")
         if on_content_policy_violation not in ON_CONTENT_POLICY_CHOICES:
             raise ValueError(f"on_content_policy_violation must be one of {ON_CONTENT_POLICY_CHOICES}")
         if on_ambiguous_submit not in ON_AMBIGUOUS_SUBMIT_CHOICES:
@@ -196,6 +219,9 @@ class ReveGenerateOperator(
         self.max_submit_wait = _seconds(max_submit_wait, "max_submit_wait")
         self.max_credits = max_credits
         self.on_budget_exhausted = check_on_budget_exhausted(on_budget_exhausted)
+        self.approval_above_credits, self.approval_timeout, self.on_approval_rejected = (
+            check_approval_options(approval_above_credits, approval_timeout, on_approval_rejected)
+        )
         if download_to is not None and not wait_for_completion:
             raise ValueError(
                 "download_to needs wait_for_completion=True: an unfinished task has no files. Store "
@@ -205,6 +231,8 @@ class ReveGenerateOperator(
         self.download_to = download_to
         self.max_download_bytes = check_max_bytes(max_download_bytes, "max_download_bytes")
         self.allow_private_addresses = allow_private_addresses
+        self.file_name = file_name
+        self.metadata = metadata
 
     @cached_property
     def hook(self) -> ReveHook:
@@ -257,7 +285,7 @@ class ReveGenerateOperator(
 
     # -- the flow ----------------------------------------------------------------------------
     def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
-        from airflow_provider_reve.mixins.finish import check_download_to
+        from airflow_provider_reve.mixins.finish import check_download_to, check_naming
 
         params = self._validated_params()
         memory = self._memory(context)
@@ -267,7 +295,9 @@ class ReveGenerateOperator(
             # Only before paying is an unusable destination the user's error (permanent). A task
             # re-attached to is paid: storing its files is retried like any storage error.
             check_download_to(self.download_to, before="nothing was submitted")
+            check_naming(self.file_name, self.metadata, before="nothing was submitted")
             self._check_budget(params)
+            self.wait_for_approval(context)
             self.reserve_budget(context)
             try:
                 task = self._submit(context, memory, fingerprint, params, submit_attempt, first_refusal)
@@ -351,8 +381,8 @@ class ReveGenerateOperator(
         if not self.wait_for_completion:
             # Still remembered: if Airflow fails this try after we return, the retry hands on
             # the same task instead of submitting another.
-            finish(self, context, [task.with_model(self.model)], hook=self.hook)
-            return task.with_model(self.model).to_dict()
+            finish(self, context, [self._described(task)], hook=self.hook)
+            return self._described(task).to_dict()
         deadline = time.time() + self.timeout
         if self.deferrable:
             from airflow_provider_reve.triggers.reve import ReveTaskTrigger, settle_time
@@ -404,18 +434,27 @@ class ReveGenerateOperator(
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The submission entry stays: Airflow may still fail this try after we return, and the
         # retry must find this task again. A clear starts a new run of tries (see mixins/reattach.py).
-        from airflow_provider_reve.mixins.finish import succeeded
+        from airflow_provider_reve.mixins.finish import check_naming, succeeded
 
         self.settle_budget(context, task)
+        name_template, _ = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
         return succeeded(
             self,
             context,
-            task.with_model(self.model),
+            self._described(task),
             hook=self.hook,
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
             allow_private_addresses=self.allow_private_addresses,
             output_format=self._output_format(),
+            name_template=name_template,
             if_storing_fails="It stays remembered: a retry re-attaches and stores them without "
             "generating again (a clear generates afresh).",
         )
+
+    def _described(self, task: ReveTask) -> ReveTask:
+        """``task`` with what the API does not say: the model, the request sent, the metadata."""
+        from airflow_provider_reve.mixins.finish import check_naming
+
+        _, metadata = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
+        return task.with_model(self.model).with_caller_data(request=self._sent_request(), metadata=metadata)

@@ -55,6 +55,7 @@ __all__ = [
     "ReveUnsafeURLError",
     "check_url",
     "download",
+    "is_public_address",
     "redact_url",
 ]
 

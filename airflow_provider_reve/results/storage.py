@@ -7,7 +7,9 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
 * **Our names, never the URL's.** ``<reve task id>_<index>.<ext>``: the task id reduced to
   ``[A-Za-z0-9._-]`` (plus a digest of the original when anything was changed, so two ids
   never share a name), the extension from the answer's Content-Type, else the requested
-  ``output_format``, else ``bin``. Nothing can land outside the destination.
+  ``output_format``, else ``bin``. Or the caller's ``file_name`` template (``results.naming``:
+  checked so it cannot leave the folder, and refused before any download when two results of the
+  store would share a name). Nothing can land outside the destination.
 * **Untrusted URLs.** The fetch is :func:`airflow_provider_reve.results.download.download`: http(s)
   only, no credentials sent (these are not the API's URLs), redirects checked, size capped.
 * **Crash-safe.** Each file is first streamed into a spool file while its size and sha256 are
@@ -18,13 +20,15 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
   folder removes once nothing has written to it for a day.
 * **Idempotent.** A file already at its final name with the same size and sha256 is left
   alone, so a retry over stored results does no work beyond the download check.
+* **One current file per result.** Given its ``owner`` (the Airflow task instance), a store
+  moves that instance's files from before a clear into ``superseded/`` (``results.supersede``) and
+  its manifest lists them under ``superseded``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
@@ -33,8 +37,9 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -48,14 +53,26 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.manifest import (
+    earlier_entries,
+    manifest_name,
+    named_for,
+    names_in,
+    write_manifest,
+)
+from airflow_provider_reve.results.naming import result_stems
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "Destination",
     "StoredResults",
     "asset_uri",
+    "extension",
     "file_name",
+    "manifest_name",
+    "prepare_destination",
     "resolve_destination",
+    "safe_stem",
     "store_results",
 ]
 
@@ -90,9 +107,7 @@ _HASH_CHUNK = 1024 * 1024
 # killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
 STALE_SPOOL_SECONDS = 24 * 3600
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
-# Earlier manifests read for files to reuse, and failures spelled out in one error.
-_MAX_MANIFESTS = 1000
-_MANIFEST_NAME = re.compile(r"reve-manifest-[0-9a-f]{16}\.json")
+# Failures spelled out in one error, at most.
 _MAX_REPORTED = 5
 
 
@@ -124,6 +139,7 @@ class StoredResults:
     files: list[dict[str, Any]]
     manifest_path: str | None
     destination: str
+    superseded: list[dict[str, Any]] | None = None
 
 
 def resolve_destination(value: Any) -> Destination:
@@ -262,6 +278,8 @@ def store_results(
     retry_policy: RetryPolicy | None = None,
     logger: logging.Logger | Any = None,
     hidden: Iterable[str | None] = (),
+    name_template: str | None = None,
+    owner: Mapping[str, Any] | None = None,
 ) -> StoredResults:
     """Fetch every result URL of ``tasks`` into ``destination``; write and return the manifest.
 
@@ -276,7 +294,13 @@ def store_results(
     ``hidden`` secrets (the API key) are scrubbed from every URL in a log line or error: a redirect
     may put one in a path. Tasks listed twice are stored once. A file that any earlier manifest
     in this destination records (whatever set of tasks it was written for), and that is still
-    there with its size and sha256, is reused without downloading: its URL may have expired since.
+    there, under the name this store gives it, with its size and sha256, is reused without
+    downloading: its URL may have expired since (see ``results.manifest``).
+
+    ``name_template`` is a checked ``file_name`` template (see ``results.naming``); ``owner`` the Airflow
+    task instance (``dag_id``, ``run_id``, ``task_id``, ``map_index``) whose earlier files here,
+    from before a clear, are moved into ``superseded/`` once every new file is stored. Failing
+    to move them or to write the owner record is a ``ReveStorageError`` (transient) too.
     """
     from airflow_provider_reve.results.download import check_url  # requests: only when a task runs
 
@@ -300,9 +324,10 @@ def store_results(
                 check_url(url, None)
             except ReveDownloadError as error:
                 raise _explain(error, task, index) from None
+    stems = result_stems(tasks, name_template)
     prepare_destination(where)
     _remove_stale_spools(where.local, logger)
-    earlier = _earlier_entries(where, tasks)
+    earlier = earlier_entries(where, tasks, stems, same_file=_same_file, open_file=_open_for_reading)
     files: list[dict[str, Any]] = []
     failures: list[ReveDownloadError] = []
     started = time.monotonic()
@@ -313,7 +338,7 @@ def store_results(
             kept = earlier.get((task.task_id, index))
             if kept is not None:
                 logger.info("%s is already stored (an earlier manifest, same size and sha256)", kept["path"])
-                files.append(_described(kept, task, url))
+                files.append({**_described(kept, task, url), **_caller_data(task)})
                 continue
 
             def fetch(task: ReveTask = task, index: int = index, url: str = url) -> dict[str, Any]:
@@ -322,6 +347,7 @@ def store_results(
                         task,
                         index,
                         url,
+                        stems[(task.task_id, index)],
                         where,
                         allow_private_addresses,
                         max_bytes,
@@ -348,7 +374,7 @@ def store_results(
                     what=f"Downloading result {index} of Reve task {task.task_id}",
                 )
             except ReveDownloadError as error:
-                found = _stored_without_manifest(where, task, index, url, error)
+                found = _stored_without_manifest(where, task, index, url, error, stems[(task.task_id, index)])
                 if found is not None:
                     logger.warning(
                         "Result %d of Reve task %s: its URL has expired, but %s is already stored (by a "
@@ -367,19 +393,32 @@ def store_results(
                     break
                 continue
             files.append(entry)
+    superseded: list[dict[str, Any]] = []
+    problems: list[ReveStorageError] = []
+    if owner is not None and files and not failures:
+        # Only once every new file is in place: a try that stored some leaves the earlier
+        # files (and the owner record naming them) for the retry that stores the rest.
+        try:
+            superseded = _supersede(where, owner, files, logger)
+        except ReveStorageError as error:
+            problems.append(error)
     try:
-        manifest_path = _write_manifest(where, tasks, files) if files else None
+        write = partial(_write_file, where)
+        manifest_path = write_manifest(where, tasks, files, superseded, write=write) if files else None
     except Exception as error:  # OSError, or an object store's own class
-        problem = ReveStorageError(
-            f"writing the manifest at {where} failed: {type(error).__name__}: "
-            f"{getattr(error, 'strerror', None) or error}"
+        problems.append(
+            ReveStorageError(
+                f"writing the manifest at {where} failed: {type(error).__name__}: "
+                f"{getattr(error, 'strerror', None) or error}"
+            )
         )
-        if not failures:
-            raise problem from None
-        logger.error("%s", problem)
         manifest_path = None
+    for problem in problems if failures else problems[1:]:
+        logger.error("%s", problem)
     if failures:
         raise _not_all_stored(failures, len(files), where)
+    if problems:
+        raise problems[0]
     total = sum(entry["bytes"] for entry in files)
     logger.info(
         "Stored %d file(s), %d bytes, from %d Reve task(s) at %s in %.1fs%s",
@@ -390,13 +429,31 @@ def store_results(
         time.monotonic() - started,
         f"; manifest {manifest_path}" if manifest_path else "",
     )
-    return StoredResults(files=files, manifest_path=manifest_path, destination=str(where))
+    return StoredResults(
+        files=files, manifest_path=manifest_path, destination=str(where), superseded=superseded
+    )
+
+
+def _caller_data(task: ReveTask) -> dict[str, Any]:
+    return {"prompt": task.prompt, "request": task.request, "metadata": task.metadata}
+
+
+def _supersede(
+    where: Destination, owner: Mapping[str, Any], files: list[dict[str, Any]], logger: Any
+) -> list[dict[str, Any]]:
+    from airflow_provider_reve.results.supersede import supersede_earlier
+
+    def write(name: str, body: bytes) -> None:
+        _write_file(where, where.target(name), body)
+
+    return supersede_earlier(where, owner, files, same_file=_same_file, write=write, logger=logger)
 
 
 def _store_one(
     task: ReveTask,
     index: int,
     url: str,
+    stem: str,
     where: Destination,
     allow_private_addresses: bool,
     max_bytes: int,
@@ -422,7 +479,7 @@ def _store_one(
                 raise _explain(error, task, index) from None
             fh.flush()
             os.fsync(fh.fileno())
-        name = file_name(task.task_id, index, result.content_type, output_format)
+        name = f"{stem}.{extension(result.content_type, output_format)}"
         target = where.target(name)
         sha256 = writer.sha256.hexdigest()
         if _same_file(target, writer.size, sha256):
@@ -441,6 +498,7 @@ def _store_one(
             "content_type": result.content_type,
             "model": task.model,
             "consumed_credits": task.consumed_credits,
+            **_caller_data(task),
         }
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -487,54 +545,6 @@ def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
             continue
 
 
-def _earlier_entries(where: Destination, tasks: Sequence[ReveTask]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Entries of *any* manifest in this destination for files of ``tasks`` still intact there.
-
-    Per file, not per set of tasks: a file stored with tasks A and B is reused when a later call
-    stores A and C, after A's URL expired. This set's own manifest is read first; the others only
-    while the folder holds a file of ours that none read so far vouches for (so a first store
-    reads no manifest, however many an object-store folder holds).
-    """
-    wanted = {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
-    own = manifest_name(task.task_id for task in tasks)
-    kept: dict[tuple[str, int], dict[str, Any]] = {}
-    _reuse_from(where, own, wanted, kept)
-    if len(kept) == len(wanted):
-        return kept
-    names = _names_in(where)
-    manifests = sorted(name for name in names if _MANIFEST_NAME.fullmatch(name) and name != own)
-    for manifest in manifests[:_MAX_MANIFESTS]:
-        missing = wanted - kept.keys()
-        if not any(_named_for(key, name) for key in missing for name in names):
-            break
-        _reuse_from(where, manifest, missing, kept)
-    return kept
-
-
-def _reuse_from(
-    where: Destination,
-    manifest: str,
-    wanted: set[tuple[str, int]],
-    kept: dict[tuple[str, int], dict[str, Any]],
-) -> None:
-    for entry in _manifest_entries(where.target(manifest)):
-        task_id, index, path = entry.get("reve_task_id"), entry.get("index"), entry.get("path")
-        # Any JSON may be there: a list where an id belongs would make the key unhashable and
-        # fail every try the same way, until the paid result's URLs expire.
-        if not isinstance(task_id, str) or type(index) is not int or not isinstance(path, str):
-            continue
-        key, name = (task_id, index), path.rsplit("/", 1)[-1]
-        # Only a file with the name we give it, inside this destination, counts: a manifest is a
-        # file anyone with access to the folder may have edited.
-        if key not in wanted or key in kept or not _named_for(key, name):
-            continue
-        target = where.target(name)
-        if where.shown(target) == entry["path"] and _same_file(
-            target, entry.get("bytes"), entry.get("sha256")
-        ):
-            kept[key] = entry
-
-
 def _described(entry: dict[str, Any], task: ReveTask, url: str) -> dict[str, Any]:
     """A reused manifest entry with what a fresh one says: only its file is vouched for (size and
     sha256). Asset events, XCom and the gallery read ``content_type`` and ``model`` of every entry,
@@ -555,7 +565,7 @@ def _described(entry: dict[str, Any], task: ReveTask, url: str) -> dict[str, Any
 
 
 def _stored_without_manifest(
-    where: Destination, task: ReveTask, index: int, url: str, error: ReveDownloadError
+    where: Destination, task: ReveTask, index: int, url: str, error: ReveDownloadError, stem: str
 ) -> dict[str, Any] | None:
     """The entry for a file already at its final name, when its URL answered "expired".
 
@@ -567,11 +577,7 @@ def _stored_without_manifest(
     if error.http_status not in _EXPIRED_STATUSES:
         return None
     ours = {*EXTENSIONS.values(), "bin"}
-    names = [
-        name
-        for name in _names_in(where)
-        if _named_for((task.task_id, index), name) and name.rpartition(".")[2] in ours
-    ]
+    names = [name for name in names_in(where) if named_for(stem, name) and name.rpartition(".")[2] in ours]
     if len(names) != 1:
         return None
     target = where.target(names[0])
@@ -595,27 +601,6 @@ def _stored_without_manifest(
         "content_type": next((known for known, ext in EXTENSIONS.items() if ext == suffix), None),
     }
     return _described(entry, task, url)
-
-
-def _named_for(key: tuple[str, int], name: str) -> bool:
-    return name.startswith(f"{safe_stem(key[0])}_{key[1]}.")
-
-
-def _names_in(where: Destination) -> list[str]:
-    folder = where.local if where.local is not None else where.remote
-    try:
-        return [path.name for path in folder.iterdir()]  # type: ignore[union-attr]
-    except Exception:  # cannot list (an object store without it): no other manifest is read
-        return []
-
-
-def _manifest_entries(manifest: Any) -> list[Any]:
-    try:
-        with _open_for_reading(manifest) as fh:
-            entries = json.loads(fh.read(16 * 1024 * 1024)).get("files", [])
-    except Exception:  # missing, unreadable, not ours: nothing to reuse from it
-        return []
-    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
 
 
 def _not_all_stored(failures: list[ReveDownloadError], stored: int, where: Destination) -> ReveDownloadError:
@@ -719,15 +704,8 @@ def _upload(spool: Path, target: Any) -> None:
         raise
 
 
-def manifest_name(task_ids: Iterable[str]) -> str:
-    # JSON, not a join: ids are API data, and ["a\nb"] must not name the manifest of ["a", "b"].
-    digest = hashlib.sha256(json.dumps(list(task_ids)).encode()).hexdigest()[:16]
-    return f"reve-manifest-{digest}.json"
-
-
-def _write_manifest(where: Destination, tasks: Sequence[ReveTask], files: list[dict[str, Any]]) -> str:
-    body = json.dumps({"files": files}, indent=2, sort_keys=True).encode()
-    target = where.target(manifest_name(task.task_id for task in tasks))
+def _write_file(where: Destination, target: Path | Any, body: bytes) -> None:
+    """Write a small file of ours whole: renamed into place locally, one upload remotely."""
     if where.local is not None:
         fd, spool = _open_spool(where.local)
         try:
@@ -740,44 +718,3 @@ def _write_manifest(where: Destination, tasks: Sequence[ReveTask], files: list[d
     else:
         with target.open("wb") as fh:
             fh.write(body)
-    return where.shown(target)
-
-
-def tasks_from_results(results: Any, *, parse: Callable[[Any], Any] | None = None) -> list[ReveTask]:
-    """``results`` as ``ReveTask`` objects: one task dict, a list of them, or nested lists
-    (a mapped task's output). A ``files`` manifest added by ``download_to`` is ignored."""
-    if parse is not None:
-        results = parse(results)
-    if isinstance(results, dict):
-        results = [results]
-    if isinstance(results, ReveTask):
-        results = [results]
-    if not isinstance(results, (list, tuple)) and not _is_lazy_sequence(results):
-        raise ReveValidationError(
-            "results must be a Reve task dict (what ReveGenerateOperator returns) or a list of them, "
-            f"got {type(results).__name__}"
-        )
-    tasks: list[ReveTask] = []
-    for item in results:
-        if item is None:
-            continue  # a mapped generation that was skipped (content policy) has no result
-        if isinstance(item, (list, tuple)) or _is_lazy_sequence(item):
-            tasks.extend(tasks_from_results(list(item)))
-            continue
-        if isinstance(item, ReveTask):
-            tasks.append(item)
-            continue
-        if isinstance(item, dict):
-            item = {key: value for key, value in item.items() if key != "files"}
-        try:
-            tasks.append(ReveTask.from_dict(item))
-        except (ValueError, TypeError) as error:
-            raise ReveValidationError(f"not a Reve task dict: {error}") from None
-    return tasks
-
-
-def _is_lazy_sequence(value: Any) -> bool:
-    # A mapped task's pulled XCom (LazyXComSequence) is iterable but neither list nor tuple.
-    return (
-        hasattr(value, "__iter__") and hasattr(value, "__len__") and not isinstance(value, (str, bytes, dict))
-    )

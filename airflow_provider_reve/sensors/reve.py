@@ -62,6 +62,9 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
     :param max_download_bytes: the largest result file accepted (default 1 GiB).
     :param allow_private_addresses: let result URLs point at private/loopback addresses. Default
         ``None``: only when the connection's Base URL is itself such an address (the fake).
+    :param file_name: how ``download_to`` names the files (templated); as for the operator.
+    :param metadata: the caller's JSON dict (templated). Default: the ``metadata`` of the
+        operator's dict given as ``reve_task_id`` (its ``prompt`` and ``request`` carry over too).
 
     A task that ends ``FAILED`` fails the sensor with the API's error code and message
     (skipped instead with ``soft_fail=True``). ``soft_fail`` / ``never_fail`` / ``silent_fail``
@@ -73,7 +76,7 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         The how-to guide: :ref:`howto/sensor:ReveTaskSensor`.
     """
 
-    template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id", "download_to")
+    template_fields: Sequence[str] = ("reve_task_id", "reve_conn_id", "download_to", "file_name", "metadata")
     ui_color = "#f4e3ff"
 
     def __init__(
@@ -87,9 +90,15 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         download_to: Any = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
         allow_private_addresses: bool | None = None,
+        file_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        if file_name is not None and download_to is None:
+            raise ValueError("file_name names the files download_to stores: give download_to too")
+        self.file_name = file_name
+        self.metadata = metadata
         self.download_to = download_to
         self.max_download_bytes = check_max_bytes(max_download_bytes, "max_download_bytes")
         self.allow_private_addresses = allow_private_addresses
@@ -110,17 +119,39 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
     @property
     def known_model(self) -> str | None:
         """The model, when ``reve_task_id`` is the operator's dict (the status API omits it)."""
+        model = self._handed_on().get("model")
+        return model if isinstance(model, str) else None
+
+    def _handed_on(self) -> dict[str, Any]:
+        """The operator's dict given as ``reve_task_id``, or ``{}`` for a bare id."""
         value = self.reve_task_id
         if isinstance(value, str) and value.strip().startswith("{"):
             value = parse_rendered_literal(value.strip())
-        model = value.get("model") if isinstance(value, dict) else None
-        return model if isinstance(model, str) else None
+        return value if isinstance(value, dict) else {}
+
+    def _metadata(self) -> Any:
+        return self.metadata if self.metadata is not None else self._handed_on().get("metadata")
+
+    def _described(self, task: ReveTask, *, paid: bool) -> tuple[ReveTask, str | None]:
+        """``task`` with the request and metadata the submitter knew; the checked name template."""
+        from airflow_provider_reve.mixins.finish import check_naming
+
+        template, metadata = check_naming(
+            self.file_name, self._metadata(), before="checked before waiting", paid=paid
+        )
+        request = self._handed_on().get("request")
+        return task.with_caller_data(
+            request=request if isinstance(request, dict) else None, metadata=metadata
+        ), template
 
     def execute(self, context: Context) -> Any:
+        from airflow_provider_reve.mixins.finish import check_naming
+
         if not (self.reschedule and context.get("task_reschedule_count")):
             # Once per try: a rescheduled poke is already waiting, and a folder unwritable for a
             # moment then must not end a wait for a task paid for elsewhere.
             self._check_destination_before_waiting()
+            check_naming(self.file_name, self._metadata(), before="checked before waiting")
         self._reve_succeeded: ReveTask | None = None
         # BaseSensorOperator's, deferrable or not: every poke -- the one a deferrable sensor makes
         # before deferring included -- goes through its soft_fail / never_fail / silent_fail
@@ -267,10 +298,12 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         # wait_for_completion=False reports its cost only here.
         from airflow_provider_reve.mixins.finish import succeeded
 
+        task, name_template = self._described(task, paid=True)
         return succeeded(
             self,
             context,
             task,
+            name_template=name_template,
             hook=self.hook,
             download_to=self.download_to,
             max_bytes=self.max_download_bytes,
@@ -300,7 +333,7 @@ def resolve_reve_task_id(value: Any) -> str:
             value = parse_rendered_literal(text)
         elif text and text.isprintable():
             return text
-    found = value.get("task_id") if isinstance(value, dict) else None
+    found = value.get("reve_task_id", value.get("task_id")) if isinstance(value, dict) else None
     if isinstance(found, str) and found.strip() and found.strip().isprintable():
         return found.strip()
     # A control character (CR/LF...) in an id would forge lines in every log that names it.

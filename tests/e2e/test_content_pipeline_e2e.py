@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 import pytest
@@ -202,18 +203,25 @@ def test_the_contact_sheet_event_triggers_one_run_of_the_publish_dag_which_write
         assert list(preview.size) == published["size"]
 
 
-def test_the_api_server_serves_each_generations_reve_result_link_as_the_url_the_fake_served(
+def test_the_api_server_serves_each_stored_generations_reve_result_link_as_the_gallerys_file_route(
     pipeline: PipelineRun,
 ):
-    served = pipeline.api.tasks
+    # Stored with download_to: the link opens the stored copy, not the result URL that expires.
     for index, result in enumerate(pipeline.generated()):
         links = pipeline.airflow.api(
             "GET",
             f"dags/{DAG_ID}/dagRuns/{pipeline.run_id}/taskInstances/generate/links",
             map_index=index,
         )
-        assert links["extra_links"] == {"Reve result": served[result["task_id"]]["result_urls"][0]}
-        assert links["extra_links"]["Reve result"] == result["files"][0]["url"]
+        query = {
+            "dag_id": DAG_ID,
+            "run_id": pipeline.run_id,
+            "task_id": "generate",
+            "map_index": index,
+            "reve_task_id": result["reve_task_id"],
+            "index": result["files"][0]["index"],
+        }
+        assert links["extra_links"] == {"Reve result": "reve/media?" + urlencode(query)}
 
 
 def test_the_fake_api_was_paid_exactly_once_per_rendered_prompt(pipeline: PipelineRun):

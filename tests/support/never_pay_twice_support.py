@@ -160,6 +160,7 @@ def api_result(server: FakeReveServer, task_id: str) -> dict[str, Any]:
     info = server.tasks[task_id]
     assert info["status"] == "SUCCESS", info
     return {
+        "reve_task_id": task_id,
         "task_id": task_id,
         "status": "SUCCESS",
         "result_urls": info["result_urls"],
@@ -167,6 +168,10 @@ def api_result(server: FakeReveServer, task_id: str) -> dict[str, Any]:
         "error_code": None,
         "error_message": None,
         "model": info["model"],
+        # What was asked for, as the server received it (the XCom carries the request sent).
+        "prompt": info["params"].get("prompt"),
+        "request": info["params"],
+        "metadata": None,
     }
 
 

@@ -71,6 +71,7 @@ class Card:
     error_message: str | None = None
     media: list[Media] = field(default_factory=list)
     result_url_count: int = 0  # result URLs the API gave (some may have been refused as unsafe)
+    metadata: dict[str, Any] | None = None  # the caller's own JSON (``metadata=``), shown as is
     handed_on: bool = False
 
 
@@ -151,6 +152,12 @@ def _fill_from_task(card: Card, task: dict[str, Any]) -> None:
     card.model = _str(task.get("model")) or card.model
     card.error_code = _str(task.get("error_code"))
     card.error_message = _str(task.get("error_message"))
+    card.prompt = card.prompt or _str(task.get("prompt"))
+    card.metadata = _dict(task.get("metadata")) or card.metadata
+
+
+def _dict(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) and value else None
 
 
 def _stored_media(
@@ -227,6 +234,8 @@ def draft_cards(rows: list[TaskRow]) -> list[Draft]:
                 card.reve_status = "SUCCESS"
                 card.model = _str(entries[0].get("model"))
                 card.credits = _int(entries[0].get("consumed_credits"))
+                card.prompt = _str(entries[0].get("prompt"))
+                card.metadata = _dict(entries[0].get("metadata"))
                 drafts.append(Draft(card, None, owner, entries))
             continue
         card = _base_card(row)

@@ -5,8 +5,9 @@ that entry in the task instance's ``return_value`` manifest, and reads the entry
 A manifest is written by a task, i.e. by DAG code, which the API server should not trust with
 its own files (its configuration, its secrets). So before a byte is sent:
 
-* the file name must be the one the provider gives a stored file
-  (``<safe reve task id>_<index>.<media extension>``), with a media Content-Type;
+* the file name must be one the provider gives a stored file (``<safe reve task id>_<index>``,
+  or a name a ``file_name`` template may render: ``[A-Za-z0-9._-]``, no ``..``), with a media
+  extension and Content-Type;
 * a local file must be a regular file, not a symlink, and the size must match;
 * the content must hash to the manifest's ``sha256``. Nobody can write a manifest that points at
   a file they cannot read and still match its hash, so a forged manifest gets nothing.
@@ -47,6 +48,7 @@ from typing import IO, Any
 
 from airflow_provider_reve.plugins.app.locations import Location, LocationRefused, locate
 from airflow_provider_reve.plugins.app.reading import Deadline, ReadTimedOut
+from airflow_provider_reve.results.naming import is_result_stem
 from airflow_provider_reve.results.storage import EXTENSIONS, safe_stem
 
 __all__ = [
@@ -138,7 +140,8 @@ def check_entry(entry: dict[str, Any]) -> Entry:
         raise MediaRefused(str(refused)) from None
     name = location.name
     stem, _, suffix = name.rpartition(".")
-    if stem != f"{safe_stem(reve_task_id)}_{index}" or suffix not in MEDIA_TYPES:
+    named = stem == f"{safe_stem(reve_task_id)}_{index}" or is_result_stem(stem)
+    if not named or suffix not in MEDIA_TYPES:
         raise MediaRefused("not a stored result file name")
     declared = entry.get("content_type")
     # The suffix was chosen from the Content-Type when the file was stored; serve the type the

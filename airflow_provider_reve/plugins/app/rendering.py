@@ -19,6 +19,7 @@ browser tests use them.
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from urllib.parse import quote, urlencode
@@ -214,6 +215,10 @@ def render_card(card: Card, *, current: bool = False) -> str:
             "no longer keeps).</p>"
         )
     credits = NONE if card.credits is None else f"{card.credits:,}"
+    metadata = ""
+    if card.metadata:
+        shown = json.dumps(card.metadata, sort_keys=True, ensure_ascii=False)
+        metadata = f'<dt>Metadata</dt><dd data-testid="reve-metadata"><code>{esc(shown)}</code></dd>'
     error = ""
     if card.error_code or card.error_message:
         error = (
@@ -247,6 +252,7 @@ def render_card(card: Card, *, current: bool = False) -> str:
         f"{esc(credits)}</dd>"
         f'<dt>Duration</dt><dd data-testid="reve-duration">{esc(duration_text(card.duration))}</dd>'
         f"<dt>When</dt><dd>{_when(card.when)}</dd>"
+        f"{metadata}"
         "</dl>"
         f"{error}"
         f'<p class="where"><a href="{url(ti_link)}" data-testid="reve-ti-link">'

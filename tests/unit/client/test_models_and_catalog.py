@@ -23,6 +23,7 @@ def test_reve_task_round_trips_through_json():
     assert again == task
     assert task.to_dict()["result_urls"] == ["https://cdn/x.png", "https://cdn/y.png"]
     assert set(task.to_dict()) == {
+        "reve_task_id",
         "task_id",
         "status",
         "result_urls",
@@ -30,6 +31,9 @@ def test_reve_task_round_trips_through_json():
         "error_code",
         "error_message",
         "model",
+        "prompt",
+        "request",
+        "metadata",
     }
 
 

@@ -205,6 +205,8 @@ def test_a_returned_string_is_the_prompt_of_one_deferred_generation_resumed_with
             result_urls=tuple(served["result_urls"]),
             consumed_credits=served["cost"],
             model="seedream-5",
+            prompt=prompt,
+            request={"prompt": prompt},
         ).to_dict()
     }
     # The UI's Rendered Template shows the prompt the function wrote, also after the resume.

@@ -33,11 +33,12 @@ DAG_IDS = {
 CONTACT_SHEET_EXTRA = {"path", "bytes", "image_count", "reve_task_ids", "consumed_credits", "run_id"}
 
 
-@pytest.fixture(scope="module")
-def output_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One output folder for the module, as in production: an Asset's URI names it, and Airflow
-    keeps one active Asset per name, so a new folder per test would orphan the last one's."""
-    return tmp_path_factory.mktemp("example-output")
+@pytest.fixture
+def output_root(example_output_root: Path) -> Path:
+    """One output folder for the session (see conftest), as in production: an Asset's URI names
+    it, and Airflow keeps one active Asset per name, so a new folder per test would orphan the
+    last one's."""
+    return example_output_root
 
 
 @pytest.fixture

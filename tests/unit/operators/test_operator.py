@@ -113,6 +113,8 @@ def test_a_synchronous_model_returns_the_finished_task_at_once_and_never_defers(
             result_urls=tuple(served["result_urls"]),
             consumed_credits=served["cost"],
             model=SYNC_MODEL,
+            prompt=served["params"]["prompt"],
+            request=served["params"],  # the XCom says what was asked for, not only what came back
         ).to_dict()
     )
     assert len(result["result_urls"]) == 2

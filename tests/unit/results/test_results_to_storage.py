@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -28,6 +29,9 @@ MANIFEST_KEYS = {
     "content_type",
     "model",
     "consumed_credits",
+    "prompt",
+    "request",
+    "metadata",
 }
 
 
@@ -75,6 +79,17 @@ def xcom(dag_run: Any, task_id: str, key: str) -> Any:
             XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key=key)
         ).first()
         return None if row is None else XComModel.deserialize_value(row)
+
+
+def link_query(dag_run: Any, task_id: str, map_index: int, entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dag_id": dag_run.dag_id,
+        "run_id": dag_run.run_id,
+        "task_id": task_id,
+        "map_index": map_index,
+        "reve_task_id": entry["reve_task_id"],
+        "index": entry["index"],
+    }
 
 
 def served_bytes(url: str) -> bytes:
@@ -126,7 +141,10 @@ def test_download_to_stores_every_result_after_a_deferral_and_reports_asset_even
     )
     assert all(event["sha256"] in {e["sha256"] for e in result["files"]} for _, event in aliased)
 
-    assert xcom(dag_run, "hero", "reve_result_url") == result["result_urls"][0]
+    # Stored: the link opens the stored copy through the gallery's file route (issue 22).
+    assert xcom(dag_run, "hero", "reve_result_url") == (
+        "reve/media?" + urlencode(link_query(dag_run, "hero", -1, result["files"][0]))
+    )
 
 
 def test_a_mapped_submit_sensor_download_chain_stores_every_task_once(server, out):
@@ -148,7 +166,9 @@ def test_a_mapped_submit_sensor_download_chain_stores_every_task_once(server, ou
     assert extra["file_count"] == 2
     assert sorted(extra["reve_task_ids"]) == sorted(e["reve_task_id"] for e in manifest)
     assert extra["consumed_credits"] == sum(e["consumed_credits"] for e in manifest)
-    assert xcom(dag_run, "store", "reve_result_url") == manifest[0]["url"]
+    assert xcom(dag_run, "store", "reve_result_url") == (
+        "reve/media?" + urlencode(link_query(dag_run, "store", -1, manifest[0]))
+    )
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,9 @@ MANIFEST_KEYS = {
     "content_type",
     "model",
     "consumed_credits",
+    "prompt",
+    "request",
+    "metadata",
 }
 
 

@@ -85,6 +85,7 @@ async def test_a_task_that_succeeds_fires_one_success_event_carrying_the_finishe
     assert event["outcome"] == OUTCOME_SUCCESS
     assert event["reve_task_id"] == task_id
     assert event["task"] == {
+        "reve_task_id": task_id,
         "task_id": task_id,
         "status": "SUCCESS",
         "result_urls": served["result_urls"],
@@ -92,6 +93,9 @@ async def test_a_task_that_succeeds_fires_one_success_event_carrying_the_finishe
         "error_code": None,
         "error_message": None,
         "model": ASYNC_MODEL,
+        "prompt": None,
+        "request": None,
+        "metadata": None,
     }
     assert served["result_urls"]
     assert task_id in event["message"]
