@@ -76,8 +76,8 @@ def _pages(site: Path) -> dict[Path, _Page]:
 
 def test_the_docs_build_with_no_warning_and_have_every_page(built_site):
     for page in ["index", "quickstart", "connection", "errors", "costs", "scale", "testing", "security",
-                 "changelog", "api", "howto/generate", "howto/taskflow", "howto/sensor",
-                 "howto/download", "howto/assets", "howto/gallery"]:  # fmt: skip
+                 "changelog", "api", "budgets", "features", "howto/generate", "howto/taskflow",
+                 "howto/sensor", "howto/download", "howto/assets", "howto/gallery"]:  # fmt: skip
         assert (built_site / f"{page}.html").is_file(), page
 
 
