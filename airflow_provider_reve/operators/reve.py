@@ -4,6 +4,12 @@ Flow: validate -> re-attach to an earlier try's task, or submit -> log id and cr
 SUCCESS already (synchronous model)? return it, never defer -> ``wait_for_completion=False``?
 return the IN_PROGRESS task -> deferrable? wait in the triggerer -> else poll in the worker.
 The XCom ``return_value`` is always ``ReveTask.to_dict()``.
+
+The steps live in mixins, each with a small host Protocol: the request and ``max_credits``
+(``mixins.request``), the error policy (``mixins.outcomes``), the re-attach memory
+(``mixins.reattach``), the ``TOO_MANY_TASKS`` back-off (``mixins.backoff``), budgets and approval
+(``budgets``), the result link and lineage. This class keeps the flow: ``_run``, ``_submit``,
+waiting, and finishing.
 """
 
 from __future__ import annotations
