@@ -38,7 +38,7 @@ def run_hero(folder: Path, *, run_id: str, prompt: str) -> dict[str, Any]:
         download_to=str(folder),
         file_name="MUG-42_{index}",
     )
-    result: dict[str, Any] = op.execute({"ti": ti})
+    result: dict[str, Any] = op.execute({"ti": ti})  # type: ignore[typeddict-item]
     return result
 
 
