@@ -22,6 +22,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_reve import config
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve._defaults import (
@@ -592,8 +593,9 @@ class ReveGenerateOperator(
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
         started = logged = time.monotonic()
+        log_every = config.progress_log_interval(PROGRESS_LOG_INTERVAL)
         while not task.is_finished:
-            if time.monotonic() - logged >= PROGRESS_LOG_INTERVAL:
+            if time.monotonic() - logged >= log_every:
                 logged = time.monotonic()
                 self.log.info(
                     "Reve task %s still %s after %.0fs", task.task_id, task.status, logged - started

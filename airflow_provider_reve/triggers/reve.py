@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_reve import config
 from airflow_provider_reve._defaults import (  # re-exported: the event protocol's names
     DEFAULT_POLL_INTERVAL,
     OUTCOME_ERROR,
@@ -141,6 +142,7 @@ class ReveTaskTrigger(BaseTrigger):
     """
 
     #: Class-level, not a kwarg: the cadence of log lines is not part of the stored trigger.
+    #: The default; ``[reve] progress_log_interval``, when set, wins (read as each wait starts).
     progress_log_interval: float = PROGRESS_LOG_INTERVAL
     # The clock of those lines' elapsed time (monotonic: a wall-clock jump must not spam the log).
     _clock: Callable[[], float] = staticmethod(time.monotonic)
@@ -197,7 +199,8 @@ class ReveTaskTrigger(BaseTrigger):
         last: ReveTask | None = None
         last_error: ReveError | None = None
         errors_in_a_row = 0
-        progress = _WaitLog(self.log, self.reve_task_id, self.progress_log_interval, self._clock)
+        log_every = config.progress_log_interval(self.progress_log_interval)
+        progress = _WaitLog(self.log, self.reve_task_id, log_every, self._clock)
         origin = wait_origin(time.time(), self.not_before)
         await asyncio.sleep(self._first_wait())
         while True:
