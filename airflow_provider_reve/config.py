@@ -160,8 +160,8 @@ def _parse(option: Option, raw: str) -> float | None:
     return value
 
 
-def _read(option: Option, default: float | None = None) -> float:
-    fallback = option.default if default is None else default
+def _read(option: Option) -> float:
+    fallback = option.default
     try:
         raw = _raw(option)
     except Exception as error:  # a broken _cmd/_secret source: the deployment keeps running
@@ -206,13 +206,9 @@ def media_tab_page_size() -> int:
     return int(_read(MEDIA_TAB_PAGE_SIZE))
 
 
-def progress_log_interval(default: float | None = None) -> float:
-    """``[reve] progress_log_interval``: seconds between "still IN_PROGRESS" log lines.
-
-    :param default: what applies when the option is not set (a class or module that carries its
-        own interval passes it); ``None``: the option's default, 30 s.
-    """
-    return _read(PROGRESS_LOG_INTERVAL, default)
+def progress_log_interval() -> float:
+    """``[reve] progress_log_interval``: seconds between "still IN_PROGRESS" log lines."""
+    return _read(PROGRESS_LOG_INTERVAL)
 
 
 def provider_config_section() -> dict[str, Any]:

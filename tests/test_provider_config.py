@@ -9,8 +9,10 @@ app, the ``airflow`` command in a subprocess.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from airflow_provider_reve import config
 from airflow_provider_reve._retry import NO_RETRIES
@@ -28,6 +31,7 @@ from airflow_provider_reve.exceptions import ReveRateLimitError
 from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook
 from airflow_provider_reve.sensors.reve import ReveTaskSensor
 from airflow_provider_reve.testing import FakeReveServer
+from airflow_provider_reve.triggers.reve import ReveTaskTrigger
 from tests.gallery_data import add_ti, remove_dag
 from tests.gallery_support import bearer, db_session, manifest_entry, read_page, task_value, token
 from tests.storage_stub import PNG, CdnStub, file, store, succeeded
@@ -38,6 +42,7 @@ pytest_plugins = ("tests.gallery_support",)
 REPO = Path(__file__).resolve().parent.parent
 ASYNC_MODEL = "seedream-5"
 GALLERY_DAG, CARDS = "reve_config_page_size", 30
+ELAPSED = re.compile(r"after (\d+)s of waiting")
 
 
 @pytest.fixture
@@ -235,6 +240,43 @@ def test_progress_log_interval_sets_how_often_a_waiting_sensor_says_it_is_still_
     log = capfd.readouterr()
     progress = [line for line in (log.out + log.err).splitlines() if "still IN_PROGRESS" in line]
     assert len(progress) >= 5 if every_poke else len(progress) == 1
+
+
+class SteppingClock:
+    """A monotonic clock that moves five seconds each time the trigger reads it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 5.0
+        return self.now
+
+
+async def test_progress_log_interval_sets_how_often_a_deferred_wait_logs_that_it_is_still_waiting(
+    server, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW__REVE__PROGRESS_LOG_INTERVAL", "10")
+    server.set_async_seconds(600)
+    task_id = ReveHook().generate(ASYNC_MODEL, "a slow video").task_id
+    trigger = ReveTaskTrigger(reve_task_id=task_id, poll_interval=0.01, deadline=time.time() + 60)
+    trigger._clock = SteppingClock()  # "30 s of waiting" in a fraction of a second
+
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.ensure_future(anext(aiter(trigger.run())))
+        while server.requests_to("status") < 30:
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.01)
+        server.finish_task(task_id)
+        event = await asyncio.wait_for(running, timeout=30)
+
+    assert event.payload["outcome"] == "success"
+    progress = [e["event"] for e in logs if "still IN_PROGRESS" in e["event"]]
+    elapsed = [int(ELAPSED.search(line)[1]) for line in progress]  # type: ignore[index]
+    # ~150 clock-seconds of waiting: a line per 10 s (the default 30 s would give at most 6).
+    assert len(progress) >= 12
+    assert all(later - earlier >= 10 for earlier, later in itertools.pairwise(elapsed))
+    assert ReveTaskTrigger.progress_log_interval == config.PROGRESS_LOG_INTERVAL.default  # one default
 
 
 # -- airflow config list -------------------------------------------------------------------------

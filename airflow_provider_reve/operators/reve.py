@@ -32,7 +32,6 @@ from airflow_provider_reve._defaults import (
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
-    PROGRESS_LOG_INTERVAL,
 )
 from airflow_provider_reve._finish import check_download_to, check_max_bytes, check_naming, finish, succeeded
 from airflow_provider_reve._lineage import ReveLineageMixin
@@ -593,7 +592,7 @@ class ReveGenerateOperator(
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
         started = logged = time.monotonic()
-        log_every = config.progress_log_interval(PROGRESS_LOG_INTERVAL)
+        log_every = config.progress_log_interval()
         while not task.is_finished:
             if time.monotonic() - logged >= log_every:
                 logged = time.monotonic()
