@@ -50,6 +50,14 @@ def server(fake_reve_server: FakeReveServer, reve_connection_env: str) -> FakeRe
     return fake_reve_server
 
 
+def submit(model: str, prompt: str) -> str:
+    hook = ReveHook()
+    try:
+        return hook.generate(model, prompt).task_id
+    finally:
+        hook.close()
+
+
 @pytest.fixture
 def cdn() -> Iterator[CdnStub]:
     stub = CdnStub()
@@ -70,7 +78,7 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def in_flight_probe(server: FakeReveServer) -> BaseException | None:
     """One status read held by a slow answer, and a second one on the same loop that may take
     0.5 s: what happened to the second (``None``: it was answered)."""
-    task_id = ReveHook().generate("reve-2.0", "a lighthouse").task_id
+    task_id = submit("reve-2.0", "a lighthouse")
     server.add_fault(kind="slow", endpoint="status", delay=3.0, times=1)
     hook = ReveAsyncHook(retry_policy=NO_RETRIES)
     async with hook.keep_session():
@@ -226,7 +234,7 @@ def test_progress_log_interval_sets_how_often_a_waiting_sensor_says_it_is_still_
 ):
     monkeypatch.setenv("AIRFLOW__REVE__PROGRESS_LOG_INTERVAL", value)
     server.set_async_seconds(600)
-    task_id = ReveHook().generate(ASYNC_MODEL, "a slow video").task_id
+    task_id = submit(ASYNC_MODEL, "a slow video")
     sensor = ReveTaskSensor(task_id="wait", reve_task_id=task_id, poke_interval=0.01, timeout=60)
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(sensor.execute, {})
@@ -258,7 +266,7 @@ async def test_progress_log_interval_sets_how_often_a_deferred_wait_logs_that_it
 ):
     monkeypatch.setenv("AIRFLOW__REVE__PROGRESS_LOG_INTERVAL", "10")
     server.set_async_seconds(600)
-    task_id = ReveHook().generate(ASYNC_MODEL, "a slow video").task_id
+    task_id = submit(ASYNC_MODEL, "a slow video")
     trigger = ReveTaskTrigger(reve_task_id=task_id, poll_interval=0.01, deadline=time.time() + 60)
     trigger._clock = SteppingClock()  # "30 s of waiting" in a fraction of a second
 
