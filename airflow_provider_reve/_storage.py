@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from airflow_provider_reve import config
 from airflow_provider_reve._defaults import DEFAULT_MAX_BYTES
 from airflow_provider_reve._manifest import (
     earlier_entries,
@@ -102,7 +103,8 @@ _EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
 _HASH_CHUNK = 1024 * 1024
 # A live spool is written to at least every read timeout; one untouched for a day belongs to a
 # killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
-STALE_SPOOL_SECONDS = 24 * 3600
+# The default of ``[reve] stale_spool_age``, read at each sweep.
+STALE_SPOOL_SECONDS = config.STALE_SPOOL_AGE.default
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
 # Failures spelled out in one error, at most.
 _MAX_REPORTED = 5
@@ -523,10 +525,11 @@ def prepare_destination(where: Destination) -> None:
 
 
 def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
-    """Delete our own hidden spools in ``folder`` that nothing has written to for a day."""
+    """Delete our own hidden spools in ``folder`` that nothing has written to for
+    ``[reve] stale_spool_age`` seconds (a day by default)."""
     if folder is None:
         return
-    cutoff = time.time() - STALE_SPOOL_SECONDS
+    cutoff = time.time() - config.stale_spool_age()
     try:
         entries = list(os.scandir(folder))
     except OSError:

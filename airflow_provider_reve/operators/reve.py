@@ -22,6 +22,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_reve import config
 from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
 from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve._defaults import (
@@ -31,7 +32,6 @@ from airflow_provider_reve._defaults import (
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
-    PROGRESS_LOG_INTERVAL,
 )
 from airflow_provider_reve._finish import check_download_to, check_max_bytes, check_naming, finish, succeeded
 from airflow_provider_reve._lineage import ReveLineageMixin
@@ -592,8 +592,9 @@ class ReveGenerateOperator(
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
         started = logged = time.monotonic()
+        log_every = config.progress_log_interval()
         while not task.is_finished:
-            if time.monotonic() - logged >= PROGRESS_LOG_INTERVAL:
+            if time.monotonic() - logged >= log_every:
                 logged = time.monotonic()
                 self.log.info(
                     "Reve task %s still %s after %.0fs", task.task_id, task.status, logged - started
