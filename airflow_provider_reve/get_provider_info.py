@@ -43,7 +43,16 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "reve_ledger",
                         "default": "",
-                    }
+                    },
+                    "budget_recheck_seconds": {
+                        "description": "How often a task waiting for budget room "
+                        "(on_budget_exhausted='wait') looks again, at most, for credits released or a "
+                        "raised limit before its window resets. See the README, 'Budgets'.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "60",
+                        "default": "300",
+                    },
                 },
             }
         },

@@ -42,13 +42,26 @@ __all__ = [
     "ON_BUDGET_EXHAUSTED_CHOICES",
     "BudgetHost",
     "ReveBudgetMixin",
+    "budget_recheck_seconds",
     "check_on_budget_exhausted",
 ]
 
 ON_BUDGET_EXHAUSTED_CHOICES = ("fail", "skip", "wait")
-#: ``"wait"`` looks again at least this often: credits released by a FAILED task free room
+#: ``"wait"`` looks again at least this often (``[reve] budget_recheck_seconds``): credits
+#: released by a FAILED task, or a limit raised with ``airflow reve budget set``, free room
 #: before the window resets.
 BUDGET_RECHECK_SECONDS = 300.0
+
+
+def budget_recheck_seconds() -> float:
+    """``[reve] budget_recheck_seconds`` (at least 1 s), or :data:`BUDGET_RECHECK_SECONDS`."""
+    from airflow.providers.common.compat.sdk import conf
+
+    try:
+        value = conf.getfloat("reve", "budget_recheck_seconds", fallback=BUDGET_RECHECK_SECONDS)
+    except Exception:  # a malformed setting must not fail a task that is only waiting
+        return BUDGET_RECHECK_SECONDS
+    return max(1.0, value) if value == value else BUDGET_RECHECK_SECONDS  # NaN: the default
 
 
 def check_on_budget_exhausted(value: str) -> str:
@@ -262,7 +275,7 @@ def _wait_for_room(
     until_reset = (resets_at - now).total_seconds() if resets_at else float("inf")
     ti = context.get("ti")
     time_left = deferral_budget(float("inf"), host.execution_timeout, getattr(ti, "start_date", None))
-    wait = max(1.0, min(until_reset, BUDGET_RECHECK_SECONDS, time_left))
+    wait = max(1.0, min(until_reset, budget_recheck_seconds(), time_left))
     if time_left < 1.0 or wait > time_left:
         raise AirflowFailException(f"{message} execution_timeout ended while waiting for budget room.")
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
