@@ -40,9 +40,20 @@ def test_a_task_waiting_for_budget_room_looks_again_after_the_configured_recheck
     ledger: Ledger,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    monkeypatch.setenv("AIRFLOW__REVE__BUDGET_RECHECK_SECONDS", "7")
-    assert 6 <= _deferral_seconds(ledger) <= 8
+    monkeypatch.setenv("AIRFLOW__REVE__BUDGET_RECHECK_SECONDS", "40")
+    assert 39 <= _deferral_seconds(ledger) <= 41
     assert fake_reve_server.submissions == 0
+
+
+def test_a_task_waiting_for_budget_room_never_defers_for_less_than_fifteen_seconds(
+    fake_reve_server: FakeReveServer,
+    reve_connection_env: str,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # A shorter timer can fire before the scheduler has seen the deferral end (apache/airflow#71580).
+    monkeypatch.setenv("AIRFLOW__REVE__BUDGET_RECHECK_SECONDS", "2")
+    assert 14 <= _deferral_seconds(ledger) <= 16
 
 
 def test_a_task_waiting_on_a_budget_that_never_resets_looks_again_every_five_minutes_by_default(
