@@ -46,6 +46,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "reve_ledger",
                         "default": "",
                     },
+                    "budget_recheck_seconds": {
+                        "description": "How often a task waiting for budget room "
+                        "(on_budget_exhausted='wait') looks again, at most, for credits released or a "
+                        "raised limit before its window resets (never less than 15). See the docs' Budgets page.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "60",
+                        "default": "300",
+                    },
                     # The deployment-wide knobs, declared once beside their readers.
                     **provider_config_section(),
                 },
