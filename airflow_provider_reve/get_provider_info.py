@@ -49,7 +49,8 @@ def get_provider_info() -> dict[str, Any]:
                     "budget_recheck_seconds": {
                         "description": "How often a task waiting for budget room "
                         "(on_budget_exhausted='wait') looks again, at most, for credits released or a "
-                        "raised limit before its window resets (never less than 15). See the docs' Budgets page.",
+                        "raised limit before its window resets (never less than 15). "
+                        "See the docs' Budgets page.",
                         "version_added": "0.2.0",
                         "type": "float",
                         "example": "60",

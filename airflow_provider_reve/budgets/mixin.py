@@ -43,8 +43,8 @@ __all__ = [
     "ON_BUDGET_EXHAUSTED_CHOICES",
     "BudgetHost",
     "ReveBudgetMixin",
-    "budget_scope",
     "budget_recheck_seconds",
+    "budget_scope",
     "check_on_budget_exhausted",
 ]
 
