@@ -23,6 +23,10 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
 * **One current file per result.** Given its ``owner`` (the Airflow task instance), a store
   moves that instance's files from before a clear into ``superseded/`` (``_supersede``) and
   its manifest lists them under ``superseded``.
+* **No file overwritten without a trace.** A different file at the name a new file takes
+  (another DAG run's, at a stable ``file_name``; anyone's) is moved into ``superseded/`` first,
+  recorded before the move, and listed under ``superseded`` (``_supersede.DisplacedFiles``);
+  only the same task instance's own earlier file is replaced in place (and listed so).
 """
 
 from __future__ import annotations
@@ -325,6 +329,7 @@ def store_results(
     prepare_destination(where)
     _remove_stale_spools(where.local, logger)
     earlier = earlier_entries(where, tasks, stems, same_file=_same_file, open_file=_open_for_reading)
+    displaced = _displaced_files(where, owner, logger)
     files: list[dict[str, Any]] = []
     failures: list[ReveDownloadError] = []
     started = time.monotonic()
@@ -351,6 +356,7 @@ def store_results(
                         output_format,
                         logger,
                         redact,
+                        displaced.make_room,
                     )
                 except ReveDownloadError:
                     raise
@@ -392,11 +398,24 @@ def store_results(
             files.append(entry)
     superseded: list[dict[str, Any]] = []
     problems: list[ReveStorageError] = []
+    try:
+        # Files moved out of a stored file's way (another run's file at a stable name): listed
+        # from their records, so a try killed after a move still lists what it moved.
+        superseded = displaced.traces_for(files)
+    except Exception as error:  # OSError, or an object store's own class
+        problems.append(
+            ReveStorageError(
+                f"reading what was moved aside into superseded/ at {where} failed: "
+                f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
+            )
+        )
     if owner is not None and files and not failures:
         # Only once every new file is in place: a try that stored some leaves the earlier
         # files (and the owner record naming them) for the retry that stores the rest.
         try:
-            superseded = _supersede(where, owner, files, logger)
+            moved = {trace["moved_to"] for trace in superseded}
+            earlier_traces = _supersede(where, owner, files, logger)
+            superseded += [t for t in earlier_traces if t["moved_to"] is None or t["moved_to"] not in moved]
         except ReveStorageError as error:
             problems.append(error)
     try:
@@ -446,6 +465,21 @@ def _supersede(
     return supersede_earlier(where, owner, files, same_file=_same_file, write=write, logger=logger)
 
 
+def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger: Any) -> Any:
+    """Moves another file out of a new file's name into ``superseded/`` (see ``_supersede``)."""
+    from airflow_provider_reve._supersede import DisplacedFiles, read_owner_record
+
+    own = read_owner_record(where, owner) if owner is not None else []
+    return DisplacedFiles(
+        where=where,
+        same_file=_same_file,
+        open_file=_open_for_reading,
+        write=lambda name, body: _write_file(where, where.target(name), body),
+        own_earlier={str(entry.get("path")): entry for entry in own},
+        logger=logger,
+    )
+
+
 def _store_one(
     task: ReveTask,
     index: int,
@@ -457,6 +491,7 @@ def _store_one(
     output_format: str | None,
     logger: Any,
     redact: Callable[[str], str],
+    make_room: Callable[[Any, str, int], None],
 ) -> dict[str, Any]:
     from airflow_provider_reve._download import download
 
@@ -481,10 +516,14 @@ def _store_one(
         sha256 = writer.sha256.hexdigest()
         if _same_file(target, writer.size, sha256):
             logger.info("%s is already stored (same size and sha256); not writing it again", target)
-        elif where.local is not None:
-            os.replace(spool, target)  # atomic on one filesystem: the name appears complete
         else:
-            _upload(spool, target)
+            # Another file at this name (another DAG run's, at a stable file_name) goes into
+            # superseded/, recorded, before the name is taken: never overwritten without a trace.
+            make_room(target, task.task_id, index)
+            if where.local is not None:
+                os.replace(spool, target)  # atomic on one filesystem: the name appears complete
+            else:
+                _upload(spool, target)
         return {
             "reve_task_id": task.task_id,
             "index": index,
