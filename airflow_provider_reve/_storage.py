@@ -378,6 +378,8 @@ def store_results(
                 )
             except ReveDownloadError as error:
                 found = _stored_without_manifest(where, task, index, url, error, stems[(task.task_id, index)])
+                if found is not None and _stored_for_another(displaced, found):
+                    found = None  # another run's file at a stable name: not this result
                 if found is not None:
                     logger.warning(
                         "Result %d of Reve task %s: its URL has expired, but %s is already stored (by a "
@@ -478,6 +480,12 @@ def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger
         own_earlier={str(entry.get("path")): entry for entry in own},
         logger=logger,
     )
+
+
+def _stored_for_another(displaced: Any, found: Mapping[str, Any]) -> bool:
+    """Whether an owner record or manifest here says the file ``found`` is another result's."""
+    _, stored_as = displaced.who_stored(found["path"], found["sha256"])
+    return stored_as.get("reve_task_id") not in (None, found["reve_task_id"])
 
 
 def _store_one(
@@ -608,7 +616,8 @@ def _stored_without_manifest(
     A try killed (or a manifest write failed) between storing a file and writing its manifest
     leaves the file with nothing that records it. It is complete -- a name is only ever given to
     a finished spool (rename) or a finished upload -- so once no download can replace it, it is
-    the result. Only one file of ours, with an extension we give, counts.
+    the result. Only one file of ours, with an extension we give, counts; and not one that an
+    owner record or manifest here lists for another result (another run's, at a stable name).
     """
     if error.http_status not in _EXPIRED_STATUSES:
         return None

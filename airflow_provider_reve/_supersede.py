@@ -290,7 +290,7 @@ class DisplacedFiles:
                 planned = moved  # recorded by a try killed before its move
         if planned is None:
             planned = self._free_target(target.name, [trace.get("moved_to") for trace in displaced])
-            owner, stored_as = self._who_stored(path, sha256)
+            owner, stored_as = self.who_stored(path, sha256)
             trace = {
                 "reve_task_id": stored_as.get("reve_task_id"),
                 "index": stored_as.get("index"),
@@ -383,7 +383,7 @@ class DisplacedFiles:
                 return folder / candidate
         raise FileExistsError(f"no free name for {name} in {folder}")
 
-    def _who_stored(self, path: str, sha256: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    def who_stored(self, path: str, sha256: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """The task instance (owner record) and Reve result (entry) that stored this file here."""
         names = sorted(names_in(self.where))
         stored_as: dict[str, Any] = {}

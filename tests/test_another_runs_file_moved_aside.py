@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from airflow_provider_reve.exceptions import ReveStorageError, is_permanent
-from tests.storage_stub import PNG, CdnStub, file, sha256, store, succeeded
+from airflow_provider_reve.exceptions import ReveDownloadError, ReveStorageError, is_permanent
+from tests.storage_stub import PNG, CdnStub, file, sha256, status, store, succeeded
 
 DAY_1 = PNG + b"the red mug, paid for on day 1"
 DAY_2 = PNG + b"the blue mug, paid for on day 2"
@@ -306,3 +306,20 @@ def test_an_upload_failing_after_the_object_was_moved_aside_fails_transiently_an
     retry = store([succeeded("B", url)], bucket, owner=owner("day2"), name_template=TEMPLATE)
     assert FlakyBucket.store["/bucket/heroes/MUG-42_0.png"].getvalue() == DAY_2
     assert [s["sha256"] for s in retry.superseded or []] == [sha256(DAY_1)]
+
+
+def test_another_runs_file_at_the_name_is_not_taken_for_a_result_whose_url_has_expired(
+    cdn: CdnStub, tmp_path: Path
+) -> None:
+    store(
+        [succeeded("A", cdn.route("/a.png", file(DAY_1)))],
+        tmp_path,
+        owner=owner("day1"),
+        name_template=TEMPLATE,
+    )
+    expired = cdn.route("/b.png", status(403))  # day 2's URL expired before its first store
+
+    with pytest.raises(ReveDownloadError):
+        store([succeeded("B", expired)], tmp_path, owner=owner("day2"), name_template=TEMPLATE)
+
+    assert (tmp_path / "MUG-42_0.png").read_bytes() == DAY_1
