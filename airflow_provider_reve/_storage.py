@@ -471,7 +471,10 @@ def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger
     """Moves another file out of a new file's name into ``superseded/`` (see ``_supersede``)."""
     from airflow_provider_reve._supersede import DisplacedFiles, read_owner_record
 
-    own = read_owner_record(where, owner) if owner is not None else []
+    try:
+        own = read_owner_record(where, owner) if owner is not None else []
+    except Exception:  # an object store's own class: then its earlier files are moved, not lost
+        own = []
     return DisplacedFiles(
         where=where,
         same_file=_same_file,
