@@ -2,9 +2,9 @@
 
 Found on the new user's path (issue 22): ``file_name="{{ ... sku }}_{index}"`` into one folder,
 run daily. Each day's file takes the same name; a different file from another run (another owner,
-so not a clear) is overwritten by the rename, and no manifest says so. Issue 22 asks that nothing
-paid for disappear without a trace. Known gap, not yet fixed: the test is ``xfail(strict=True)``
-so it turns into a failure the day the store moves such a file aside.
+so not a clear) was overwritten by the rename, and no manifest said so. Issue 22 asks that nothing
+paid for disappear without a trace: the store now moves such a file into ``superseded/`` first
+and lists it (more in ``test_another_runs_file_moved_aside.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def digests_in(folder: Path) -> set[str]:
     return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png") if p.is_file()}
 
 
-@pytest.mark.xfail(strict=True, reason="another run's file at the same name is overwritten without a trace")
 def test_another_runs_file_at_the_same_stable_name_is_kept_and_listed_as_superseded(server, tmp_path):
     first = run_hero(tmp_path, run_id="scheduled__2026-03-01", prompt="A red mug")
     second = run_hero(tmp_path, run_id="scheduled__2026-03-02", prompt="A blue mug")
