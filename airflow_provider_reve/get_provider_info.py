@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_reve import __version__
+from airflow_provider_reve.config import provider_config_section
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -33,7 +34,8 @@ def get_provider_info() -> dict[str, Any]:
         "cli": ["airflow_provider_reve.budgets.cli.get_reve_cli_commands"],
         "config": {
             "reve": {
-                "description": "Options of the Reve provider.",
+                "description": "Options of the Reve provider: deployment-wide settings (per-connection "
+                "ones live on the connection). See the docs' Configuration page.",
                 "options": {
                     "ledger_conn_id": {
                         "description": "Airflow connection (type sqlite or postgres) of the ledger that "
@@ -43,7 +45,19 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "reve_ledger",
                         "default": "",
-                    }
+                    },
+                    "budget_recheck_seconds": {
+                        "description": "How often a task waiting for budget room "
+                        "(on_budget_exhausted='wait') looks again, at most, for credits released or a "
+                        "raised limit before its window resets (never less than 15). "
+                        "See the docs' Budgets page.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "60",
+                        "default": "300",
+                    },
+                    # The deployment-wide knobs, declared once beside their readers.
+                    **provider_config_section(),
                 },
             }
         },

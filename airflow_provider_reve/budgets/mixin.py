@@ -38,17 +38,36 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUDGET_RECHECK_SECONDS",
+    "MIN_BUDGET_WAIT_SECONDS",
     "ON_BUDGET_EXHAUSTED_CHOICES",
     "BudgetHost",
     "ReveBudgetMixin",
+    "budget_recheck_seconds",
     "budget_scope",
     "check_on_budget_exhausted",
 ]
 
 ON_BUDGET_EXHAUSTED_CHOICES = ("fail", "skip", "wait")
-#: ``"wait"`` looks again at least this often: credits released by a FAILED task free room
+#: ``"wait"`` looks again at least this often (``[reve] budget_recheck_seconds``): credits
+#: released by a FAILED task, or a limit raised with ``airflow reve budget set``, free room
 #: before the window resets.
 BUDGET_RECHECK_SECONDS = 300.0
+#: The shortest wait: Airflow 3.3's scheduler fails a task resumed from a timer that fired before
+#: it processed the executor's "success" event of the deferral (apache/airflow#71580; seen in our
+#: E2E with 3 s waits under load), so "wait" never defers for less.
+MIN_BUDGET_WAIT_SECONDS = 15.0
+
+
+def budget_recheck_seconds() -> float:
+    """``[reve] budget_recheck_seconds`` (at least :data:`MIN_BUDGET_WAIT_SECONDS`), or
+    :data:`BUDGET_RECHECK_SECONDS`."""
+    from airflow.providers.common.compat.sdk import conf
+
+    try:
+        value = conf.getfloat("reve", "budget_recheck_seconds", fallback=BUDGET_RECHECK_SECONDS)
+    except Exception:  # a malformed setting must not fail a task that is only waiting
+        return BUDGET_RECHECK_SECONDS
+    return max(MIN_BUDGET_WAIT_SECONDS, value) if value == value else BUDGET_RECHECK_SECONDS  # NaN
 
 
 def check_on_budget_exhausted(value: str) -> str:
@@ -269,8 +288,8 @@ def _wait_for_room(
     until_reset = (resets_at - now).total_seconds() if resets_at else float("inf")
     ti = context.get("ti")
     time_left = deferral_budget(float("inf"), host.execution_timeout, getattr(ti, "start_date", None))
-    wait = max(1.0, min(until_reset, BUDGET_RECHECK_SECONDS, time_left))
-    if time_left < 1.0 or wait > time_left:
+    wait = max(MIN_BUDGET_WAIT_SECONDS, min(until_reset, budget_recheck_seconds(), time_left))
+    if wait > time_left:
         raise AirflowFailException(f"{message} execution_timeout ended while waiting for budget room.")
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 

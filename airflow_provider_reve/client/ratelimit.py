@@ -10,8 +10,9 @@ Two things hold a request back before it is sent:
   ``max(1 s, Retry-After)`` -- so thousands of waiting triggers neither poll through the pause nor
   hit the API in the same instant when it ends. ``TOO_MANY_TASKS`` is not a rate limit (it is
   about tasks in flight) and pauses nothing;
-* on an event loop, :data:`MAX_IN_FLIGHT` requests at once (the shared session's pool size):
-  the others wait here, cheaply, rather than in aiohttp's pool queue.
+* on an event loop, ``[reve] max_in_flight`` requests at once (default :data:`MAX_IN_FLIGHT`;
+  the shared session's pool size): the others wait here, cheaply, rather than in aiohttp's pool
+  queue. Read when a loop's gate for a connection is made.
 
 Gates are shared by (Base URL, API key), looked up by a hash of the pair: no module-level
 structure holds the key.
@@ -40,6 +41,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from airflow_provider_reve import config
 from airflow_provider_reve.budgets.shared_pauses import publish_pause, shared_pause_until
 from airflow_provider_reve.client.settings import ConnectionSettings
 from airflow_provider_reve.exceptions import ReveAPIError, ReveRateLimitError
@@ -65,7 +67,8 @@ MIN_RESUME_SPREAD_SECONDS = 1.0
 #: Requests of one connection in flight at once on a loop: the shared session's pool size. Those
 #: beyond it wait in the gate holding a future, instead of each holding a half-made aiohttp
 #: request and its timers in the pool's queue -- at 5,000 triggers, half the memory and CPU.
-MAX_IN_FLIGHT = 64
+#: The default of ``[reve] max_in_flight``.
+MAX_IN_FLIGHT = int(config.MAX_IN_FLIGHT.default)
 
 
 def gate_key(settings: ConnectionSettings) -> str:
@@ -155,9 +158,9 @@ def _is_rate_limit(error: BaseException) -> bool:
     return isinstance(error, ReveAPIError) and error.http_status == 429 and error.code != "TOO_MANY_TASKS"
 
 
-def _refusal(endpoint: str, wait: float | None) -> ReveRateLimitError:
+def _refusal(endpoint: str, wait: float | None, in_flight: int = MAX_IN_FLIGHT) -> ReveRateLimitError:
     if wait is None:
-        why = f"{MAX_IN_FLIGHT} of this connection's requests were still waiting for answers"
+        why = f"{in_flight} of this connection's requests were still waiting for answers"
     else:
         why = (
             f"this connection's requests are held for another {wait:.1f}s (a 429 RATE_LIMITED "
@@ -182,6 +185,7 @@ class AsyncRequestGate(_Schedule):
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         super().__init__(rate, clock, rng)
+        self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
 
     @asynccontextmanager
@@ -206,7 +210,7 @@ class AsyncRequestGate(_Schedule):
         try:
             await asyncio.wait_for(self._slots.acquire(), max(0.0, ends_at - self.clock()))
         except asyncio.TimeoutError:
-            raise _refusal(endpoint, None) from None
+            raise _refusal(endpoint, None, self.max_in_flight) from None
 
     async def acquire(self, endpoint: str, ends_at: float | None = None) -> int:
         """Wait until a request may go. ``ends_at`` (a ``clock()`` time) bounds the wait: a
@@ -272,7 +276,9 @@ def loop_gate(settings: ConnectionSettings) -> AsyncRequestGate:
     key = gate_key(settings)
     gate = gates.get(key)
     if gate is None:
-        gate = gates[key] = AsyncRequestGate(settings.max_requests_per_second)
+        gate = gates[key] = AsyncRequestGate(
+            settings.max_requests_per_second, max_in_flight=config.max_in_flight()
+        )
         gate.shared_key = key
     else:
         gate.rate = settings.max_requests_per_second

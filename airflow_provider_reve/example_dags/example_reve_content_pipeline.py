@@ -117,7 +117,7 @@ with DAG(
         # One read of every map index, ordered like the prompts. (Iterating the lazy sequence
         # reads item by item until one is "not found", which Airflow logs at ERROR level.)
         results = list(generated[:])
-        captions = prompts if len(prompts) == len(results) else [r["task_id"] for r in results]
+        captions = prompts if len(prompts) == len(results) else [r["reve_task_id"] for r in results]
         pairs = zip(results, captions, strict=True)
         images = [(entry, caption) for result, caption in pairs for entry in result["files"]]
         if not images:
@@ -151,7 +151,7 @@ with DAG(
             "path": shown(target),
             "bytes": len(encoded.getvalue()),
             "image_count": len(images),
-            "reve_task_ids": [r["task_id"] for r in results],
+            "reve_task_ids": [r["reve_task_id"] for r in results],
             "consumed_credits": sum(credits) if credits else None,
             "run_id": run_id,
         }

@@ -25,10 +25,10 @@ import requests
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.providers.http.hooks.http import HttpHook
 
-from airflow_provider_reve import __version__
+from airflow_provider_reve import __version__, config
 from airflow_provider_reve.client.catalog import is_synchronous, validate_request
 from airflow_provider_reve.client.envelope import MAX_RESPONSE_BYTES, parse_task_response
-from airflow_provider_reve.client.ratelimit import MAX_IN_FLIGHT, loop_gate, process_gate
+from airflow_provider_reve.client.ratelimit import loop_gate, process_gate
 from airflow_provider_reve.client.retry import RetryPolicy, acall_with_retries, call_with_retries
 from airflow_provider_reve.client.settings import (
     ConnectionSettings,
@@ -423,7 +423,7 @@ async def shared_client_session() -> AsyncIterator[aiohttp.ClientSession]:
     entry = _SESSIONS.get(loop)
     if entry is None or entry.session.closed:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=config.max_in_flight(), keepalive_timeout=30),
             headers={"User-Agent": USER_AGENT},
         )
         entry = _SESSIONS[loop] = _LoopSession(session)
@@ -516,7 +516,7 @@ class ReveAsyncHook(ReveHook):
         self, settings: ConnectionSettings, task_id: str, ends_at: float | None = None
     ) -> ReveTask:
         # The connection's shared budget on this loop: 429 pauses, max_requests_per_second, and
-        # at most MAX_IN_FLIGHT requests at once (the rest wait there, holding next to nothing).
+        # at most [reve] max_in_flight requests at once (the rest wait there, holding next to nothing).
         gate = loop_gate(settings)
         try:
             async with (

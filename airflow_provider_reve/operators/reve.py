@@ -27,6 +27,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_reve import config
 from airflow_provider_reve.budgets.approval import ReveApprovalMixin, check_approval_options
 from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.client.retry import too_many_tasks_wait  # cheap; tests patch it here
@@ -39,7 +40,6 @@ from airflow_provider_reve.defaults import (
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
-    PROGRESS_LOG_INTERVAL,
     check_max_bytes,
 )
 from airflow_provider_reve.exceptions import (
@@ -415,8 +415,9 @@ class ReveGenerateOperator(
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
 
         started = logged = time.monotonic()
+        log_every = config.progress_log_interval()
         while not task.is_finished:
-            if time.monotonic() - logged >= PROGRESS_LOG_INTERVAL:
+            if time.monotonic() - logged >= log_every:
                 logged = time.monotonic()
                 self.log.info(
                     "Reve task %s still %s after %.0fs", task.task_id, task.status, logged - started

@@ -23,6 +23,10 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
 * **One current file per result.** Given its ``owner`` (the Airflow task instance), a store
   moves that instance's files from before a clear into ``superseded/`` (``results.supersede``) and
   its manifest lists them under ``superseded``.
+* **No file overwritten without a trace.** A different file at the name a new file takes
+  (another DAG run's, at a stable ``file_name``; anyone's) is moved into ``superseded/`` first,
+  recorded before the move, and listed under ``superseded`` (``_supersede.DisplacedFiles``);
+  only the same task instance's own earlier file is replaced in place (and listed so).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from airflow_provider_reve import config
 from airflow_provider_reve.client.redact import Redactor
 from airflow_provider_reve.client.retry import RetryPolicy, call_with_retries, is_permanent
 from airflow_provider_reve.defaults import DEFAULT_MAX_BYTES
@@ -104,7 +109,8 @@ _EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
 _HASH_CHUNK = 1024 * 1024
 # A live spool is written to at least every read timeout; one untouched for a day belongs to a
 # killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
-STALE_SPOOL_SECONDS = 24 * 3600
+# The default of ``[reve] stale_spool_age``, read at each sweep.
+STALE_SPOOL_SECONDS = config.STALE_SPOOL_AGE.default
 _SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
 # Failures spelled out in one error, at most.
 _MAX_REPORTED = 5
@@ -219,6 +225,7 @@ def store_results(
     prepare_destination(where)
     _remove_stale_spools(where.local, logger)
     earlier = earlier_entries(where, tasks, stems, same_file=_same_file, open_file=_open_for_reading)
+    displaced = _displaced_files(where, owner, logger)
     files: list[dict[str, Any]] = []
     failures: list[ReveDownloadError] = []
     started = time.monotonic()
@@ -245,6 +252,7 @@ def store_results(
                         output_format,
                         logger,
                         redact,
+                        displaced.make_room,
                     )
                 except ReveDownloadError:
                     raise
@@ -266,6 +274,8 @@ def store_results(
                 )
             except ReveDownloadError as error:
                 found = _stored_without_manifest(where, task, index, url, error, stems[(task.task_id, index)])
+                if found is not None and _stored_for_another(displaced, found):
+                    found = None  # another run's file at a stable name: not this result
                 if found is not None:
                     logger.warning(
                         "Result %d of Reve task %s: its URL has expired, but %s is already stored (by a "
@@ -286,11 +296,24 @@ def store_results(
             files.append(entry)
     superseded: list[dict[str, Any]] = []
     problems: list[ReveStorageError] = []
+    try:
+        # Files moved out of a stored file's way (another run's file at a stable name): listed
+        # from their records, so a try killed after a move still lists what it moved.
+        superseded = displaced.traces_for(files)
+    except Exception as error:  # OSError, or an object store's own class
+        problems.append(
+            ReveStorageError(
+                f"reading what was moved aside into superseded/ at {where} failed: "
+                f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
+            )
+        )
     if owner is not None and files and not failures:
         # Only once every new file is in place: a try that stored some leaves the earlier
         # files (and the owner record naming them) for the retry that stores the rest.
         try:
-            superseded = _supersede(where, owner, files, logger)
+            moved = {trace["moved_to"] for trace in superseded}
+            earlier_traces = _supersede(where, owner, files, logger)
+            superseded += [t for t in earlier_traces if t["moved_to"] is None or t["moved_to"] not in moved]
         except ReveStorageError as error:
             problems.append(error)
     try:
@@ -340,6 +363,30 @@ def _supersede(
     return supersede_earlier(where, owner, files, same_file=_same_file, write=write, logger=logger)
 
 
+def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger: Any) -> Any:
+    """Moves another file out of a new file's name into ``superseded/`` (see ``_supersede``)."""
+    from airflow_provider_reve.results.supersede import DisplacedFiles, read_owner_record
+
+    try:
+        own = read_owner_record(where, owner) if owner is not None else []
+    except Exception:  # an object store's own class: then its earlier files are moved, not lost
+        own = []
+    return DisplacedFiles(
+        where=where,
+        same_file=_same_file,
+        open_file=_open_for_reading,
+        write=lambda name, body: _write_file(where, where.target(name), body),
+        own_earlier={str(entry.get("path")): entry for entry in own},
+        logger=logger,
+    )
+
+
+def _stored_for_another(displaced: Any, found: Mapping[str, Any]) -> bool:
+    """Whether an owner record or manifest here says the file ``found`` is another result's."""
+    _, stored_as = displaced.who_stored(found["path"], found["sha256"])
+    return stored_as.get("reve_task_id") not in (None, found["reve_task_id"])
+
+
 def _store_one(
     task: ReveTask,
     index: int,
@@ -351,6 +398,7 @@ def _store_one(
     output_format: str | None,
     logger: Any,
     redact: Callable[[str], str],
+    make_room: Callable[[Any, str, int], None],
 ) -> dict[str, Any]:
     from airflow_provider_reve.results.download import download
 
@@ -375,10 +423,14 @@ def _store_one(
         sha256 = writer.sha256.hexdigest()
         if _same_file(target, writer.size, sha256):
             logger.info("%s is already stored (same size and sha256); not writing it again", target)
-        elif where.local is not None:
-            os.replace(spool, target)  # atomic on one filesystem: the name appears complete
         else:
-            _upload(spool, target)
+            # Another file at this name (another DAG run's, at a stable file_name) goes into
+            # superseded/, recorded, before the name is taken: never overwritten without a trace.
+            make_room(target, task.task_id, index)
+            if where.local is not None:
+                os.replace(spool, target)  # atomic on one filesystem: the name appears complete
+            else:
+                _upload(spool, target)
         return {
             "reve_task_id": task.task_id,
             "index": index,
@@ -417,10 +469,11 @@ def prepare_destination(where: Destination) -> None:
 
 
 def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
-    """Delete our own hidden spools in ``folder`` that nothing has written to for a day."""
+    """Delete our own hidden spools in ``folder`` that nothing has written to for
+    ``[reve] stale_spool_age`` seconds (a day by default)."""
     if folder is None:
         return
-    cutoff = time.time() - STALE_SPOOL_SECONDS
+    cutoff = time.time() - config.stale_spool_age()
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -463,7 +516,8 @@ def _stored_without_manifest(
     A try killed (or a manifest write failed) between storing a file and writing its manifest
     leaves the file with nothing that records it. It is complete -- a name is only ever given to
     a finished spool (rename) or a finished upload -- so once no download can replace it, it is
-    the result. Only one file of ours, with an extension we give, counts.
+    the result. Only one file of ours, with an extension we give, counts; and not one that an
+    owner record or manifest here lists for another result (another run's, at a stable name).
     """
     if error.http_status not in _EXPIRED_STATUSES:
         return None

@@ -18,13 +18,13 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_reve import config
 from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
-    PROGRESS_LOG_INTERVAL,
     check_max_bytes,
 )
 from airflow_provider_reve.exceptions import ReveError, ReveStorageError, ReveTaskFailedError
@@ -226,9 +226,9 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
             return PokeReturnValue(is_done=True, xcom_value=self._waited_for(task))
         now = time.monotonic()
         last = getattr(self, "_progress_logged_at", None)
-        # One line on the first poke, then at most one per PROGRESS_LOG_INTERVAL: a long video
-        # poked every few seconds must not bury the log in identical lines.
-        if last is None or now - last >= PROGRESS_LOG_INTERVAL:
+        # One line on the first poke, then at most one per [reve] progress_log_interval: a long
+        # video poked every few seconds must not bury the log in identical lines.
+        if last is None or now - last >= config.progress_log_interval():
             self._progress_logged_at = now
             self.log.info("Reve task %s still IN_PROGRESS", task_id)
         return PokeReturnValue(is_done=False)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_reve import config
 from airflow_provider_reve.client.polling import (
     LONG_WAIT_AFTER,
     LONG_WAIT_INTERVAL,
@@ -141,6 +142,8 @@ class ReveTaskTrigger(BaseTrigger):
     """
 
     #: Class-level, not a kwarg: the cadence of log lines is not part of the stored trigger.
+    #: A subclass that sets its own keeps it; this class follows ``[reve] progress_log_interval``
+    #: (30 s by default, read as each wait starts).
     progress_log_interval: float = PROGRESS_LOG_INTERVAL
     # The clock of those lines' elapsed time (monotonic: a wall-clock jump must not spam the log).
     _clock: Callable[[], float] = staticmethod(time.monotonic)
@@ -193,11 +196,18 @@ class ReveTaskTrigger(BaseTrigger):
             event = await self._wait(hook)
         yield TriggerEvent(event)
 
+    def _progress_log_interval(self) -> float:
+        # A subclass's own cadence wins; the class default defers to the deployment's option
+        # (whose own default is the same 30 s).
+        if self.progress_log_interval != PROGRESS_LOG_INTERVAL:
+            return self.progress_log_interval
+        return config.progress_log_interval()
+
     async def _wait(self, hook: ReveAsyncHook) -> dict[str, Any]:
         last: ReveTask | None = None
         last_error: ReveError | None = None
         errors_in_a_row = 0
-        progress = _WaitLog(self.log, self.reve_task_id, self.progress_log_interval, self._clock)
+        progress = _WaitLog(self.log, self.reve_task_id, self._progress_log_interval(), self._clock)
         origin = wait_origin(time.time(), self.not_before)
         await asyncio.sleep(self._first_wait())
         while True:

@@ -2,11 +2,14 @@
 
 Usage: ``python budget_race_worker.py DB_PATH WORKER_NUMBER ITERATIONS``. Prints one JSON line:
 how many reservations it got, were refused, settled, released, and any unexpected errors.
+``DB_PATH`` ``-`` reads the ledger's SQLAlchemy URL from ``$REVE_RACE_LEDGER_URL`` instead (a
+PostgreSQL ledger: its password stays out of the process list).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 
@@ -16,7 +19,8 @@ from airflow_provider_reve.budgets.schema import engine_for_url
 
 
 def main(db_path: str, worker: int, iterations: int) -> None:
-    ledger = Ledger(engine_for_url(f"sqlite:///{db_path}"))
+    url = os.environ["REVE_RACE_LEDGER_URL"] if db_path == "-" else f"sqlite:///{db_path}"
+    ledger = Ledger(engine_for_url(url))
     scope = Scope(conn_id="reve_default", dag_id="race", model="seedream-5")
     rng = random.Random(worker)
     counts = {"reserved": 0, "refused": 0, "settled": 0, "released": 0, "errors": []}

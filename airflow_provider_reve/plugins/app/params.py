@@ -19,6 +19,7 @@ from typing import Annotated
 
 from fastapi import Query
 
+from airflow_provider_reve import config
 from airflow_provider_reve.plugins.app import queries
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "task_instance_query",
 ]
 
-DEFAULT_PER_PAGE = 48
+DEFAULT_PER_PAGE = 48  # [reve] gallery_page_size / media_tab_page_size, read at each request
 MAX_PAGE = 100_000
 CREDIT_DAYS = 30
 _MAX_DB_INT = 2**31  # beyond what a DB integer column holds
@@ -89,21 +90,23 @@ def day(name: str, value: str | None, notes: list[str]) -> date | None:
 class Paging:
     page: int
     per_page: int
+    default_per_page: int = DEFAULT_PER_PAGE
 
     @property
     def offset(self) -> int:
         return (self.page - 1) * self.per_page
 
     @classmethod
-    def read(cls, page: str | None, per_page: str | None) -> Paging:
+    def read(cls, page: str | None, per_page: str | None, default: int = DEFAULT_PER_PAGE) -> Paging:
         return cls(
             page=number(page, 1, 1, MAX_PAGE),
-            per_page=number(per_page, DEFAULT_PER_PAGE, 1, queries.MAX_PER_PAGE),
+            per_page=number(per_page, default, 1, queries.MAX_PER_PAGE),
+            default_per_page=default,
         )
 
     def link_value(self) -> str | None:
         """``per_page`` as the page's links carry it (only when it is not the default)."""
-        return str(self.per_page) if self.per_page != DEFAULT_PER_PAGE else None
+        return str(self.per_page) if self.per_page != self.default_per_page else None
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,8 @@ def gallery_query(
         since=day("from", since, notes),
         until=day("to", until, notes),
     )
-    return GalleryQuery(filters=filters, paging=Paging.read(page, per_page), notes=notes)
+    paging = Paging.read(page, per_page, config.gallery_page_size())
+    return GalleryQuery(filters=filters, paging=paging, notes=notes)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ def task_instance_query(
         run_id=text(run_id),
         task_id=text(task_id),
         map_index=strict_number(map_index),
-        paging=Paging.read(page, per_page),
+        paging=Paging.read(page, per_page, config.media_tab_page_size()),
     )
 
 

@@ -327,7 +327,7 @@ def test_the_sensor_result_names_the_model_when_it_was_handed_the_operators_dict
 def test_a_long_wait_in_poke_mode_logs_progress_at_most_once_per_interval_not_once_per_poke(
     server, submitted, capfd, monkeypatch, interval, expect_every_poke
 ):
-    monkeypatch.setattr("airflow_provider_reve.sensors.reve.PROGRESS_LOG_INTERVAL", interval)
+    monkeypatch.setenv("AIRFLOW__REVE__PROGRESS_LOG_INTERVAL", str(interval))
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(sensor(submitted).execute, {})
         deadline = time.monotonic() + 10
