@@ -9,6 +9,7 @@ store. The fake's ledger says what was paid; an SQLite ledger holds the budget.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,9 @@ from never_pay_twice_support import InMemoryTaskStateStore, make_context, make_o
 from airflow_provider_reve.budgets import Budget, Ledger
 from airflow_provider_reve.budgets.approval import APPROVE, REJECT
 from airflow_provider_reve.testing import FakeReveServer
+
+# A person who has not managed to answer by then gives up, so a broken answer fails the test.
+GIVE_UP_AFTER_SECONDS = 180
 
 DAGS = Path(__file__).resolve().parents[2] / "dags" / "approval"
 
@@ -52,6 +56,7 @@ class Person:
     def __init__(self, dag_id: str, option: str) -> None:
         self.dag_id, self.option = dag_id, option
         self.asked: list[dict[str, Any]] = []
+        self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -64,8 +69,29 @@ class Person:
         self._thread.join(10)
 
     def _loop(self) -> None:
+        started = time.monotonic()
         while not self._stop.wait(0.2):
-            self._answer_open_requests()
+            try:
+                self._answer_open_requests()
+            except Exception as error:  # e.g. SQLite busy while dag.test() writes: a person tries again
+                self.errors.append(repr(error))
+            if time.monotonic() - started > GIVE_UP_AFTER_SECONDS:
+                # Never hang the suite: end the parked task so dag.test() returns and the test
+                # fails on its asserts, naming what went wrong.
+                self._fail_parked_tasks()
+                return
+
+    def _fail_parked_tasks(self) -> None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import update
+
+        with create_session() as session:
+            session.execute(
+                update(TaskInstance)
+                .where(TaskInstance.dag_id == self.dag_id, TaskInstance.state == "awaiting_input")
+                .values(state="failed")
+            )
 
     def _answer_open_requests(self) -> None:
         from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
