@@ -76,7 +76,7 @@ test: lint dist test-floor
 	$(VENV)/bin/pytest
 
 # Offline; -W: any warning fails the build, -n: so does a reference to our own objects that does
-# not resolve. tests/test_docs_site.py runs the same build on every `make test`.
+# not resolve. tests/unit/test_docs_site.py runs the same build on every `make test`.
 docs: venv
 	rm -rf docs/_build
 	$(VENV)/bin/sphinx-build -W --keep-going -n -q -b html docs docs/_build/html

@@ -6,7 +6,7 @@ Users catch what they mean: ``ReveAuthenticationError`` for a bad key,
 Whether an error may be retried is a fact about the error, so it is stated here, once, beside
 the classes: :func:`is_retryable` (may the same request be sent again?) and :func:`is_permanent`
 (can trying the Airflow task again ever help?). ``ReveAPIError.retryable`` asks the first.
-*How* to retry -- waits, ``Retry-After``, budgets, the loops -- is :mod:`airflow_provider_reve._retry`,
+*How* to retry -- waits, ``Retry-After``, budgets, the loops -- is ``airflow_provider_reve.client.retry``,
 which imports this module; this module imports nothing of the provider's but the ``ReveTask``
 type, so the dependency runs one way.
 """
@@ -160,7 +160,7 @@ class ReveDownloadError(ReveError):
     """A result file could not be downloaded.
 
     :param message: what happened.
-    :param url: the URL concerned, redacted (see ``_download.redact_url``): never its query string.
+    :param url: the URL concerned, redacted (see ``results.download.redact_url``): never its query string.
     :param http_status: the status of the final answer, when there was one.
     """
 

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.gallery_data
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support.gallery_data
 
 GENERATIONS = 10_000
 OTHER_TASK_INSTANCES = 100_000
@@ -35,7 +35,7 @@ def _other_task_instances(session: Any, count: int) -> None:
     from airflow.models.taskinstance import TaskInstance
     from sqlalchemy import insert
 
-    from tests.gallery_data import seed_generations
+    from tests.support.gallery_data import seed_generations
 
     seed_generations(session, "bench_other_dag", 1)  # the DAG row
     now = datetime.now(timezone.utc)
@@ -95,7 +95,7 @@ def _measure(smoke: bool) -> list[dict[str, Any]]:
     from airflow.utils.session import create_session
     from fastapi.testclient import TestClient
 
-    from tests.gallery_data import seed_generations
+    from tests.support.gallery_data import seed_generations
 
     generations, others, repeats = (200, 1_000, 1) if smoke else (GENERATIONS, OTHER_TASK_INSTANCES, REPEATS)
     initdb()

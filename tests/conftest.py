@@ -17,6 +17,12 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
 
 
+# The stubs and helpers live in tests/support/ (test files import them by their bare names; the
+# conftests of tests/e2e and tests/system too, which is why this happens here, first).
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
 # -- dag.test() support shared by the test modules ----------------------------------------------
 from collections.abc import Callable  # noqa: E402
 

@@ -13,7 +13,7 @@ Invariants:
 * approve -> the same ``execute`` flow continues (reserve, submit); reject -> fail or skip
   (``on_approval_rejected``); no answer by ``approval_timeout`` -> fail, nothing paid;
 * one approval per run of tries and request: it is kept in ``task_state_store`` (beside the
-  request's fingerprint and the run of tries, as ``_reattach`` does), so a retry of an approved
+  request's fingerprint and the run of tries, as ``mixins.reattach`` does), so a retry of an approved
   task does not ask again, and a retry that re-attaches to a paid task never reaches this at all;
   a clear, or a request that renders differently, asks afresh.
 """
@@ -26,8 +26,7 @@ from typing import Any, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_provider_reve._catalog import estimate_credits
-from airflow_provider_reve._reattach import request_fingerprint
+from airflow_provider_reve.mixins.reattach import request_fingerprint
 
 __all__ = [
     "APPROVAL_OPTIONS",
@@ -103,6 +102,8 @@ class ReveApprovalMixin:
         """Before reserving: return when no approval is needed or it was given; else park the task."""
         if self.approval_above_credits is None:
             return
+        from airflow_provider_reve.client.catalog import estimate_credits  # where a task runs
+
         params = self.budget_request_params()
         estimate = estimate_credits(self.model, **params)
         if estimate is not None and estimate <= self.approval_above_credits:

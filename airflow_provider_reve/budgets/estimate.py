@@ -255,7 +255,7 @@ def _xcom_source(arg: Any) -> str:
 
 def _render_and_price(dag: Any, operator: Any, context: dict[str, Any]) -> tuple[int | None, str | None]:
     """Render the request as the run would; its price and, when not known, why."""
-    from airflow_provider_reve._catalog import estimate_credits
+    from airflow_provider_reve.client.catalog import estimate_credits
     from airflow_provider_reve.operators.reve import REQUEST_FIELDS
 
     env = dag.get_template_env()

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_provider_reve._catalog import estimate_credits
-from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._reattach import request_fingerprint
 from airflow_provider_reve.budgets.model import BudgetExhaustedError, Scope
 from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
+from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve.mixins.reattach import request_fingerprint
 
 if TYPE_CHECKING:
     from airflow_provider_reve.budgets.ledger import Ledger, Reservation
@@ -108,6 +107,8 @@ class ReveBudgetMixin:
         if ledger is None:
             return
         params = self.budget_request_params()
+        from airflow_provider_reve.client.catalog import estimate_credits  # where a task runs
+
         estimate = estimate_credits(self.model, **params)
         ident = _identity(context)
         try:
@@ -228,7 +229,7 @@ def _identity(context: Mapping[str, Any]) -> dict[str, Any]:
         "run_id": getattr(ti, "run_id", None),
         "task_id": getattr(ti, "task_id", None),
         "map_index": map_index if isinstance(map_index, int) else None,
-        # A retry keeps max_tries, a clear raises it (see _reattach): a clear reserves afresh.
+        # A retry keeps max_tries, a clear raises it (see mixins.reattach): a clear reserves afresh.
         "run_of_tries": getattr(ti, "max_tries", None),
     }
 

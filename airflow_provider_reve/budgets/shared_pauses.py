@@ -1,6 +1,6 @@
 """A ``429 RATE_LIMITED`` pause seen by one process holds every process of the deployment.
 
-The request gates (``_ratelimit``) pause a connection's requests in one process or event loop.
+The request gates (``client.ratelimit``) pause a connection's requests in one process or event loop.
 With a ledger configured (``[reve] ledger_conn_id``) a pause is also written to the ledger's
 ``reve_rate_limit_pauses`` row for the gate's key (a hash of Base URL and API key), and each
 process reads the rows at most once a second, so a worker or triggerer that never saw the 429

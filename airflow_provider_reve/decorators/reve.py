@@ -16,7 +16,7 @@ and every later entry point of this run of tries reads it back instead of callin
 * a retry: called again, a function whose request is not byte-identical (a timestamp, a random
   seed) would no longer match the task an earlier try paid for, and would pay for a new one.
 
-A clear starts a new run of tries (see ``_reattach``): the function is called afresh.
+A clear starts a new run of tries (see ``mixins.reattach``): the function is called afresh.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from airflow.providers.common.compat.sdk import (
 )
 from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 
-from airflow_provider_reve._reattach import cleared_since, run_of_tries
-from airflow_provider_reve._rendered import coerce_extra_params
 from airflow_provider_reve.exceptions import ReveValidationError
+from airflow_provider_reve.mixins.reattach import cleared_since, run_of_tries
+from airflow_provider_reve.mixins.rendered import coerce_extra_params
 from airflow_provider_reve.operators.reve import REQUEST_FIELDS, ReveGenerateOperator
 
 if TYPE_CHECKING:

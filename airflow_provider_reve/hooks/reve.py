@@ -26,21 +26,17 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.providers.http.hooks.http import HttpHook
 
 from airflow_provider_reve import __version__, config
-from airflow_provider_reve._catalog import is_synchronous, validate_request
-from airflow_provider_reve._connection import (
+from airflow_provider_reve.client.catalog import is_synchronous, validate_request
+from airflow_provider_reve.client.envelope import MAX_RESPONSE_BYTES, parse_task_response
+from airflow_provider_reve.client.ratelimit import loop_gate, process_gate
+from airflow_provider_reve.client.retry import RetryPolicy, acall_with_retries, call_with_retries
+from airflow_provider_reve.client.settings import (
     ConnectionSettings,
     missing_connection_message,
     name_the_connection,
     settings_from_connection,
 )
-from airflow_provider_reve._download import is_public_address
-from airflow_provider_reve._envelope import MAX_RESPONSE_BYTES, parse_task_response
-from airflow_provider_reve._naming import check_file_name
-from airflow_provider_reve._ratelimit import loop_gate, process_gate
-from airflow_provider_reve._retry import RetryPolicy, acall_with_retries, call_with_retries
-from airflow_provider_reve._storage import DEFAULT_MAX_BYTES, StoredResults, store_results
-from airflow_provider_reve._task_list import tasks_from_results
-from airflow_provider_reve._transport import request_may_have_been_sent
+from airflow_provider_reve.client.transport import request_may_have_been_sent
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,
@@ -54,6 +50,10 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.download import is_public_address
+from airflow_provider_reve.results.naming import check_file_name
+from airflow_provider_reve.results.storage import DEFAULT_MAX_BYTES, StoredResults, store_results
+from airflow_provider_reve.results.task_list import tasks_from_results
 
 GENERATE_PATH = "/api/v1/generate"
 STATUS_PATH = "/api/v1/status"
@@ -297,7 +297,7 @@ class ReveHook(HttpHook):
             ``path``, ``bytes``, ``sha256``, ``content_type``, ``model``, ``consumed_credits``).
 
         Result URLs are fetched without the API key (they are not the API's). See
-        :mod:`airflow_provider_reve._storage` for names, crash safety and idempotence.
+        ``airflow_provider_reve.results.storage`` for names, crash safety and idempotence.
         """
         return self.store_results(
             tasks_from_results(results),
@@ -322,7 +322,7 @@ class ReveHook(HttpHook):
     ) -> StoredResults:
         """:meth:`download_results` for operators: also says where the manifest file went.
 
-        ``name_template`` and ``owner``: see :func:`~airflow_provider_reve._storage.store_results`.
+        ``name_template`` and ``owner``: see :func:`~airflow_provider_reve.results.storage.store_results`.
         """
         if allow_private_addresses is None:
             allow_private_addresses = self.base_url_is_private()

@@ -13,14 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_reve._defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES
-from airflow_provider_reve._finish import check_max_bytes, check_naming, finish
-from airflow_provider_reve._lineage import ReveLineageMixin
-from airflow_provider_reve._outcomes import raise_for_error
-from airflow_provider_reve._rendered import parse_rendered_literal
-from airflow_provider_reve._task_list import tasks_from_results
+from airflow_provider_reve.defaults import DEFAULT_CONN_ID, DEFAULT_MAX_BYTES, check_max_bytes
 from airflow_provider_reve.exceptions import ReveError, ReveValidationError
 from airflow_provider_reve.links import ReveResultLinkMixin
+from airflow_provider_reve.mixins.rendered import parse_rendered_literal
+from airflow_provider_reve.results.lineage import ReveLineageMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -93,6 +90,10 @@ class ReveDownloadResultsOperator(ReveResultLinkMixin, ReveLineageMixin, BaseOpe
         return ReveHook(self.reve_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from airflow_provider_reve.mixins.finish import check_naming, finish
+        from airflow_provider_reve.mixins.outcomes import raise_for_error
+        from airflow_provider_reve.results.task_list import tasks_from_results
+
         name_template, _ = check_naming(
             self.file_name, None, before="nothing was downloaded", metadata_per_task=True
         )

@@ -4,6 +4,12 @@ Flow: validate -> re-attach to an earlier try's task, or submit -> log id and cr
 SUCCESS already (synchronous model)? return it, never defer -> ``wait_for_completion=False``?
 return the IN_PROGRESS task -> deferrable? wait in the triggerer -> else poll in the worker.
 The XCom ``return_value`` is always ``ReveTask.to_dict()``.
+
+The steps live in mixins, each with a small host Protocol: the request and ``max_credits``
+(``mixins.request``), the error policy (``mixins.outcomes``), the re-attach memory
+(``mixins.reattach``), the ``TOO_MANY_TASKS`` back-off (``mixins.backoff``), budgets and approval
+(``budgets``), the result link and lineage. This class keeps the flow: ``_run``, ``_submit``,
+waiting, and finishing.
 """
 
 from __future__ import annotations
@@ -12,84 +18,67 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
-    AirflowFailException,
     BaseOperator,
     Stats,
     conf,
 )
 
 from airflow_provider_reve import config
-from airflow_provider_reve._catalog import DEFAULT_MODEL, estimate_credits, validate_request
-from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._defaults import (
+from airflow_provider_reve.budgets.approval import ReveApprovalMixin, check_approval_options
+from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
+from airflow_provider_reve.client.retry import too_many_tasks_wait  # cheap; tests patch it here
+from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MODEL,
     DEFAULT_POLL_INTERVAL,
+    ON_CONTENT_POLICY_CHOICES,
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
+    check_max_bytes,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, check_naming, finish, succeeded
-from airflow_provider_reve._lineage import ReveLineageMixin
-from airflow_provider_reve._outcomes import (
-    ON_CONTENT_POLICY_CHOICES,
-    raise_for_error,
-    raise_for_failed_task,
-    raise_for_trigger_error,
-)
-from airflow_provider_reve._reattach import (
-    REFUSED,
-    SUBMITTING,
-    SubmittedTaskMemory,
-    request_fingerprint,
-)
-from airflow_provider_reve._rendered import coerce_extra_params, coerce_rendered
-from airflow_provider_reve._retry import too_many_tasks_wait
-from airflow_provider_reve.budgets.approval import ReveApprovalMixin, check_approval_options
-from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.exceptions import (
     ReveAmbiguousSubmissionError,
     ReveError,
-    ReveNotFoundError,
     ReveRateLimitError,
-    ReveValidationError,
 )
 from airflow_provider_reve.links import ReveResultLinkMixin
+from airflow_provider_reve.mixins.backoff import ReveSubmitBackoffMixin
+from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve.mixins.outcomes import ReveErrorPolicyMixin
+from airflow_provider_reve.mixins.reattach import ReveReattachMixin, SubmittedTaskMemory, request_fingerprint
+from airflow_provider_reve.mixins.request import REQUEST_FIELDS, ReveRequestMixin
 from airflow_provider_reve.models import ReveTask
-from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
+from airflow_provider_reve.results.lineage import ReveLineageMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_reve.hooks.reve import ReveHook
+    from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 
 # The hook (aiohttp, requests) and the trigger are imported where a task runs, never at
-# import: every scheduler parse of a DAG file imports this module (see _defaults).
+# import: every scheduler parse of a DAG file imports this module (see defaults.py). So are
+# storage, lineage, the finishing steps and the catalog: a DAG file pays for the class, not the run.
 
 __all__ = ["REQUEST_FIELDS", "ReveDownloadResultsOperator", "ReveGenerateOperator"]
 
 ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
 
-# The documented request fields, as operator arguments (and template fields).
-REQUEST_FIELDS = (
-    "prompt",
-    "image_urls",
-    "aspect_ratio",
-    "num_images",
-    "output_format",
-    "resolution",
-    "duration",
-    "generate_audio",
-)
 
+def __getattr__(name: str) -> Any:
+    # ``from airflow_provider_reve.operators.reve import ReveDownloadResultsOperator`` (as the
+    # README shows) loads the download operator on demand, not at every parse of this module.
+    if name == "ReveDownloadResultsOperator":
+        from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
 
-_REMEMBER_ATTEMPTS = 3
-# Fields the operator sets itself: in extra_params they would clash with its own arguments.
-_NOT_IN_EXTRA_PARAMS = frozenset({"model", "prompt"})
+        return ReveDownloadResultsOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _seconds(value: float | timedelta, name: str) -> float:
@@ -100,7 +89,15 @@ def _seconds(value: float | timedelta, name: str) -> float:
 
 
 class ReveGenerateOperator(
-    ReveResultLinkMixin, ReveLineageMixin, ReveApprovalMixin, ReveBudgetMixin, BaseOperator
+    ReveResultLinkMixin,
+    ReveRequestMixin,
+    ReveErrorPolicyMixin,
+    ReveReattachMixin,
+    ReveSubmitBackoffMixin,
+    ReveLineageMixin,
+    ReveApprovalMixin,
+    ReveBudgetMixin,
+    BaseOperator,
 ):
     """Generate images or videos with Reve.
 
@@ -253,28 +250,11 @@ class ReveGenerateOperator(
     def execute(self, context: Context) -> dict[str, Any]:
         return self._run(context, submit_attempt=1, first_refusal=None)
 
-    def execute_after_backoff(
-        self,
-        context: Context,
-        event: Any = None,
-        submit_attempt: int | None = None,
-        first_refusal: float | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
-        if submit_attempt is None:  # defer() kwargs lost (dag.test): the state store has them
-            params = self._validated_params()
-            recalled = self._memory(context).recall(request_fingerprint(self.model, params))
-            if recalled is not None and recalled.phase == REFUSED and recalled.attempt is not None:
-                submit_attempt, first_refusal = recalled.attempt, recalled.first_refusal
-            else:
-                submit_attempt, first_refusal = 1, None
-        return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
-
     def execute_complete(
         self, context: Context, event: Any = None, reve_task_id: str | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Resumed by :class:`ReveTaskTrigger`. Trusts nothing in ``event``."""
+        from airflow_provider_reve.mixins.outcomes import raise_for_trigger_error
         from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
 
         if reve_task_id is None:
@@ -292,9 +272,7 @@ class ReveGenerateOperator(
             return self._succeeded(result.task.with_model(self.model), context)
         if result.outcome == OUTCOME_FAILED and result.task is not None:
             self.release_budget(context)
-            raise_for_failed_task(
-                result.task, self.log, on_content_policy_violation=self.on_content_policy_violation
-            )
+            self._raise_for_failed_task(result.task)
         if result.outcome == OUTCOME_ERROR:
             raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
         # OUTCOME_TIMEOUT
@@ -312,10 +290,9 @@ class ReveGenerateOperator(
         )
 
     # -- the flow ----------------------------------------------------------------------------
-    def _memory(self, context: Context) -> SubmittedTaskMemory:
-        return SubmittedTaskMemory(context, self.log)
-
     def _run(self, context: Context, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.finish import check_download_to, check_naming
+
         params = self._validated_params()
         memory = self._memory(context)
         fingerprint = request_fingerprint(self.model, params)
@@ -336,108 +313,6 @@ class ReveGenerateOperator(
             self.note_budget_task(context, task)
         return self._after_submit(task, context)
 
-    def budget_request_params(self) -> dict[str, Any]:
-        return self._validated_params()
-
-    def _validated_params(self) -> dict[str, Any]:
-        try:
-            fields = coerce_rendered({name: getattr(self, name) for name in REQUEST_FIELDS})
-            extra = coerce_extra_params(self.extra_params) or {}
-            if not isinstance(extra, dict):
-                raise ReveValidationError(f"extra_params must be a dict, got {type(extra).__name__}")
-            reserved = sorted(name for name in extra if name in _NOT_IN_EXTRA_PARAMS)
-            if reserved:
-                raise ReveValidationError(
-                    f"extra_params may not set {reserved}: pass them as the operator's own arguments"
-                )
-            clash = sorted(name for name in extra if fields.get(name) is not None)
-            if clash:
-                raise ReveValidationError(f"{clash} given both as arguments and in extra_params")
-            # Arguments left at None must not erase the same field given in extra_params.
-            given = {name: value for name, value in fields.items() if value is not None}
-            params = {k: v for k, v in {**coerce_rendered(extra), **given}.items() if v is not None}
-            validate_request(self.model, params)
-        except ReveValidationError as error:
-            raise AirflowFailException(f"Invalid Reve request (nothing was submitted): {error}") from error
-        return params
-
-    def _output_format(self) -> str | None:
-        """The requested ``output_format`` (names a file the server sends untyped), for a task that
-        is paid: a request that no longer validates (a DAG file changed since) must not fail it
-        as "nothing was submitted"."""
-        try:
-            return self._validated_params().get("output_format")
-        except AirflowFailException:
-            return self.output_format if isinstance(self.output_format, str) else None
-
-    def _check_budget(self, params: dict[str, Any]) -> None:
-        if self.max_credits is None:
-            return
-        estimate = estimate_credits(self.model, **params)
-        if estimate is None:
-            raise AirflowFailException(
-                f"max_credits={self.max_credits} is set, but the cost of this {self.model!r} request "
-                "cannot be estimated (unknown model, or a video without duration/resolution); "
-                "nothing was submitted."
-            )
-        if estimate > self.max_credits:
-            raise AirflowFailException(
-                f"This request would cost about {estimate} credits, more than max_credits="
-                f"{self.max_credits}; nothing was submitted."
-            )
-        self.log.info("Estimated cost %d credits (max_credits=%d)", estimate, self.max_credits)
-
-    def _reattach(self, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
-        recalled = memory.recall(fingerprint)
-        if recalled is None or recalled.phase == REFUSED:
-            return None
-        if recalled.phase == SUBMITTING:
-            self._raise_interrupted_submission()
-            return None  # on_ambiguous_submit="retry": submit again, as the user accepted
-        assert recalled.task_id is not None
-        task_id = recalled.task_id
-        try:
-            task = self.hook.get_status(task_id, model=self.model)
-        except ReveNotFoundError as error:
-            if error.code != "TASK_NOT_FOUND":
-                # A gateway's bare 404 says nothing about the task: treat it as a transient read.
-                raise AirflowException(
-                    f"Could not read remembered Reve task {task_id} ({error}); not submitting again. "
-                    "Airflow's retries apply."
-                ) from error
-            self.log.warning(
-                "Remembered Reve task %s no longer exists (TASK_NOT_FOUND); submitting afresh.", task_id
-            )
-            return None
-        except ReveError as error:
-            raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
-        if task.failed:
-            self.log.warning(
-                "Remembered Reve task %s FAILED (%s, refunded); submitting afresh.", task_id, task.error_code
-            )
-            return None
-        self.log.info(
-            "Re-attaching to Reve task %s (%s) submitted by an earlier try: not submitting again.",
-            task_id,
-            task.status,
-        )
-        return task
-
-    def _raise_interrupted_submission(self) -> None:
-        message = (
-            "An earlier try of this task was interrupted while submitting this request (killed, or "
-            "execution_timeout, before the API answered): a paid Reve task may exist."
-        )
-        if self.on_ambiguous_submit == "retry":
-            self.log.warning(
-                "%s on_ambiguous_submit='retry': submitting again (possible second charge).", message
-            )
-            return
-        raise AirflowFailException(
-            f"{message} Nothing was submitted again. Check the Reve dashboard; clear the task to "
-            "generate afresh, or set on_ambiguous_submit='retry' to let retries resubmit."
-        )
-
     def _submit(
         self,
         context: Context,
@@ -447,6 +322,7 @@ class ReveGenerateOperator(
         attempt: int,
         first_refusal: float | None,
     ) -> ReveTask:
+
         while True:
             # Written before the request leaves: if this try dies mid-request (a kill,
             # execution_timeout), the retry knows the outcome is unknown instead of paying again.
@@ -456,9 +332,7 @@ class ReveGenerateOperator(
             except ReveRateLimitError as error:
                 memory.submission_created_nothing()
                 if not error.too_many_tasks:
-                    raise_for_error(
-                        error, self.log, on_content_policy_violation=self.on_content_policy_violation
-                    )
+                    self._raise_for_error(error)
                 first_refusal = first_refusal or time.time()
                 # Never shorter than the settle time: a timer deferral that fires before the
                 # executor recorded this worker's exit races it (see triggers.reve.settle_time).
@@ -497,71 +371,19 @@ class ReveGenerateOperator(
                 task = ReveTask(task_id=error.task_id, status="IN_PROGRESS")
             except ReveError as error:
                 memory.submission_created_nothing()
-                raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+                self._raise_for_error(error)
             Stats.incr("reve.tasks_submitted", tags={"model": self.model})
             self._remember_paid_task(memory, task, fingerprint)
             return task
 
-    def _remember_paid_task(self, memory: SubmittedTaskMemory, task: ReveTask, fingerprint: str) -> None:
-        for attempt in range(1, _REMEMBER_ATTEMPTS + 1):
-            try:
-                memory.remember(task.task_id, fingerprint)
-                return
-            except Exception as error:
-                failure = type(error).__name__
-                if attempt < _REMEMBER_ATTEMPTS:
-                    time.sleep(0.5 * attempt)  # the API server's hiccups are brief
-        # The task is paid for; failing now would orphan it, so go on with it. The in-flight
-        # marker stays: a retry of this run treats the submission as of unknown outcome.
-        self.log.error(
-            "Reve task %s was created but could not be remembered in task_state_store (%s, %d "
-            "attempts); continuing with it. If this try fails, a retry applies "
-            "on_ambiguous_submit=%r to it (note the id: the Reve dashboard shows it).",
-            task.task_id,
-            failure,
-            _REMEMBER_ATTEMPTS,
-            self.on_ambiguous_submit,
-        )
-
-    def _defer_submission(self, wait: float, attempt: int, first_refusal: float, context: Context) -> None:
-        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
-        from airflow.sdk.timezone import utcnow
-
-        self.defer(
-            trigger=DateTimeTrigger(moment=utcnow() + timedelta(seconds=wait)),
-            method_name="execute_after_backoff",
-            kwargs={"submit_attempt": attempt, "first_refusal": first_refusal},
-            timeout=timedelta(seconds=min(wait, self._time_left(context))) + DEFER_TIMEOUT_GRACE,
-        )
-
-    def _time_left(self, context: Context) -> float:
-        """Seconds until ``execution_timeout`` ends this try (counted from its start), or inf."""
-        if self.execution_timeout is None:
-            return float("inf")
-        started = getattr(context.get("ti"), "start_date", None)
-        return deferral_budget(float("inf"), self.execution_timeout, started)
-
-    def _raise_ambiguous(self, error: ReveAmbiguousSubmissionError) -> NoReturn:
-        if self.on_ambiguous_submit == "retry":
-            self.log.warning(
-                "Submission outcome unknown and on_ambiguous_submit='retry': Airflow's retries will "
-                "submit again, which may be charged twice. %s",
-                error,
-            )
-            raise AirflowException(str(error)) from error
-        raise AirflowFailException(
-            f"{error} Check the Reve dashboard for the task before re-running; set "
-            "on_ambiguous_submit='retry' to let Airflow retries resubmit (possible second charge)."
-        ) from error
-
     def _after_submit(self, task: ReveTask, context: Context) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.finish import finish
+
         if task.succeeded:
             return self._succeeded(task, context)
         if task.failed:
             self.release_budget(context)
-            raise_for_failed_task(
-                task, self.log, on_content_policy_violation=self.on_content_policy_violation
-            )
+            self._raise_for_failed_task(task)
         if not self.wait_for_completion:
             # Still remembered: if Airflow fails this try after we return, the retry hands on
             # the same task instead of submitting another.
@@ -591,6 +413,7 @@ class ReveGenerateOperator(
         return self._poll(task, deadline, context)
 
     def _poll(self, task: ReveTask, deadline: float, context: Context) -> dict[str, Any]:
+
         started = logged = time.monotonic()
         log_every = config.progress_log_interval()
         while not task.is_finished:
@@ -609,17 +432,17 @@ class ReveGenerateOperator(
             try:
                 task = self.hook.get_status(task.task_id, model=self.model)
             except ReveError as error:
-                raise_for_error(error, self.log, on_content_policy_violation=self.on_content_policy_violation)
+                self._raise_for_error(error)
         if task.failed:
             self.release_budget(context)
-            raise_for_failed_task(
-                task, self.log, on_content_policy_violation=self.on_content_policy_violation
-            )
+            self._raise_for_failed_task(task)
         return self._succeeded(task, context)
 
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The submission entry stays: Airflow may still fail this try after we return, and the
-        # retry must find this task again. A clear starts a new run of tries (see _reattach).
+        # retry must find this task again. A clear starts a new run of tries (see mixins/reattach.py).
+        from airflow_provider_reve.mixins.finish import check_naming, succeeded
+
         self.settle_budget(context, task)
         name_template, _ = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
         return succeeded(
@@ -638,13 +461,7 @@ class ReveGenerateOperator(
 
     def _described(self, task: ReveTask) -> ReveTask:
         """``task`` with what the API does not say: the model, the request sent, the metadata."""
+        from airflow_provider_reve.mixins.finish import check_naming
+
         _, metadata = check_naming(self.file_name, self.metadata, before="after paying", paid=True)
         return task.with_model(self.model).with_caller_data(request=self._sent_request(), metadata=metadata)
-
-    def _sent_request(self) -> dict[str, Any] | None:
-        """The request fields sent, for a task that is paid; ``None`` when they no longer validate
-        (a DAG file changed since): that must not fail it as "nothing was submitted"."""
-        try:
-            return self._validated_params()
-        except AirflowFailException:
-            return None

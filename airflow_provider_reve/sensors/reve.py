@@ -19,29 +19,27 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve import config
-from airflow_provider_reve._deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve._defaults import (
+from airflow_provider_reve.defaults import (
     DEFAULT_CONN_ID,
     DEFAULT_MAX_BYTES,
     OUTCOME_ERROR,
     OUTCOME_FAILED,
     OUTCOME_SUCCESS,
+    check_max_bytes,
 )
-from airflow_provider_reve._finish import check_download_to, check_max_bytes, check_naming, succeeded
-from airflow_provider_reve._lineage import ReveLineageMixin
-from airflow_provider_reve._outcomes import raise_for_error, raise_for_trigger_error
-from airflow_provider_reve._rendered import parse_rendered_literal
-from airflow_provider_reve._retry import is_permanent
 from airflow_provider_reve.exceptions import ReveError, ReveStorageError, ReveTaskFailedError
 from airflow_provider_reve.links import ReveResultLinkMixin
+from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
+from airflow_provider_reve.mixins.rendered import parse_rendered_literal
 from airflow_provider_reve.models import ReveTask
+from airflow_provider_reve.results.lineage import ReveLineageMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_reve.hooks.reve import ReveHook
 
-# The hook and the trigger load when a task runs, not when a DAG file is parsed (see _defaults).
+# The hook and the trigger load when a task runs, not when a DAG file is parsed (see defaults.py).
 
 
 class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
@@ -136,6 +134,8 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
 
     def _described(self, task: ReveTask, *, paid: bool) -> tuple[ReveTask, str | None]:
         """``task`` with the request and metadata the submitter knew; the checked name template."""
+        from airflow_provider_reve.mixins.finish import check_naming
+
         template, metadata = check_naming(
             self.file_name, self._metadata(), before="checked before waiting", paid=paid
         )
@@ -145,6 +145,8 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         ), template
 
     def execute(self, context: Context) -> Any:
+        from airflow_provider_reve.mixins.finish import check_naming
+
         if not (self.reschedule and context.get("task_reschedule_count")):
             # Once per try: a rescheduled poke is already waiting, and a folder unwritable for a
             # moment then must not end a wait for a task paid for elsewhere.
@@ -177,6 +179,8 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         return self._succeeded(task, context)
 
     def _check_destination_before_waiting(self) -> None:
+        from airflow_provider_reve.mixins.finish import check_download_to
+
         try:
             check_download_to(self.download_to, before="checked before waiting")
         except AirflowFailException as error:
@@ -206,6 +210,9 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         return result
 
     def _look(self, task_id: str, context: Context) -> PokeReturnValue:
+        from airflow_provider_reve.client.retry import is_permanent
+        from airflow_provider_reve.mixins.outcomes import raise_for_error
+
         try:
             task = self.hook.get_status(task_id, model=self.known_model)
         except ReveError as error:
@@ -261,6 +268,7 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         ends_at_execution_timeout: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        from airflow_provider_reve.mixins.outcomes import raise_for_trigger_error
         from airflow_provider_reve.triggers.reve import ReveMalformedEventError, read_event
 
         if reve_task_id is None:
@@ -288,6 +296,8 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
         # The same line, metric and storage as the generate operator: a task submitted with
         # wait_for_completion=False reports its cost only here.
+        from airflow_provider_reve.mixins.finish import succeeded
+
         task, name_template = self._described(task, paid=True)
         return succeeded(
             self,

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_reve import config
-from airflow_provider_reve._defaults import (  # re-exported: the event protocol's names
+from airflow_provider_reve.client.polling import (
+    LONG_WAIT_AFTER,
+    LONG_WAIT_INTERVAL,
+    current_interval,
+    first_read_at,
+    wait_origin,
+)
+from airflow_provider_reve.client.retry import NO_RETRIES, backoff_seconds, is_permanent
+from airflow_provider_reve.defaults import (  # re-exported: the event protocol's names
     DEFAULT_POLL_INTERVAL,
     OUTCOME_ERROR,
     OUTCOME_FAILED,
@@ -29,14 +37,6 @@ from airflow_provider_reve._defaults import (  # re-exported: the event protocol
     OUTCOMES,
     PROGRESS_LOG_INTERVAL,
 )
-from airflow_provider_reve._polling import (
-    LONG_WAIT_AFTER,
-    LONG_WAIT_INTERVAL,
-    current_interval,
-    first_read_at,
-    wait_origin,
-)
-from airflow_provider_reve._retry import NO_RETRIES, backoff_seconds, is_permanent
 from airflow_provider_reve.exceptions import ReveAPIError, ReveError
 from airflow_provider_reve.models import ReveTask
 
@@ -119,7 +119,7 @@ class ReveTaskTrigger(BaseTrigger):
     :param reve_task_id: the Reve task to wait for.
     :param reve_conn_id: the ``reve`` connection to use (resolved in the triggerer).
     :param poll_interval: seconds between status polls; after :attr:`long_wait_after` seconds of
-        waiting, ``max(poll_interval, long_wait_interval)`` (see ``_polling`` for the rule).
+        waiting, ``max(poll_interval, long_wait_interval)`` (see ``client.polling`` for the rule).
     :param deadline: absolute UNIX time after which the wait ends with outcome ``timeout``;
         absolute so that a triggerer restart does not extend the wait. The task is always read
         once at or after the deadline before ``timeout`` is reported, so a task that finished

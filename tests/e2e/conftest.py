@@ -75,7 +75,7 @@ def hostile_api_key() -> str:
 
 @pytest.fixture(scope="session")
 def hostile_reve_stub() -> Iterator[HostileStub]:
-    """A stub Reve API that echoes the key back (``tests/hostile_stub.py``), for the session.
+    """A stub Reve API that echoes the key back (``tests/support/hostile_stub.py``), for the session.
 
     Tests that use it call ``hostile_reve_stub.reset(script)`` first.
     """

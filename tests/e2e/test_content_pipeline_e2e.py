@@ -25,7 +25,7 @@ import jinja2
 import pytest
 import requests
 
-from airflow_provider_reve._finish import ASSET_EXTRA_KEYS
+from airflow_provider_reve.mixins.finish import ASSET_EXTRA_KEYS
 from airflow_provider_reve.testing.cluster import LocalAirflow
 from airflow_provider_reve.testing.demo import wait_for_first_run
 from airflow_provider_reve.testing.fake_server import DEFAULT_API_KEY, FakeReveServer

@@ -1,10 +1,10 @@
 """The API key never leaves, proven through a real Airflow deployment (issue 13).
 
-``tests/test_key_never_leaves.py`` proves it through ``dag.test()``, in one process. Here the
+``tests/guarantees/test_key_never_leaves.py`` proves it through ``dag.test()``, in one process. Here the
 api-server, scheduler, dag-processor, triggerer and task workers are separate processes, as in
 production: the trigger reads the hostile answers in the triggerer, and the worker that resumes
 a deferred task never fetched the connection. The ``reve_hostile`` connection points at a stub
-(``tests/hostile_stub.py``) that echoes the ``Authorization`` header it received -- whole, bare,
+(``tests/support/hostile_stub.py``) that echoes the ``Authorization`` header it received -- whole, bare,
 upper-cased, case-swapped and cut -- into every field of every answer, on the submission, on
 every status read, in JSON and in a proxy's HTML page.
 

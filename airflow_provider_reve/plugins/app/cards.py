@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from airflow_provider_reve._catalog import get_spec
+from airflow_provider_reve.client.catalog import get_spec
 from airflow_provider_reve.links import safe_link
 from airflow_provider_reve.plugins.app import queries
 from airflow_provider_reve.plugins.app.queries import DOWNLOAD_OPERATORS, GENERATE_OPERATORS, TaskRow

@@ -46,10 +46,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import IO, Any
 
-from airflow_provider_reve._naming import is_result_stem
-from airflow_provider_reve._storage import EXTENSIONS, safe_stem
 from airflow_provider_reve.plugins.app.locations import Location, LocationRefused, locate
 from airflow_provider_reve.plugins.app.reading import Deadline, ReadTimedOut
+from airflow_provider_reve.results.naming import is_result_stem
+from airflow_provider_reve.results.storage import EXTENSIONS, safe_stem
 
 __all__ = [
     "CHUNK",

@@ -1,7 +1,8 @@
 """The fake's own model table, written from ``models.md`` (the public Image / Video Models pages).
 
-Deliberately independent of the provider's ``_catalog``: a test holds the two against each other
-(``tests/test_fake_catalog_agreement.py``), which it could not do if one were built from the other.
+Deliberately independent of the provider's ``client.catalog``: a test holds the two against each
+other (``tests/unit/testing/test_fake_catalog_agreement.py``), which it could not do if one were
+built from the other.
 
 What the fake does with a request, field by field:
 

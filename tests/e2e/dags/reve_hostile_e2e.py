@@ -2,7 +2,7 @@
 
 Every task uses the connection ``reve_hostile`` (defined by the e2e session, pointing at a
 hostile stub) and names its scenario in a ``[tag]`` in its prompt; the stub plays that scenario
-(see ``tests/hostile_stub.py``, ``Lifecycles``). Several tasks are meant to fail: the test is
+(see ``tests/support/hostile_stub.py``, ``Lifecycles``). Several tasks are meant to fail: the test is
 about where the key shows up, not about the outcome. ``retries=0``: no try is ever repeated.
 """
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from airflow_provider_reve._catalog import MODELS
+from airflow_provider_reve.client.catalog import MODELS
 from airflow_provider_reve.plugins.app import cards, credits, queries, rendering
 from airflow_provider_reve.plugins.app.params import (
     CreditsQuery,

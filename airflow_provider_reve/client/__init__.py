@@ -1,0 +1,91 @@
+"""The Reve API client room: everything that speaks the Reve API and knows nothing of operators.
+
+What it owns: connection settings (``settings``), the HTTP transport (``transport``), the response
+envelope (``envelope``), the one retry policy (``retry``), the shared rate limit (``ratelimit``),
+redaction of the key (``redact``), the model catalog and credit estimates (``catalog``) and the
+trigger's polling cadence (``polling``). It may import ``exceptions``, ``models`` and ``defaults``;
+never ``hooks``, ``operators``, ``results`` or ``mixins``.
+
+The names below are the client's public surface. They load on first use (PEP 562), so importing
+this package at DAG-parse time costs nothing and pulls in neither ``requests`` nor ``aiohttp``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.client.catalog import (
+        DEFAULT_MODEL,
+        MODELS,
+        ModelSpec,
+        estimate_credits,
+        get_spec,
+        is_synchronous,
+        validate_request,
+    )
+    from airflow_provider_reve.client.envelope import parse_task_response
+    from airflow_provider_reve.client.redact import Redactor
+    from airflow_provider_reve.client.retry import (
+        NO_RETRIES,
+        RetryPolicy,
+        backoff_seconds,
+        is_permanent,
+        is_retryable,
+        parse_retry_after,
+    )
+    from airflow_provider_reve.client.settings import ConnectionSettings, settings_from_connection
+
+_HOME: dict[str, str] = {
+    "DEFAULT_MODEL": "catalog",
+    "MODELS": "catalog",
+    "ModelSpec": "catalog",
+    "estimate_credits": "catalog",
+    "get_spec": "catalog",
+    "is_synchronous": "catalog",
+    "validate_request": "catalog",
+    "parse_task_response": "envelope",
+    "Redactor": "redact",
+    "NO_RETRIES": "retry",
+    "RetryPolicy": "retry",
+    "backoff_seconds": "retry",
+    "is_permanent": "retry",
+    "is_retryable": "retry",
+    "parse_retry_after": "retry",
+    "ConnectionSettings": "settings",
+    "settings_from_connection": "settings",
+}
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "NO_RETRIES",
+    "ConnectionSettings",
+    "ModelSpec",
+    "Redactor",
+    "RetryPolicy",
+    "backoff_seconds",
+    "estimate_credits",
+    "get_spec",
+    "is_permanent",
+    "is_retryable",
+    "is_synchronous",
+    "parse_retry_after",
+    "parse_task_response",
+    "settings_from_connection",
+    "validate_request",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next lookup is a plain attribute read
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

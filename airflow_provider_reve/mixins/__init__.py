@@ -1,0 +1,1 @@
+"""Operator glue: capabilities the operators and the sensor mix in."""

@@ -1,0 +1,1 @@
+"""What happens to a finished task's files: download, storage, manifest, lineage."""
