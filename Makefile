@@ -72,8 +72,11 @@ e2e: venv
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/pytest -m "not e2e and not docs" -p no:cacheprovider
 
+# The real-Airflow E2E tests run in a process of their own, after the rest: what they leave in the
+# test process (configuration, imported modules, threads) must not decide another test's outcome.
 test: lint dist test-floor
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not e2e"
+	$(VENV)/bin/pytest -m e2e
 
 # Offline; -W: any warning fails the build, -n: so does a reference to our own objects that does
 # not resolve. tests/unit/test_docs_site.py runs the same build on every `make test`.

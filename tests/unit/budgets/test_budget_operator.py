@@ -143,7 +143,9 @@ def test_on_budget_exhausted_skip_skips_without_a_paid_call(server, ledger):
 def test_on_budget_exhausted_wait_defers_without_a_slot_and_pays_once_room_appears(
     server, ledger, monkeypatch
 ):
-    monkeypatch.setattr("airflow_provider_reve.budgets.mixin.BUDGET_RECHECK_SECONDS", 1.0)
+    # Look again after the shortest wait there is (15 s): the provider's config default (300 s)
+    # applies once Airflow has loaded the provider's config section, whatever a module constant says.
+    monkeypatch.setenv("AIRFLOW__REVE__BUDGET_RECHECK_SECONDS", "15")
     ledger.set_budget(Budget(name="daily", limit_credits=10, conn_id="reve_default"))
     operator = make_operator(model="seedream-5", on_budget_exhausted="wait")
     ctx = context(InMemoryTaskStateStore())
