@@ -26,7 +26,7 @@ from airflow_provider_reve.testing._production_services import PostgresService
 psycopg2 = pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (the 'system' extra)")
 
 TESTS = Path(__file__).resolve().parents[1]
-WORKER = TESTS / "budget_race_worker.py"
+WORKER = TESTS / "support" / "budget_race_worker.py"
 PROCESSES = 8
 ITERATIONS = 100
 LIMIT = 1_000
