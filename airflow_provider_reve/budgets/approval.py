@@ -51,7 +51,14 @@ _PROMPT_SHOWN = 2000  # characters of the prompt shown in the approval body
 def check_approval_options(
     approval_above_credits: int | None, approval_timeout: timedelta | float | None, on_approval_rejected: str
 ) -> tuple[int | None, timedelta | None, str]:
-    """The three approval arguments, checked when the DAG is parsed."""
+    """The three approval arguments, checked when the DAG is parsed.
+
+    :param approval_above_credits: ask a person above this estimate; ``None``: never ask.
+    :param approval_timeout: how long to wait for the answer (a ``timedelta`` or seconds).
+    :param on_approval_rejected: what a rejection does (one of ``ON_APPROVAL_REJECTED_CHOICES``).
+    :return: the three values, the timeout as a ``timedelta``.
+    :raises ValueError: naming the argument to fix.
+    """
     if approval_above_credits is not None and (
         not isinstance(approval_above_credits, int)
         or isinstance(approval_above_credits, bool)
@@ -85,7 +92,10 @@ class ApprovalHost(Protocol):
     def log(self) -> Any: ...
 
     def budget_request_params(self) -> dict[str, Any]:
-        """The validated request, as it will be sent."""
+        """The validated request, as it will be sent.
+
+        :return: the request's fields.
+        """
         ...
 
     def defer(
@@ -96,7 +106,11 @@ class ApprovalHost(Protocol):
 
 
 class ReveApprovalMixin:
-    """Ask a person in Airflow's Required actions before an expensive generation."""
+    """Ask a person in Airflow's Required actions before an expensive generation.
+
+    .. seealso::
+        The guide: :ref:`budgets` ("Approval above a threshold").
+    """
 
     def wait_for_approval(self: ApprovalHost, context: Mapping[str, Any]) -> None:
         """Before reserving: return when no approval is needed or it was given; else park the task."""
@@ -144,7 +158,13 @@ class ReveApprovalMixin:
     def execute_after_approval(
         self: ApprovalHost, context: Any, event: Any = None, fingerprint: str | None = None, **kwargs: Any
     ) -> Any:
-        """Resumed with the person's answer (or the timeout): go on, skip or fail."""
+        """Resumed with the person's answer (or the timeout): go on, skip or fail.
+
+        :param event: the trigger's event: the answer, or an error (the timeout).
+        :param fingerprint: the fingerprint of the request the person was shown; a request that
+            renders differently now is not submitted on that approval.
+        :return: what the operator's ``execute()`` returns, once approved.
+        """
         if not isinstance(event, Mapping):
             raise AirflowFailException(
                 f"No usable approval answer ({type(event).__name__}); nothing was submitted."

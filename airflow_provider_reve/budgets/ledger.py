@@ -46,12 +46,32 @@ RELEASED = "released"
 
 
 def reservation_key(*parts: object) -> str:
-    """A stable key for one generation attempt, from its identifying parts."""
+    """A stable key for one generation attempt, from its identifying parts.
+
+    :param parts: the attempt's identity (DAG, run, task, map index, try...).
+    :return: a hex digest.
+    """
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class Reservation:
+    """Credits held for one generation in every budget that covers it.
+
+    :param id: the reservation's id.
+    :param state: ``reserved``, ``settled`` or ``released``.
+    :param estimate_credits: the estimate reserved; ``None``: an unknown price.
+    :param lines: credits held per budget window.
+    :param reused: an earlier reservation with the same key was returned.
+    :param reve_task_id: the Reve task it paid for, once known.
+    :param conn_id: the ``reve`` connection.
+    :param dag_id: the DAG.
+    :param run_id: the DAG run.
+    :param task_id: the Airflow task.
+    :param model: the model.
+    :param created_at: when it was made (ISO 8601).
+    """
+
     id: str
     state: str
     estimate_credits: int | None
@@ -68,6 +88,15 @@ class Reservation:
 
 @dataclass(frozen=True)
 class BudgetStatus:
+    """One budget and its current window.
+
+    :param budget: the budget.
+    :param window_start: the window's key in the ledger.
+    :param resets_at: when the window ends; ``None``: never.
+    :param spent_credits: credits the window's generations consumed.
+    :param reserved_credits: credits held by generations still in flight.
+    """
+
     budget: Budget
     window_start: str
     resets_at: datetime | None
@@ -84,7 +113,10 @@ def _now() -> datetime:
 
 
 class Ledger:
-    """The ledger behind one engine. ``Ledger.configured()`` is the deployment's, or ``None``."""
+    """The ledger behind one engine. ``Ledger.configured()`` is the deployment's, or ``None``.
+
+    :param engine: the SQLAlchemy engine of the ledger's database.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -101,7 +133,10 @@ class Ledger:
 
     # -- budgets -------------------------------------------------------------------------------
     def set_budget(self, budget: Budget) -> None:
-        """Create or replace a budget; its windows (what was spent) are kept."""
+        """Create or replace a budget; its windows (what was spent) are kept.
+
+        :param budget: the budget.
+        """
         row = {
             "name": budget.name,
             "limit_credits": budget.limit_credits,
@@ -129,7 +164,11 @@ class Ledger:
         return [_budget(row) for row in rows]
 
     def delete_budget(self, name: str) -> bool:
-        """Forget a budget (its past windows stay as history). ``False`` when there was none."""
+        """Forget a budget (its past windows stay as history). ``False`` when there was none.
+
+        :param name: the budget's name.
+        :return: ``True`` when it was deleted.
+        """
         with self._transaction() as connection:
             return bool(connection.execute(delete(budgets).where(budgets.c.name == name)).rowcount)
 
@@ -164,8 +203,18 @@ class Ledger:
     ) -> Reservation | None:
         """Reserve ``estimate`` in every budget covering ``scope``; ``None`` when none covers it.
 
-        Raises :class:`BudgetExhaustedError` (and reserves nothing) when one budget has no room
+        Raises :class:`.BudgetExhaustedError` (and reserves nothing) when one budget has no room
         or refuses an unknown price.
+
+        :param key: the generation attempt's :func:`reservation_key`: a second reservation with it
+            reuses the first.
+        :param scope: what the generation is.
+        :param estimate: its estimated credits; ``None``: the price is unknown.
+        :param run_id: the Airflow run, for the record.
+        :param task_id: the Airflow task, for the record.
+        :param map_index: the mapped index, for the record.
+        :param now: the time of the reservation (defaults to now).
+        :return: the reservation, or ``None``.
         """
         now = now or _now()
         with self._transaction() as connection:
@@ -265,7 +314,11 @@ class Ledger:
             return None if row is None else _reservation(connection, row)
 
     def note_reve_task(self, reservation_id: str, reve_task_id: str) -> None:
-        """Remember which paid Reve task a reservation is for, so ``reconcile`` can ask the API."""
+        """Remember which paid Reve task a reservation is for, so ``reconcile`` can ask the API.
+
+        :param reservation_id: the reservation.
+        :param reve_task_id: the Reve task it paid for.
+        """
         with self._transaction() as connection:
             connection.execute(
                 update(reservations)
@@ -278,12 +331,22 @@ class Ledger:
     ) -> bool:
         """Turn a reservation into spending: every covering window's ``spent`` grows by what the
         generation consumed (the estimate, or each line, when the API did not say). ``False`` when
-        it was no longer reserved (settled or released elsewhere): nothing changes."""
+        it was no longer reserved (settled or released elsewhere): nothing changes.
+
+        :param reservation_id: the reservation.
+        :param consumed_credits: what the API said the task consumed; ``None``: not said.
+        :param reve_task_id: the Reve task, if not noted before.
+        :return: ``True`` when the reservation was settled.
+        """
         return self._close(reservation_id, SETTLED, consumed_credits, reve_task_id)
 
     def release(self, reservation_id: str) -> bool:
         """Give a reservation's credits back (the task FAILED and was refunded, or nothing was
-        created). ``False`` when it was no longer reserved."""
+        created). ``False`` when it was no longer reserved.
+
+        :param reservation_id: the reservation.
+        :return: ``True`` when it was released.
+        """
         return self._close(reservation_id, RELEASED, None, None)
 
     def _close(self, reservation_id: str, state: str, consumed: int | None, reve_task_id: str | None) -> bool:
@@ -332,7 +395,10 @@ class Ledger:
         return True
 
     def open_reservations(self) -> list[Reservation]:
-        """Every reservation still ``reserved`` (in flight, or orphaned by a kill), oldest first."""
+        """Every reservation still ``reserved`` (in flight, or orphaned by a kill), oldest first.
+
+        :return: the reservations.
+        """
         with self.engine.connect() as connection:
             rows = (
                 connection.execute(

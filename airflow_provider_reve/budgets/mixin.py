@@ -60,7 +60,10 @@ MIN_BUDGET_WAIT_SECONDS = 15.0
 
 def budget_recheck_seconds() -> float:
     """``[reve] budget_recheck_seconds`` (at least :data:`MIN_BUDGET_WAIT_SECONDS`), or
-    :data:`BUDGET_RECHECK_SECONDS`."""
+    :data:`BUDGET_RECHECK_SECONDS`.
+
+    :return: seconds.
+    """
     from airflow.providers.common.compat.sdk import conf
 
     try:
@@ -71,6 +74,12 @@ def budget_recheck_seconds() -> float:
 
 
 def check_on_budget_exhausted(value: str) -> str:
+    """The ``on_budget_exhausted`` argument, checked when the DAG is parsed.
+
+    :param value: ``"fail"``, ``"skip"`` or ``"wait"`` (``ON_BUDGET_EXHAUSTED_CHOICES``).
+    :return: the value.
+    :raises ValueError: for any other value.
+    """
     if value not in ON_BUDGET_EXHAUSTED_CHOICES:
         raise ValueError(f"on_budget_exhausted must be one of {ON_BUDGET_EXHAUSTED_CHOICES}, got {value!r}")
     return value
@@ -88,7 +97,10 @@ class BudgetHost(Protocol):
     def log(self) -> Any: ...
 
     def budget_request_params(self) -> dict[str, Any]:
-        """The validated request, as it will be sent (for the estimate and the fingerprint)."""
+        """The validated request, as it will be sent (for the estimate and the fingerprint).
+
+        :return: the request's fields.
+        """
         ...
 
     def defer(
@@ -99,7 +111,11 @@ class BudgetHost(Protocol):
 
 
 class ReveBudgetMixin:
-    """Reserve, settle and release credit budgets around the paid ``generate`` call."""
+    """Reserve, settle and release credit budgets around the paid ``generate`` call.
+
+    .. seealso::
+        The guide: :ref:`budgets`.
+    """
 
     def reserve_budget(self: BudgetHost, context: Mapping[str, Any]) -> None:
         """Before the paid call: reserve the worst-case estimate in every covering budget."""
@@ -138,7 +154,10 @@ class ReveBudgetMixin:
         )
 
     def note_budget_task(self: BudgetHost, context: Mapping[str, Any], task: ReveTask) -> None:
-        """A paid task exists: remember its id beside the reservation, for ``reconcile``."""
+        """A paid task exists: remember its id beside the reservation, for ``reconcile``.
+
+        :param task: the Reve task the API created.
+        """
         found = _find(self, context)
         if found is not None:
             ledger, reservation = found
@@ -147,7 +166,10 @@ class ReveBudgetMixin:
             )
 
     def settle_budget(self: BudgetHost, context: Mapping[str, Any], task: ReveTask) -> None:
-        """SUCCESS: the reservation becomes what the task consumed."""
+        """SUCCESS: the reservation becomes what the task consumed.
+
+        :param task: the finished Reve task.
+        """
         found = _find(self, context)
         if found is not None:
             ledger, reservation = found
@@ -165,7 +187,10 @@ class ReveBudgetMixin:
     def release_budget_if_nothing_created(
         self: BudgetHost, context: Mapping[str, Any], error: BaseException
     ) -> None:
-        """The paid call raised: release only when the API answered that it created nothing."""
+        """The paid call raised: release only when the API answered that it created nothing.
+
+        :param error: what the paid call raised.
+        """
         cause: BaseException | None = error
         while cause is not None:
             if isinstance(cause, ReveAmbiguousSubmissionError):
@@ -177,7 +202,11 @@ class ReveBudgetMixin:
         # Deferred for a back-off (kept for the resumed try), a kill, a timeout: unknown outcome.
 
     def execute_after_budget_wait(self: BudgetHost, context: Any, event: Any = None, **kwargs: Any) -> Any:
-        """Resumed after ``on_budget_exhausted="wait"``: try to reserve (and submit) again."""
+        """Resumed after ``on_budget_exhausted="wait"``: try to reserve (and submit) again.
+
+        :param event: the timer trigger's event (unused).
+        :return: what the operator's ``execute()`` returns.
+        """
         return self.execute(context)
 
 
@@ -249,7 +278,11 @@ def _key(host: BudgetHost, context: Mapping[str, Any], params: dict[str, Any]) -
 
 
 def budget_scope(host: Any, context: Mapping[str, Any]) -> Scope:
-    """What budgets see of this task: its connection, DAG, DAG tags and model."""
+    """What budgets see of this task: its connection, DAG, DAG tags and model.
+
+    :param host: the operator.
+    :return: the scope.
+    """
     return _scope(host, context)
 
 

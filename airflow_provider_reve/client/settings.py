@@ -40,6 +40,15 @@ KNOWN_EXTRA_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class ConnectionSettings:
+    """What a ``reve`` connection holds, validated (:func:`settings_from_connection`).
+
+    :param base_url: the API's Base URL, without a trailing ``/``.
+    :param api_key: the key, sent only as ``Authorization: Bearer``.
+    :param connect_timeout: seconds to wait for a TCP/TLS connection.
+    :param read_timeout: seconds to wait for an answer.
+    :param max_requests_per_second: the client-side cap on requests; ``None``: no cap.
+    """
+
     base_url: str
     api_key: str = field(repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -61,6 +70,9 @@ def missing_connection_message(conn_id: str) -> str:
     """What to do when Airflow has no connection ``conn_id``: its type, and how to create it.
 
     Only a placeholder stands where the key goes: this text reaches task logs and the UI.
+
+    :param conn_id: the connection id Airflow does not have.
+    :return: the message.
     """
     env_name = f"AIRFLOW_CONN_{conn_id.upper()}"  # exactly the name Airflow looks up
     return (
@@ -73,7 +85,11 @@ def missing_connection_message(conn_id: str) -> str:
 
 
 def name_the_connection(error: ReveAPIError, conn_id: str) -> None:
-    """Say which connection's key the API refused (401/403): the one place the user must fix."""
+    """Say which connection's key the API refused (401/403): the one place the user must fix.
+
+    :param error: the refusal; its message gains the connection's id.
+    :param conn_id: the connection whose key was refused.
+    """
     if isinstance(error, ReveAuthenticationError):
         error.message = (
             f"{error.message} -- the key of Airflow connection {conn_id!r} was refused: put a "
@@ -93,6 +109,14 @@ def settings_from_connection(
 
     Neither field is ever quoted back: a key pasted into the Base URL field, or a URL holding
     ``user:password@``, would otherwise end up in an error message, a task log or the UI.
+
+    :param conn_id: the connection's id, for the messages.
+    :param host: the Base URL field.
+    :param port: the port field, used when the Base URL names none.
+    :param password: the API key field.
+    :param extra: the connection's extras.
+    :return: the validated settings.
+    :raises ReveConfigurationError: naming the field to fix.
     """
     api_key = _api_key(conn_id, password)
     base_url = _base_url(conn_id, host, port, _flag(extra.get("allow_insecure_http")))

@@ -38,6 +38,7 @@ def deferral_budget(
     :param started_at: when this try started: ``context["ti"].start_date`` (Airflow keeps it
         across deferrals of one try), or a UNIX time; ``None`` means "just now".
     :param now: the current UNIX time (for tests); defaults to ``time.time()``.
+    :return: seconds.
     """
     now = time.time() if now is None else now
     budget = max(0.0, float(timeout_s))

@@ -59,14 +59,25 @@ _warned_unavailable = False
 
 
 def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
-    """A short hash of the request, so a retry re-attaches only to the request it would send."""
+    """A short hash of the request, so a retry re-attaches only to the request it would send.
+
+    :param model: the model id.
+    :param params: the request's fields.
+    :return: the hash, as hex.
+    """
     canonical = json.dumps({"model": model, **params}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Recalled:
-    """What an earlier try of this run left behind for the same request."""
+    """What an earlier try of this run left behind for the same request.
+
+    :param phase: ``"submitting"``, ``"submitted"`` or ``"refused"``.
+    :param task_id: the paid Reve task, once submitted.
+    :param attempt: the submission's number, after a ``TOO_MANY_TASKS`` refusal.
+    :param first_refusal: the UNIX time of the first refusal.
+    """
 
     phase: str
     task_id: str | None = None
@@ -82,6 +93,9 @@ def run_of_tries(context: Mapping[str, Any]) -> int | None:
     lowered at the same time: then the clear re-attaches, which costs nothing). Not
     ``max_tries - retries``: ``retries`` comes from the DAG file the worker parsed, which may have
     changed between two tries of one run.
+
+    :param context: the task's context.
+    :return: ``max_tries``, or ``None`` when the context has no task instance.
     """
     max_tries = getattr(context.get("ti"), "max_tries", None)
     if not isinstance(max_tries, int) or isinstance(max_tries, bool):
@@ -113,6 +127,10 @@ def cleared_since(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
     earlier try paid for (nothing is paid twice); clear it again once it is no longer running to
     generate afresh. ``dag_run.clear_number`` is not used: it also counts clears of the run's
     other tasks, and reading one of those as this task's clear would pay twice.
+
+    :param entry: the state store's entry.
+    :param context: the task's context.
+    :return: ``True`` when the instance was cleared since.
     """
     run, marker = entry.get("run"), run_of_tries(context)
     if run is not None and marker is not None and run != marker:
@@ -122,7 +140,11 @@ def cleared_since(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
 
 
 class SubmittedTaskMemory:
-    """Reads and writes the task instance's submission entry in its state store."""
+    """Reads and writes the task instance's submission entry in its state store.
+
+    :param context: the task's context.
+    :param log: where what it finds is logged.
+    """
 
     def __init__(self, context: Mapping[str, Any], log: logging.Logger | Any) -> None:
         self._store = context.get("task_state_store")
@@ -144,7 +166,11 @@ class SubmittedTaskMemory:
         return self._store is not None
 
     def recall(self, fingerprint: str) -> Recalled | None:
-        """What an earlier try of *this run* left for this request; ``None`` after a clear."""
+        """What an earlier try of *this run* left for this request; ``None`` after a clear.
+
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        :return: what is recalled, or ``None``.
+        """
         if self._store is None:
             return None
         entry = self._store.get(STATE_KEY)
@@ -181,15 +207,27 @@ class SubmittedTaskMemory:
         return Recalled(SUBMITTING)
 
     def begin_submission(self, fingerprint: str) -> None:
-        """Before the paid request leaves: a later try that finds this knows it may exist."""
+        """Before the paid request leaves: a later try that finds this knows it may exist.
+
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        """
         self._write(fingerprint, phase=SUBMITTING)
 
     def remember(self, task_id: str, fingerprint: str) -> None:
-        """A paid task exists. One write replaces the in-flight or back-off entry."""
+        """A paid task exists. One write replaces the in-flight or back-off entry.
+
+        :param task_id: the paid Reve task.
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        """
         self._write(fingerprint, phase=SUBMITTED, task_id=task_id)
 
     def remember_refusal(self, fingerprint: str, attempt: int, first_refusal: float) -> None:
-        """``TOO_MANY_TASKS``: nothing was created; keep the back-off's progress."""
+        """``TOO_MANY_TASKS``: nothing was created; keep the back-off's progress.
+
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        :param attempt: the number of the next submission.
+        :param first_refusal: the UNIX time of the first refusal.
+        """
         self._write(fingerprint, phase=REFUSED, attempt=attempt, first_refusal=first_refusal)
 
     def submission_created_nothing(self) -> None:
