@@ -130,7 +130,7 @@ def _ledger() -> Any:
     if ledger is None:
         sys.exit(
             "Budgets are off: set [reve] ledger_conn_id (AIRFLOW__REVE__LEDGER_CONN_ID) to an Airflow "
-            "connection of type sqlite or postgres. See README, 'Budgets'."
+            "connection of type sqlite or postgres. See the docs' Budgets page (docs/budgets.md)."
         )
     return ledger
 

@@ -79,8 +79,8 @@ def missing_connection_message(conn_id: str) -> str:
         f"The Airflow connection {conn_id!r} isn't defined. Create it with type 'reve' (the UI's "
         "Admin -> Connections, type Reve, your key in the 'API key' field), or as an environment "
         f'variable of the workers and triggerers: {env_name}=\'{{"conn_type": "reve", '
-        '"password": "<your Reve API key>"}\' (add "host" for another Base URL). See README, '
-        '"Connection".'
+        '"password": "<your Reve API key>"}\' (add "host" for another Base URL). See the docs\' '
+        "Connection page (docs/connection.md)."
     )
 
 
