@@ -264,6 +264,22 @@ class Ledger:
             )
             return None if row is None else _reservation(connection, row)
 
+    def find_open_for_reve_task(self, reve_task_id: str) -> Reservation | None:
+        """The reservation still ``reserved`` for this paid Reve task (noted by
+        :meth:`note_reve_task`), or ``None``: how a sensor that sees a task finish, without the
+        submitter's key, finds what to settle or release."""
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(
+                    select(reservations)
+                    .where(reservations.c.reve_task_id == reve_task_id, reservations.c.state == RESERVED)
+                    .order_by(reservations.c.created_at)
+                )
+                .mappings()
+                .first()
+            )
+            return None if row is None else _reservation(connection, row)
+
     def note_reve_task(self, reservation_id: str, reve_task_id: str) -> None:
         """Remember which paid Reve task a reservation is for, so ``reconcile`` can ask the API."""
         with self._transaction() as connection:
