@@ -115,8 +115,15 @@ class Ledger:
             "updated_at": _now().isoformat(),
         }
         with self._transaction() as connection:
-            connection.execute(delete(budgets).where(budgets.c.name == budget.name))
-            connection.execute(insert(budgets).values(**row))
+            # One upsert, not delete + insert: two callers setting the same budget at once on
+            # PostgreSQL would otherwise fail one with a unique violation on the name.
+            upsert = _dialect_insert(connection)(budgets).values(**row)
+            connection.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[budgets.c.name],
+                    set_={column: upsert.excluded[column] for column in row if column != "name"},
+                )
+            )
 
     def get_budget(self, name: str) -> Budget | None:
         with self.engine.connect() as connection:
@@ -370,12 +377,18 @@ def _ensure_window(connection: Connection, budget: str, start: str, resets_at: d
         "spent_credits": 0,
         "reserved_credits": 0,
     }
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    connection.execute(dialect_insert(budget_windows).values(**values).on_conflict_do_nothing())
+    connection.execute(_dialect_insert(connection)(budget_windows).values(**values).on_conflict_do_nothing())
+
+
+def _dialect_insert(connection: Connection) -> Any:
+    """The ledger's database's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL or SQLite)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
 
 
 def _budget(row: Any) -> Budget:
