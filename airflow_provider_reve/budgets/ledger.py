@@ -9,7 +9,9 @@ Invariants:
   refused reservation leaves nothing behind.
 * A reservation key names one generation attempt (DAG, run, task, map index, run of tries,
   request fingerprint). Reserving a key that holds a ``reserved`` reservation returns it: a retry
-  never reserves twice.
+  never reserves twice. Except ``afresh``: a retry that submits again after a request of unknown
+  outcome (``on_ambiguous_submit="retry"``) may pay a second time, so it gets a reservation of its
+  own; the earlier one stays ``reserved``, detached from the key, for the task it may have paid.
 * ``settle`` and ``release`` change a reservation only from ``reserved`` (a conditional update),
   so two processes settling the same one count it once.
 """
@@ -168,11 +170,13 @@ class Ledger:
         task_id: str | None = None,
         map_index: int | None = None,
         now: datetime | None = None,
+        afresh: bool = False,
     ) -> Reservation | None:
         """Reserve ``estimate`` in every budget covering ``scope``; ``None`` when none covers it.
 
         Raises :class:`BudgetExhaustedError` (and reserves nothing) when one budget has no room
-        or refuses an unknown price.
+        or refuses an unknown price. ``afresh``: never re-use the key's ``reserved`` reservation;
+        it stays reserved, keyless (an earlier request of unknown outcome may have paid with it).
         """
         now = now or _now()
         with self._transaction() as connection:
@@ -181,7 +185,7 @@ class Ledger:
                 .mappings()
                 .first()
             )
-            if existing is not None and existing["state"] == RESERVED:
+            if existing is not None and existing["state"] == RESERVED and not afresh:
                 return _reservation(connection, existing, reused=True)
             rows = connection.execute(select(budgets).order_by(budgets.c.name)).mappings().all()
             covering = [budget for budget in map(_budget, rows) if budget.covers(scope)]
@@ -225,7 +229,7 @@ class Ledger:
                 )
             if refusals:
                 raise BudgetExhaustedError(refusals)  # rolls back every window charged above
-            if existing is not None:  # a released or settled attempt stays as history, keyless
+            if existing is not None:  # an earlier attempt stays (as history, or held), keyless
                 connection.execute(
                     update(reservations)
                     .where(reservations.c.id == existing["id"])

@@ -13,7 +13,9 @@ Which error ends a reservation how:
 * the task FAILED (refunded): released;
 * SUCCESS: settled to ``consumed_credits``;
 * outcome unknown (a kill or timeout mid-request, an answer lost): stays reserved; a retry that
-  re-attaches settles it, ``airflow reve budget reconcile`` settles orphans;
+  re-attaches settles it, ``airflow reve budget reconcile`` settles orphans. A retry that submits
+  again instead (``on_ambiguous_submit="retry"``) may pay twice: it reserves afresh and the
+  earlier reservation stays held for what the first request may have cost;
 * submitted with ``wait_for_completion=False``: the ``ReveTaskSensor`` that sees the task finish
   settles or releases it (:func:`close_reservation_of_finished_task`), found by its Reve task id.
 
@@ -32,7 +34,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_provider_reve.budgets.model import BudgetExhaustedError, Scope
 from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve.mixins.reattach import request_fingerprint
+from airflow_provider_reve.mixins.reattach import SUBMITTING, SubmittedTaskMemory, request_fingerprint
 
 if TYPE_CHECKING:
     from airflow_provider_reve.budgets.ledger import Ledger, Reservation
@@ -119,6 +121,13 @@ class ReveBudgetMixin:
 
         estimate = estimate_credits(self.model, **params)
         ident = _identity(context)
+        # An earlier try of this run sent this request and never learned its outcome (killed, or
+        # the answer lost); this try submits again (on_ambiguous_submit="retry"). Both may be
+        # charged: the earlier reservation stays held for the first, this one gets its own.
+        recalled = SubmittedTaskMemory(context, self.log).recall(
+            request_fingerprint(self.model, params), quiet=True
+        )
+        afresh = recalled is not None and recalled.phase == SUBMITTING
         try:
             reservation = ledger.reserve(
                 _key(self, context, params),
@@ -127,6 +136,7 @@ class ReveBudgetMixin:
                 run_id=ident["run_id"],
                 task_id=ident["task_id"],
                 map_index=ident["map_index"],
+                afresh=afresh,
             )
         except BudgetExhaustedError as refused:
             _budget_exhausted(self, refused, context)
@@ -138,11 +148,15 @@ class ReveBudgetMixin:
         if reservation is None:
             return
         self.log.info(
-            "%s %s credits in budgets %s (reservation %s)",
+            "%s %s credits in budgets %s (reservation %s)%s",
             "Re-using the reservation of" if reservation.reused else "Reserved",
             estimate if estimate is not None else "unknown-price",
             ", ".join(f"{name}={credits}" for name, credits in sorted(reservation.lines.items())),
             reservation.id,
+            "; the earlier try's request of unknown outcome keeps its own reservation until "
+            "`airflow reve budget reconcile --release-unknown`"
+            if afresh
+            else "",
         )
 
     def note_budget_task(self: BudgetHost, context: Mapping[str, Any], task: ReveTask) -> None:
