@@ -9,7 +9,9 @@ Invariants:
   refused reservation leaves nothing behind.
 * A reservation key names one generation attempt (DAG, run, task, map index, run of tries,
   request fingerprint). Reserving a key that holds a ``reserved`` reservation returns it: a retry
-  never reserves twice.
+  never reserves twice. Except ``afresh``: a retry that submits again after a request of unknown
+  outcome (``on_ambiguous_submit="retry"``) may pay a second time, so it gets a reservation of its
+  own; the earlier one stays ``reserved``, detached from the key, for the task it may have paid.
 * ``settle`` and ``release`` change a reservation only from ``reserved`` (a conditional update),
   so two processes settling the same one count it once.
 """
@@ -150,8 +152,15 @@ class Ledger:
             "updated_at": _now().isoformat(),
         }
         with self._transaction() as connection:
-            connection.execute(delete(budgets).where(budgets.c.name == budget.name))
-            connection.execute(insert(budgets).values(**row))
+            # One upsert, not delete + insert: two callers setting the same budget at once on
+            # PostgreSQL would otherwise fail one with a unique violation on the name.
+            upsert = _dialect_insert(connection)(budgets).values(**row)
+            connection.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[budgets.c.name],
+                    set_={column: upsert.excluded[column] for column in row if column != "name"},
+                )
+            )
 
     def get_budget(self, name: str) -> Budget | None:
         with self.engine.connect() as connection:
@@ -200,11 +209,13 @@ class Ledger:
         task_id: str | None = None,
         map_index: int | None = None,
         now: datetime | None = None,
+        afresh: bool = False,
     ) -> Reservation | None:
         """Reserve ``estimate`` in every budget covering ``scope``; ``None`` when none covers it.
 
         Raises :class:`.BudgetExhaustedError` (and reserves nothing) when one budget has no room
-        or refuses an unknown price.
+        or refuses an unknown price. ``afresh``: never re-use the key's ``reserved`` reservation;
+        it stays reserved, keyless (an earlier request of unknown outcome may have paid with it).
 
         :param key: the generation attempt's :func:`reservation_key`: a second reservation with it
             reuses the first.
@@ -213,6 +224,7 @@ class Ledger:
         :param run_id: the Airflow run, for the record.
         :param task_id: the Airflow task, for the record.
         :param map_index: the mapped index, for the record.
+        :param afresh: never re-use the key's ``reserved`` reservation (see above).
         :param now: the time of the reservation (defaults to now).
         :return: the reservation, or ``None``.
         """
@@ -223,7 +235,7 @@ class Ledger:
                 .mappings()
                 .first()
             )
-            if existing is not None and existing["state"] == RESERVED:
+            if existing is not None and existing["state"] == RESERVED and not afresh:
                 return _reservation(connection, existing, reused=True)
             rows = connection.execute(select(budgets).order_by(budgets.c.name)).mappings().all()
             covering = [budget for budget in map(_budget, rows) if budget.covers(scope)]
@@ -267,7 +279,7 @@ class Ledger:
                 )
             if refusals:
                 raise BudgetExhaustedError(refusals)  # rolls back every window charged above
-            if existing is not None:  # a released or settled attempt stays as history, keyless
+            if existing is not None:  # an earlier attempt stays (as history, or held), keyless
                 connection.execute(
                     update(reservations)
                     .where(reservations.c.id == existing["id"])
@@ -308,6 +320,22 @@ class Ledger:
         with self.engine.connect() as connection:
             row = (
                 connection.execute(select(reservations).where(reservations.c.reservation_key == key))
+                .mappings()
+                .first()
+            )
+            return None if row is None else _reservation(connection, row)
+
+    def find_open_for_reve_task(self, reve_task_id: str) -> Reservation | None:
+        """The reservation still ``reserved`` for this paid Reve task (noted by
+        :meth:`note_reve_task`), or ``None``: how a sensor that sees a task finish, without the
+        submitter's key, finds what to settle or release."""
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(
+                    select(reservations)
+                    .where(reservations.c.reve_task_id == reve_task_id, reservations.c.state == RESERVED)
+                    .order_by(reservations.c.created_at)
+                )
                 .mappings()
                 .first()
             )
@@ -420,12 +448,18 @@ def _ensure_window(connection: Connection, budget: str, start: str, resets_at: d
         "spent_credits": 0,
         "reserved_credits": 0,
     }
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    connection.execute(dialect_insert(budget_windows).values(**values).on_conflict_do_nothing())
+    connection.execute(_dialect_insert(connection)(budget_windows).values(**values).on_conflict_do_nothing())
+
+
+def _dialect_insert(connection: Connection) -> Any:
+    """The ledger's database's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL or SQLite)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
 
 
 def _budget(row: Any) -> Budget:

@@ -165,10 +165,13 @@ class SubmittedTaskMemory:
     def available(self) -> bool:
         return self._store is not None
 
-    def recall(self, fingerprint: str) -> Recalled | None:
+    def recall(self, fingerprint: str, *, quiet: bool = False) -> Recalled | None:
         """What an earlier try of *this run* left for this request; ``None`` after a clear.
 
+        ``quiet``: log nothing (a second look, by the budgets, at what ``_reattach`` already said).
+
         :param fingerprint: the request's :func:`request_fingerprint`.
+        :param quiet: log nothing.
         :return: what is recalled, or ``None``.
         """
         if self._store is None:
@@ -177,6 +180,8 @@ class SubmittedTaskMemory:
         if not isinstance(entry, dict):
             return None
         if cleared_since(entry, self._context):
+            if quiet:
+                return None
             self._log.info(
                 "The task was cleared since Reve task %s was submitted (try %s): generating afresh.",
                 entry.get("task_id") or "(none)",
@@ -188,7 +193,7 @@ class SubmittedTaskMemory:
             # renders differently now (a templated seed, a signed URL) does not make it unpaid.
             return Recalled(SUBMITTING)
         if entry.get("fingerprint") != fingerprint:
-            if entry.get("task_id"):
+            if entry.get("task_id") and not quiet:
                 self._log.warning(
                     "An earlier try submitted Reve task %s for a different request; not re-attaching.",
                     entry["task_id"],

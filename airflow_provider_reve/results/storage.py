@@ -75,6 +75,7 @@ __all__ = [
     "extension",
     "file_name",
     "manifest_name",
+    "open_for_reading",
     "prepare_destination",
     "resolve_destination",
     "safe_stem",
@@ -224,7 +225,7 @@ def store_results(
     stems = result_stems(tasks, name_template)
     prepare_destination(where)
     _remove_stale_spools(where.local, logger)
-    earlier = earlier_entries(where, tasks, stems, same_file=_same_file, open_file=_open_for_reading)
+    earlier = earlier_entries(where, tasks, stems, same_file=_same_file, open_file=open_for_reading)
     displaced = _displaced_files(where, owner, logger)
     files: list[dict[str, Any]] = []
     failures: list[ReveDownloadError] = []
@@ -374,7 +375,7 @@ def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger
     return DisplacedFiles(
         where=where,
         same_file=_same_file,
-        open_file=_open_for_reading,
+        open_file=open_for_reading,
         write=lambda name, body: _write_file(where, where.target(name), body),
         own_earlier={str(entry.get("path")): entry for entry in own},
         logger=logger,
@@ -528,7 +529,7 @@ def _stored_without_manifest(
     target = where.target(names[0])
     digest, size = hashlib.sha256(), 0
     try:
-        with _open_for_reading(target) as fh:
+        with open_for_reading(target) as fh:
             for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
                 size += len(chunk)
@@ -601,7 +602,7 @@ def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownlo
     return type(error)(message, url=error.url, http_status=error.http_status)
 
 
-def _open_for_reading(target: Path | Any) -> IO[bytes]:
+def open_for_reading(target: Path | Any) -> IO[bytes]:
     """``target`` opened for reading; locally only a regular file, and without blocking.
 
     A FIFO (or a symlink to one, or to a device) under one of our names would block ``open`` or
@@ -629,7 +630,7 @@ def _same_file(target: Path | Any, size: int, sha256: str) -> bool:
         if not target.exists() or target.stat().st_size != size:
             return False
         digest = hashlib.sha256()
-        with _open_for_reading(target) as fh:
+        with open_for_reading(target) as fh:
             for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
     except (OSError, ValueError):

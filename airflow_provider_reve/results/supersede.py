@@ -50,6 +50,7 @@ from typing import Any
 from airflow_provider_reve.exceptions import ReveStorageError
 from airflow_provider_reve.results.manifest import MANIFEST_NAME, manifest_entries, names_in
 from airflow_provider_reve.results.naming import SUPERSEDED_FOLDER
+from airflow_provider_reve.results.storage import open_for_reading
 
 __all__ = [
     "OWNER_FIELDS",
@@ -85,14 +86,26 @@ def owner_record_name(owner: Mapping[str, Any]) -> str:
 def read_owner_record(where: Any, owner: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The files the owner stored here last (entries of its last manifest), or ``[]``.
 
+    Opened as every file of ours is read: only a regular file, without blocking. A FIFO under the
+    record's name would otherwise hold the store of a paid task until its result URLs expire; it
+    is no record of ours, so it is read as none, and the store's new record replaces it.
+    Opened as every file of ours is read: only a regular file, without blocking. A FIFO under the
+    record's name would otherwise hold the store of a paid task until its result URLs expire; it
+    is no record of ours, so it is read as none, and the store's new record replaces it.
+
     :param where: the destination.
     :param owner: the task instance's identity.
     :return: the entries.
     """
+    target = where.target(owner_record_name(owner))
+    target = where.target(owner_record_name(owner))
     try:
-        with where.target(owner_record_name(owner)).open("rb") as fh:
+        with open_for_reading(target) as fh:
             record = json.loads(fh.read(_MAX_RECORD_BYTES))
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as error:
+        log.warning("%s is not read as an owner record (%s); this store writes a new one", target, error)
         return []
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(files, list) or record.get("owner") != {k: owner.get(k) for k in OWNER_FIELDS}:
