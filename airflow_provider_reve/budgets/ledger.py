@@ -328,7 +328,11 @@ class Ledger:
     def find_open_for_reve_task(self, reve_task_id: str) -> Reservation | None:
         """The reservation still ``reserved`` for this paid Reve task (noted by
         :meth:`note_reve_task`), or ``None``: how a sensor that sees a task finish, without the
-        submitter's key, finds what to settle or release."""
+        submitter's key, finds what to settle or release.
+
+        :param reve_task_id: the Reve task's id.
+        :return: the oldest open reservation for it, or ``None``.
+        """
         with self.engine.connect() as connection:
             row = (
                 connection.execute(
