@@ -10,21 +10,20 @@ triggerer). What the base owns:
   Bearer key) and the JSON body of a submission (``None`` values left out, validated against the
   catalog before any HTTP call);
 * **timeouts**: ``(connect, read)`` from the client's ``timeout`` or else the settings; a
-  synchronous model's submission may take :data:`SYNC_GENERATE_READ_TIMEOUT` to answer;
+  synchronous model's submission may take ``SYNC_GENERATE_READ_TIMEOUT`` (300 s) to answer;
 * **error mapping**: an HTTP answer becomes a :class:`~airflow_provider_reve.models.ReveTask` or a
   typed :class:`~airflow_provider_reve.exceptions.ReveAPIError` (``client.envelope``); a failure
   before any answer becomes a ``ReveConnectionError`` -- or, for a submission that may have left,
   a ``ReveAmbiguousSubmissionError``, never re-sent;
-* **retries**: the client's :class:`~airflow_provider_reve.client.retry.RetryPolicy`, applied by
-  the one retry loop of ``client.retry``;
+* **retries**: the client's ``RetryPolicy``, applied by the one retry loop of ``client.retry``;
 * **the rate limit**: every error answer is shown to the connection's gate (``client.ratelimit``),
   so a ``429`` holds the client's other requests too;
 * **redaction**: every string from the server goes through the settings' scrubber, and neither a
   client's ``repr`` nor anything it logs shows the key.
 
-The clients know nothing of Airflow: they take :class:`~airflow_provider_reve.client.settings.
-ConnectionSettings` (``settings_from_connection`` builds them from a connection's fields, or from
-your own values), and ``hooks/reve.py`` adapts an Airflow connection to them.
+The clients know nothing of Airflow: they take ``ConnectionSettings`` (``client.settings``:
+``settings_from_connection`` builds and checks them from a connection's fields, or from your own
+values), and ``hooks/reve.py`` adapts an Airflow connection to them.
 """
 
 from __future__ import annotations
@@ -124,10 +123,9 @@ class BaseReveClient:
     ``timeout`` and ``retry_policy`` are plain attributes: a change applies to the next call.
 
     :param settings: Base URL, API key, timeouts and request rate, e.g. from
-        :func:`~airflow_provider_reve.client.settings.settings_from_connection`.
+        ``settings_from_connection``.
     :param timeout: ``(connect, read)`` seconds for every request; ``None``: the settings' own.
-    :param retry_policy: bounds for retrying transient errors; default :class:`RetryPolicy()
-        <airflow_provider_reve.client.retry.RetryPolicy>`.
+    :param retry_policy: bounds for retrying transient errors; default ``RetryPolicy()``.
     :param logger: where the client logs a submission (an Airflow hook passes its task logger).
     """
 
@@ -236,7 +234,7 @@ class BaseReveClient:
 
     @staticmethod
     def _key_check_result(error: ReveError | None) -> tuple[bool, str]:
-        """What a status read of :meth:`_key_probe_id` says about the key (``None``: it answered)."""
+        """What a status read of ``_key_probe_id()`` says about the key (``None``: it answered)."""
         if error is None:
             return True, "Connection successful: the API answered (no credits spent)."
         if isinstance(error, ReveNotFoundError):

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import requests
-from requests.adapters import BaseAdapter
+import requests.adapters
 
 from airflow_provider_reve.client.base import (
     GENERATE_PATH,
@@ -59,7 +59,7 @@ class ReveClient(BaseReveClient):
         timeout: tuple[float, float] | None = None,
         retry_policy: RetryPolicy | None = None,
         logger: SubmissionLog | None = None,
-        adapter: BaseAdapter | None = None,
+        adapter: requests.adapters.BaseAdapter | None = None,
     ) -> None:
         super().__init__(settings, timeout=timeout, retry_policy=retry_policy, logger=logger)
         self.adapter = adapter

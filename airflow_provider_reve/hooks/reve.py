@@ -1,11 +1,11 @@
 """Hooks for the Reve generation API: thin adapters from an Airflow connection to the Reve clients.
 
 The HTTP itself -- requests, timeouts, error mapping, retries, the rate limit -- is the
-Airflow-free client's (``airflow_provider_reve.client``: :class:`~airflow_provider_reve.client.
-sync_client.ReveClient` and :class:`~airflow_provider_reve.client.async_client.AsyncReveClient`).
-A hook reads its connection into :class:`~airflow_provider_reve.client.settings.ConnectionSettings`,
-builds its client once, names the connection in the errors a user fixes there, and stores result
-files (``results/``).
+Airflow-free clients' (``airflow_provider_reve.client``:
+:class:`~airflow_provider_reve.client.sync_client.ReveClient` and
+:class:`~airflow_provider_reve.client.async_client.AsyncReveClient`). A hook reads its connection
+into ``ConnectionSettings``, builds its client once, names the connection in the errors a user
+fixes there, and stores result files (``results/``).
 
 ``ReveHook`` (sync, for workers) builds on providers-http's ``HttpHook`` for what it does well --
 one ``requests`` session with TCP keep-alive per hook -- and replaces what would be wrong for
@@ -286,16 +286,8 @@ class ReveAsyncHook(ReveHook):
     """Async status reads for triggers: never blocks the loop, shares the loop's HTTP session."""
 
     _tcp_keep_alive = False  # a trigger holds thousands of these and never uses requests
-
-    def __init__(
-        self,
-        reve_conn_id: str = ReveHook.default_conn_name,
-        *,
-        timeout: tuple[float, float] | None = None,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        super().__init__(reve_conn_id, timeout=timeout, retry_policy=retry_policy)
-        self._async_client: AsyncReveClient | None = None
+    # Set on an instance by its first read (the class default stands for "not built yet").
+    _async_client: AsyncReveClient | None = None
 
     @asynccontextmanager
     async def keep_session(self) -> AsyncIterator[None]:
