@@ -66,7 +66,7 @@ nitpick_ignore_regex = [
     # Private modules and their names are not part of the API reference: the classes below appear
     # in signatures of public methods, by their unqualified names.
     (r"py:.*", r"airflow_provider_reve(\.[a-z_]+)*\._.*"),
-    (r"py:class", r"(RetryPolicy|ConnectionSettings|StoredResults|ClusterQueries|FakeState)"),
+    (r"py:class", r"(RetryPolicy|ConnectionSettings|StoredResults|ClusterQueries|FakeState|SubmissionLog)"),
     # The gallery's web app: the plugin serves it; its modules are not an API.
     (r"py:mod", r"airflow_provider_reve\.plugins\.app(\..*)?"),
     # What a finished task's store returns; results.storage is left out of the reference while

@@ -21,6 +21,9 @@ API_RST = Path(__file__).resolve().parents[2] / "docs" / "api.rst"
 
 PUBLIC_MODULES = [
     "airflow_provider_reve.hooks.reve",
+    "airflow_provider_reve.client.base",
+    "airflow_provider_reve.client.sync_client",
+    "airflow_provider_reve.client.async_client",
     "airflow_provider_reve.operators.reve",
     "airflow_provider_reve.operators.download",
     "airflow_provider_reve.sensors.reve",
