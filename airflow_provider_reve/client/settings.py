@@ -42,6 +42,9 @@ KNOWN_EXTRA_KEYS = frozenset(
 class ConnectionSettings:
     """What a ``reve`` connection holds, validated (:func:`settings_from_connection`).
 
+    Built by hand, the key is checked as the connection's is (one line of visible ASCII, not in
+    the Base URL): a ``ReveConfigurationError`` names the field, never its value.
+
     :param base_url: the API's Base URL, without a trailing ``/``.
     :param api_key: the key, sent only as ``Authorization: Bearer``.
     :param connect_timeout: seconds to wait for a TCP/TLS connection.
@@ -55,6 +58,20 @@ class ConnectionSettings:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     #: A client-side cap shared by everything using this Base URL and key (``None``: no cap).
     max_requests_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        # The clients take settings built by hand too (docs/client.md), so the key is checked
+        # here, where every client gets it: a key no header can carry would otherwise fail inside
+        # requests/aiohttp, in an error that holds the whole Authorization header.
+        field_name = "ConnectionSettings' api_key"
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise ReveConfigurationError(f"{field_name} is empty or not a string; put the Reve key there.")
+        _check_api_key(self.api_key, field_name)
+        if Redactor([self.api_key]).reveals_secret(self.base_url):
+            raise ReveConfigurationError(
+                "ConnectionSettings' Base URL contains the API key, or a part of it; the key goes in "
+                "api_key only."
+            )
 
     @cached_property
     def redactor(self) -> Redactor:
@@ -137,12 +154,17 @@ def settings_from_connection(
 
 def _api_key(conn_id: str, password: str | None) -> str:
     key = (password or "").strip()  # a trailing newline from a pasted file is harmless: dropped
-    field_name = f"Connection {conn_id!r}: the 'API key' (password) field"
     if not key:
         raise ReveConfigurationError(
             f"Connection {conn_id!r} has no API key: put the Reve key in the connection's "
             "'API key' (password) field."
         )
+    _check_api_key(key, f"Connection {conn_id!r}: the 'API key' (password) field")
+    return key
+
+
+def _check_api_key(key: str, field_name: str) -> None:
+    """Refuse a key no HTTP header can carry, naming ``field_name``, never quoting the key."""
     # An HTTP header holds visible ASCII only. Anything else is a paste error (a line break, a
     # non-breaking space, a typographic dash) that requests/aiohttp would refuse -- or worse,
     # fail on half-way -- only when the request is being sent.
@@ -161,7 +183,6 @@ def _api_key(conn_id: str, password: str | None) -> str:
         raise ReveConfigurationError(
             f"{field_name} holds a URL. Are the 'API key' and 'Base URL' fields swapped?"
         )
-    return key
 
 
 def _base_url(conn_id: str, host: str | None, port: int | None, allow_insecure_http: bool) -> str:
