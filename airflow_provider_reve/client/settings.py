@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "KNOWN_EXTRA_KEYS",
     "ConnectionSettings",
+    "checked_seconds",
     "missing_connection_message",
     "name_the_connection",
     "settings_from_connection",
@@ -72,6 +73,8 @@ class ConnectionSettings:
                 "ConnectionSettings' Base URL contains the API key, or a part of it; the key goes in "
                 "api_key only."
             )
+        checked_seconds("ConnectionSettings' connect_timeout", self.connect_timeout)
+        checked_seconds("ConnectionSettings' read_timeout", self.read_timeout)
 
     @cached_property
     def redactor(self) -> Redactor:
@@ -81,6 +84,22 @@ class ConnectionSettings:
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def checked_seconds(name: str, value: Any) -> float:
+    """``value`` as a timeout: a finite number of seconds above zero, checked before any request.
+
+    A NaN read timeout passes ``requests``' own checks and fails only once the request was
+    written -- for a submission, after it was paid for.
+
+    :param name: what the value is, for the message (e.g. ``"timeout"``).
+    :param value: the seconds to check.
+    :return: the seconds, as a float.
+    :raises ReveConfigurationError: not a finite number above zero; nothing was sent.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ReveConfigurationError(f"{name} must be a finite number of seconds above zero, got {value!r}.")
 
 
 def missing_connection_message(conn_id: str) -> str:
