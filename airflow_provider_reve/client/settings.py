@@ -73,6 +73,13 @@ class ConnectionSettings:
                 "ConnectionSettings' Base URL contains the API key, or a part of it; the key goes in "
                 "api_key only."
             )
+        if not _is_plain_http_url(self.base_url):
+            # It is shown in every connection error and in the clients' repr; requests would also
+            # send a user:password@ as Basic auth, in place of the key.
+            raise ReveConfigurationError(
+                "ConnectionSettings' Base URL must be an http:// or https:// URL with a host name and "
+                "no user:password@ (e.g. https://reve2img.com)."
+            )
         checked_seconds("ConnectionSettings' connect_timeout", self.connect_timeout)
         checked_seconds("ConnectionSettings' read_timeout", self.read_timeout)
 
@@ -180,6 +187,16 @@ def _api_key(conn_id: str, password: str | None) -> str:
         )
     _check_api_key(key, f"Connection {conn_id!r}: the 'API key' (password) field")
     return key
+
+
+def _is_plain_http_url(url: Any) -> bool:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        return bool(
+            parts and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc
+        )
+    except ValueError:
+        return False
 
 
 def _check_api_key(key: str, field_name: str) -> None:

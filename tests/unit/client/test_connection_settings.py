@@ -192,6 +192,20 @@ def test_settings_built_by_hand_refuse_a_base_url_that_carries_the_key_without_q
     assert not quotes_any_of(str(raised.value) + repr(raised.value), key)
 
 
+@pytest.mark.parametrize(
+    "base_url", ["http://reve:{pw}@127.0.0.1:1", "https://{pw}@reve.example.com", "file:///{pw}"]
+)
+def test_settings_built_by_hand_refuse_a_base_url_with_a_password_or_another_scheme_without_quoting_it(
+    base_url,
+):
+    password = "hunter2-Zq8Lm3Rx"
+
+    with pytest.raises(ReveConfigurationError, match="Base URL") as raised:
+        ReveClient(ConnectionSettings(base_url=base_url.format(pw=password), api_key=KEY))
+
+    assert not quotes_any_of(str(raised.value) + repr(raised.value), password)
+
+
 @pytest.mark.parametrize("where", ["path", "subdomain"])  # a query string is dropped anyway
 def test_a_base_url_that_carries_the_api_key_is_refused_without_quoting_either(where):
     from airflow_provider_reve.client.settings import settings_from_connection
