@@ -37,13 +37,14 @@ from airflow_provider_reve.client.catalog import is_synchronous, validate_reques
 from airflow_provider_reve.client.envelope import parse_task_response
 from airflow_provider_reve.client.ratelimit import AsyncRequestGate, SyncRequestGate
 from airflow_provider_reve.client.retry import RetryPolicy
-from airflow_provider_reve.client.settings import ConnectionSettings
+from airflow_provider_reve.client.settings import ConnectionSettings, checked_seconds
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     STATUS_ENDPOINT,
     ReveAmbiguousSubmissionError,
     ReveAPIError,
     ReveAuthenticationError,
+    ReveConfigurationError,
     ReveConnectionError,
     ReveError,
     ReveMalformedResponseError,
@@ -152,10 +153,18 @@ class BaseReveClient:
         """``(connect, read)`` seconds: the client's ``timeout``, or else the settings'.
 
         :return: the connect and the read timeout.
+        :raises ReveConfigurationError: ``timeout`` is not two finite seconds above zero.
         """
-        if self.timeout is not None:
-            return self.timeout
-        return (self.settings.connect_timeout, self.settings.read_timeout)
+        if self.timeout is None:
+            return (self.settings.connect_timeout, self.settings.read_timeout)
+        # A plain attribute (a hook sets it before every call), so it is checked where it is used.
+        try:
+            connect, read = self.timeout
+        except (TypeError, ValueError):
+            raise ReveConfigurationError(
+                f"timeout must be (connect, read) seconds, got {self.timeout!r}."
+            ) from None
+        return checked_seconds("the connect timeout", connect), checked_seconds("the read timeout", read)
 
     def _generate_timeouts(self, model: str) -> tuple[float, float]:
         connect, read = self.timeouts

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "KNOWN_EXTRA_KEYS",
     "ConnectionSettings",
+    "checked_seconds",
     "missing_connection_message",
     "name_the_connection",
     "settings_from_connection",
@@ -42,6 +43,9 @@ KNOWN_EXTRA_KEYS = frozenset(
 class ConnectionSettings:
     """What a ``reve`` connection holds, validated (:func:`settings_from_connection`).
 
+    Built by hand, the key is checked as the connection's is (one line of visible ASCII, not in
+    the Base URL): a ``ReveConfigurationError`` names the field, never its value.
+
     :param base_url: the API's Base URL, without a trailing ``/``.
     :param api_key: the key, sent only as ``Authorization: Bearer``.
     :param connect_timeout: seconds to wait for a TCP/TLS connection.
@@ -56,6 +60,29 @@ class ConnectionSettings:
     #: A client-side cap shared by everything using this Base URL and key (``None``: no cap).
     max_requests_per_second: float | None = None
 
+    def __post_init__(self) -> None:
+        # The clients take settings built by hand too (docs/client.md), so the key is checked
+        # here, where every client gets it: a key no header can carry would otherwise fail inside
+        # requests/aiohttp, in an error that holds the whole Authorization header.
+        field_name = "ConnectionSettings' api_key"
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise ReveConfigurationError(f"{field_name} is empty or not a string; put the Reve key there.")
+        _check_api_key(self.api_key, field_name)
+        if Redactor([self.api_key]).reveals_secret(self.base_url):
+            raise ReveConfigurationError(
+                "ConnectionSettings' Base URL contains the API key, or a part of it; the key goes in "
+                "api_key only."
+            )
+        if not _is_plain_http_url(self.base_url):
+            # It is shown in every connection error and in the clients' repr; requests would also
+            # send a user:password@ as Basic auth, in place of the key.
+            raise ReveConfigurationError(
+                "ConnectionSettings' Base URL must be an http:// or https:// URL with a host name and "
+                "no user:password@ (e.g. https://reve2img.com)."
+            )
+        checked_seconds("ConnectionSettings' connect_timeout", self.connect_timeout)
+        checked_seconds("ConnectionSettings' read_timeout", self.read_timeout)
+
     @cached_property
     def redactor(self) -> Redactor:
         """Scrubs this key from what the server sends; built once per settings, not per answer."""
@@ -64,6 +91,22 @@ class ConnectionSettings:
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def checked_seconds(name: str, value: Any) -> float:
+    """``value`` as a timeout: a finite number of seconds above zero, checked before any request.
+
+    A NaN read timeout passes ``requests``' own checks and fails only once the request was
+    written -- for a submission, after it was paid for.
+
+    :param name: what the value is, for the message (e.g. ``"timeout"``).
+    :param value: the seconds to check.
+    :return: the seconds, as a float.
+    :raises ReveConfigurationError: not a finite number above zero; nothing was sent.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ReveConfigurationError(f"{name} must be a finite number of seconds above zero, got {value!r}.")
 
 
 def missing_connection_message(conn_id: str) -> str:
@@ -137,12 +180,27 @@ def settings_from_connection(
 
 def _api_key(conn_id: str, password: str | None) -> str:
     key = (password or "").strip()  # a trailing newline from a pasted file is harmless: dropped
-    field_name = f"Connection {conn_id!r}: the 'API key' (password) field"
     if not key:
         raise ReveConfigurationError(
             f"Connection {conn_id!r} has no API key: put the Reve key in the connection's "
             "'API key' (password) field."
         )
+    _check_api_key(key, f"Connection {conn_id!r}: the 'API key' (password) field")
+    return key
+
+
+def _is_plain_http_url(url: Any) -> bool:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        return bool(
+            parts and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc
+        )
+    except ValueError:
+        return False
+
+
+def _check_api_key(key: str, field_name: str) -> None:
+    """Refuse a key no HTTP header can carry, naming ``field_name``, never quoting the key."""
     # An HTTP header holds visible ASCII only. Anything else is a paste error (a line break, a
     # non-breaking space, a typographic dash) that requests/aiohttp would refuse -- or worse,
     # fail on half-way -- only when the request is being sent.
@@ -161,7 +219,6 @@ def _api_key(conn_id: str, password: str | None) -> str:
         raise ReveConfigurationError(
             f"{field_name} holds a URL. Are the 'API key' and 'Base URL' fields swapped?"
         )
-    return key
 
 
 def _base_url(conn_id: str, host: str | None, port: int | None, allow_insecure_http: bool) -> str:

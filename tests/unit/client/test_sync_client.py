@@ -10,11 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_reve.client import RetryPolicy, ReveClient, settings_from_connection
+from airflow_provider_reve.client import ConnectionSettings, RetryPolicy, ReveClient, settings_from_connection
 from airflow_provider_reve.exceptions import (
     GENERATE_ENDPOINT,
     ReveAmbiguousSubmissionError,
     ReveAuthenticationError,
+    ReveConfigurationError,
 )
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 
@@ -107,3 +108,37 @@ def test_the_client_repr_names_its_base_url_and_never_its_key(client, fake_reve_
 
     assert fake_reve_server.url in repr(client)
     assert DEFAULT_API_KEY not in repr(client)
+
+
+NOT_SECONDS = {
+    "NaN read": (5.0, float("nan")),
+    "NaN connect": (float("nan"), 5.0),
+    "infinite read": (5.0, float("inf")),
+    "zero read": (5.0, 0.0),
+    "negative connect": (-1.0, 5.0),
+    "a string": (5.0, "30"),
+    "a bool": (True, 5.0),
+}
+
+
+@pytest.mark.parametrize("timeout", NOT_SECONDS.values(), ids=NOT_SECONDS.keys())
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_refused_before_the_submission_is_sent(
+    fake_reve_server, timeout
+):
+    # A NaN read timeout used to fail only once the request was written: paid, then a bare ValueError.
+    settings = settings_from_connection("mine", fake_reve_server.url, None, DEFAULT_API_KEY, {})
+    with (
+        ReveClient(settings, timeout=timeout) as client,
+        pytest.raises(ReveConfigurationError, match="timeout"),
+    ):
+        client.generate(SYNC_MODEL, PROMPT)
+
+    assert fake_reve_server.requests_to("total") == 0
+    assert fake_reve_server.submissions == 0
+
+
+def test_settings_built_by_hand_with_a_nan_read_timeout_are_refused_before_anything_is_sent(fake_reve_server):
+    with pytest.raises(ReveConfigurationError, match="read_timeout"):
+        ConnectionSettings(base_url=fake_reve_server.url, api_key=DEFAULT_API_KEY, read_timeout=float("nan"))
+
+    assert fake_reve_server.requests_to("total") == 0
