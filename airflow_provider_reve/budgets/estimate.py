@@ -17,12 +17,14 @@ headroom. The command exits 1 when a known total exceeds a covering budget's rem
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
+import logging
 import sys
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -326,11 +328,30 @@ def _dag(dag_id: str, subdir: str | None) -> Any:
     from airflow.providers.common.compat.sdk import conf
 
     folder = subdir or conf.get("core", "dags_folder")
-    bag = DagBag(dag_folder=folder)
+    with _stdout_to_stderr():  # stdout is the estimate's (--json): the DagBag's log goes to stderr
+        bag = DagBag(dag_folder=folder)
     if dag_id not in bag.dags:
         errors = "".join(f"\n  {path}: {error}" for path, error in bag.import_errors.items())
         sys.exit(f"No DAG {dag_id!r} in {folder}.{errors}")
     return bag.dags[dag_id]
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what loading the DAGs writes to stdout (Airflow's log, a DAG file's ``print``) to stderr."""
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout
+    ]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.stdout)
 
 
 def _parse_date(text: str) -> datetime:

@@ -41,8 +41,21 @@ def estimate_env(
 
 def estimate(env: dict[str, str], dag_id: str, *args: str, folder: Path = EXAMPLE_DAGS) -> tuple[int, dict]:
     done = airflow(env, "reve", "estimate", dag_id, "--subdir", str(folder), "--json", *args, check=False)
-    assert done.returncode in (0, 1), done.stderr[-3000:]
-    return done.returncode, json.loads(done.stdout[done.stdout.index("{") :])
+    assert done.returncode in (0, 1, 2), done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout)  # stdout is the JSON and nothing else
+
+
+def test_json_on_stdout_is_the_estimate_alone_and_the_dagbag_log_goes_to_stderr(
+    estimate_env: dict[str, str],
+):
+    done = airflow(
+        estimate_env, "reve", "estimate", "example_reve_content_pipeline", "--subdir", str(EXAMPLE_DAGS),
+        "--json", check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["total_credits"] == 100  # `airflow ... --json | jq` works
+    assert "Filling up the DagBag" in done.stderr
 
 
 @pytest.fixture
