@@ -98,7 +98,7 @@ def get_reve_cli_commands() -> list[CLICommand]:
     estimate = ActionCommand(
         name="estimate",
         help="What a run or a backfill of a DAG would cost, and each covering budget's headroom "
-        "(exits 1 when a budget would be exceeded)",
+        "(exits 1 when a budget would be exceeded, 2 when it cannot tell)",
         func=_estimate,
         args=(
             Arg(("dag_id",), help="the DAG's id"),
