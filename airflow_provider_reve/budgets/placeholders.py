@@ -1,6 +1,7 @@
 """Placeholders for another task's XCom, so ``airflow reve estimate`` can call a ``@task.reve``
 function before the run: the function writes its prompt from them as it would from the real
-value, and what a priced field took from them is found afterwards (:func:`holds_placeholder`).
+value, and what a priced field took from them is found afterwards
+(:func:`~airflow_provider_reve.budgets.placeholders.holds_placeholder`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class XComPlaceholder(str):
 
 
 def with_placeholders(value: Any, items: int) -> Any:
-    """``value`` with every XCom argument (``task.output``, ``results``...) a placeholder."""
+    """``value`` with every XCom argument (``task.output``, ``results``...) a placeholder.
+
+    :param value: a ``@task.reve`` task's ``op_args`` or ``op_kwargs``.
+    :param items: how many items each placeholder holds.
+    :return: a copy; ``value`` itself is left as it is.
+    """
     from airflow.sdk.definitions.xcom_arg import XComArg
 
     if isinstance(value, XComArg):
@@ -75,6 +81,11 @@ def with_placeholders(value: Any, items: int) -> Any:
 
 
 def holds_placeholder(value: Any) -> bool:
+    """Whether ``value`` is, or holds (in a list, tuple or dict), a placeholder.
+
+    :param value: a request field as the function set it.
+    :return: ``True`` when part of it came from another task's XCom.
+    """
     if isinstance(value, XComPlaceholder):
         return True
     if isinstance(value, dict):
