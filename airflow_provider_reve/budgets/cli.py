@@ -14,6 +14,8 @@ from typing import Any
 
 from airflow.cli.cli_config import ActionCommand, Arg, CLICommand, GroupCommand
 
+from airflow_provider_reve.defaults import DEFAULT_CONN_ID
+
 __all__ = [
     "budget_delete",
     "budget_list",
@@ -43,7 +45,7 @@ def get_reve_cli_commands() -> list[CLICommand]:
                 args=(
                     _NAME,
                     Arg(("--limit",), help="credit limit per window", type=int, required=True),
-                    Arg(("--conn-id",), help="the reve connection it covers", default="reve_default"),
+                    Arg(("--conn-id",), help="the reve connection it covers", default=DEFAULT_CONN_ID),
                     Arg(("--window",), help="day, week, month or total", default="day"),
                     Arg(("--time-zone",), help="IANA zone the window is counted in", default="UTC"),
                     Arg(("--dag-id",), help="only these DAGs (repeatable)", action="append", default=[]),
@@ -98,7 +100,7 @@ def get_reve_cli_commands() -> list[CLICommand]:
     estimate = ActionCommand(
         name="estimate",
         help="What a run or a backfill of a DAG would cost, and each covering budget's headroom "
-        "(exits 1 when a budget would be exceeded)",
+        "(exits 1 when a budget would be exceeded, 2 when it cannot tell)",
         func=_estimate,
         args=(
             Arg(("dag_id",), help="the DAG's id"),

@@ -6,31 +6,43 @@ the DAG's macros, literal ``expand`` inputs one instance each; a ``@task.reve`` 
 called with the same context (it writes the request, it should not act). Its price comes from
 ``estimate_credits``, the same number a budget reserves before paying.
 
+A ``@task.reve`` function's arguments that are another task's XCom (``results``, say) get a
+placeholder: text that also answers the idioms the docs show (``results[:]``, ``results[0]``,
+``len(results)``, iteration, ``result["files"]``, ``.get``), so a prompt written from XCom is
+priced as any other. The function runs twice, with placeholders of one and of two items: a price
+that differs (``num_images=len(results)``) depends on the XCom, and is said to.
+
 What cannot be known before the run is said, never guessed: an ``expand`` over another task's
-XCom (how many instances), a template or function that reads XCom, a price the catalog does not
-publish. Those are left out of the total and listed, so the total is what is known.
+XCom (how many instances), a priced field read from XCom, a template or function that fails before
+the run, a price the catalog does not publish. Those are left out of the total and listed, so the
+total is what is known.
 
 Nothing here submits, reserves or writes: the ledger is only read, for each covering budget's
 headroom. The command exits 1 when a known total exceeds a covering budget's remaining credits
-(or a budget would refuse an unknown price), so CI can gate a deploy on it.
+(or a budget would refuse a price the catalog does not publish), else 2 when a covering budget's
+need is not known before the run (it cannot tell), else 0; so CI can gate a deploy on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
+import logging
 import sys
 from argparse import Namespace
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
 from airflow_provider_reve.budgets.model import Scope
+from airflow_provider_reve.budgets.placeholders import FROM_XCOM_TEXT, holds_placeholder, with_placeholders
 
 __all__ = [
+    "BudgetHeadroom",
     "DagRunEstimate",
     "GenerationEstimate",
     "NotKnownBeforeRunError",
@@ -43,6 +55,8 @@ __all__ = [
 _FROM_XCOM_URL = "https://from-xcom.invalid/known-at-run-time"
 # Fields whose rendering decides what is sent; the rest (download_to, ...) cost nothing.
 _PRICED_FIELDS = ("model", "reve_conn_id", "extra_params")
+# Request fields whose value never changes a price (image URLs: only whether there are any).
+_UNPRICED_FIELDS = ("prompt", "image_urls")
 
 
 class NotKnownBeforeRunError(Exception):
@@ -59,6 +73,9 @@ class GenerationEstimate:
     :param credits_each: the estimate of each instance (one, or one per mapped index).
     :param unknown: why the count or a price cannot be known before the run, or why the run would
         refuse it; ``None``: known.
+    :param run_decides: ``True`` when only the run can tell (XCom, a template or function that
+        fails before it); ``False`` when the run will not know the price either (no published
+        price, a request the run refuses).
     """
 
     task_id: str
@@ -67,6 +84,7 @@ class GenerationEstimate:
     credits_each: list[int | None] = field(default_factory=list)
     #: why the count or a price cannot be known before the run, or why the run would refuse it
     unknown: str | None = None
+    run_decides: bool = False
 
     @property
     def instances(self) -> int | None:
@@ -126,42 +144,84 @@ def estimate_dag_run(
             try:
                 generations.append(_estimate_task(dag, task, context))
             except Exception as error:  # one odd task must not hide the others' costs
-                unknown = GenerationEstimate(task.task_id, None, "reve_default")
+                unknown = GenerationEstimate(task.task_id, None, "reve_default", run_decides=True)
                 unknown.unknown = f"could not be rendered before the run ({type(error).__name__}: {error})"
                 generations.append(unknown)
     return DagRunEstimate(dag.dag_id, run_after, logical_date, generations)
 
 
-def budget_headroom(
-    ledger: Any, dag: Any, estimates: list[DagRunEstimate]
-) -> list[tuple[Any, int, list[str]]]:
-    """For each covering budget: its status, the credits these runs would reserve, and refusals.
+@dataclass
+class BudgetHeadroom:
+    """What the runs would need of one covering budget, and whether it can tell.
+
+    :param status: the budget's current window (:class:`~airflow_provider_reve.budgets.ledger.BudgetStatus`).
+    :param needed_credits: what the known part of the runs would reserve.
+    :param refused_tasks: tasks whose price the catalog does not publish and the budget refuses.
+    :param unknown_tasks: tasks whose count or price only the run can tell.
+    """
+
+    status: Any
+    needed_credits: int = 0
+    refused_tasks: list[str] = field(default_factory=list)
+    unknown_tasks: list[str] = field(default_factory=list)
+
+    @property
+    def exceeded(self) -> bool:
+        """Certain: the known part alone passes the remaining credits, or a refusal."""
+        return self.needed_credits > self.status.remaining_credits or bool(self.refused_tasks)
+
+    @property
+    def cannot_tell(self) -> bool:
+        """Not exceeded by what is known, but a count or price only the run knows may pass it."""
+        return not self.exceeded and bool(self.unknown_tasks)
+
+
+def budget_headroom(ledger: Any, dag: Any, estimates: list[DagRunEstimate]) -> list[BudgetHeadroom]:
+    """For each covering budget: what these runs would reserve in it, refusals and unknowns.
 
     :param ledger: the deployment's :class:`~airflow_provider_reve.budgets.ledger.Ledger`.
     :param dag: the DAG the runs are of.
     :param estimates: the runs' estimates.
-    :return: ``(status, credits needed, task ids refused)`` per budget.
+    :return: one :class:`BudgetHeadroom` per covering budget, by name.
     """
-    needed: dict[str, int] = {}
-    refused: dict[str, list[str]] = {}
-    budgets: dict[str, Any] = {}
+    needs: dict[str, BudgetHeadroom] = {}
     tags = frozenset(str(tag) for tag in (getattr(dag, "tags", None) or ()))
+    budgets = ledger.list_budgets()
     for run in estimates:
         for generation in run.generations:
             scope = Scope(
                 conn_id=generation.conn_id, dag_id=dag.dag_id, dag_tags=tags, model=generation.model
             )
-            for budget in ledger.covering(scope):
-                budgets[budget.name] = budget
-                needed.setdefault(budget.name, 0)
+            for budget in budgets:
+                if not _may_cover(budget, scope):
+                    continue
+                need = needs.setdefault(budget.name, BudgetHeadroom(status=None))
+                if generation.unknown_count or (generation.model is None and generation.run_decides):
+                    need.unknown_tasks.append(generation.task_id)
                 for credits in generation.credits_each:
-                    if credits is None and budget.unknown_price_credits is None:
-                        refused.setdefault(budget.name, []).append(generation.task_id)
+                    if credits is not None:
+                        need.needed_credits += credits
+                    elif generation.run_decides:
+                        need.unknown_tasks.append(generation.task_id)
+                    elif budget.unknown_price_credits is None:
+                        need.refused_tasks.append(generation.task_id)
                     else:
-                        needed[budget.name] += (
-                            credits if credits is not None else budget.unknown_price_credits
-                        )
-    return [(ledger.status(name), needed[name], refused.get(name, [])) for name in sorted(budgets)]
+                        need.needed_credits += budget.unknown_price_credits
+    headroom = []
+    for name in sorted(needs):
+        need = needs[name]
+        need.status = ledger.status(name)
+        need.refused_tasks = sorted(set(need.refused_tasks))
+        need.unknown_tasks = sorted(set(need.unknown_tasks))
+        headroom.append(need)
+    return headroom
+
+
+def _may_cover(budget: Any, scope: Scope) -> bool:
+    """Whether ``budget`` covers ``scope``; a task whose model is not known may be of any model."""
+    if scope.model is None and budget.models:
+        return budget.covers(replace(scope, model=budget.models[0]))
+    return bool(budget.covers(scope))
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -245,17 +305,18 @@ def _estimate_task(dag: Any, task: Any, context: dict[str, Any]) -> GenerationEs
                 instances = [task.unmap(kwargs) for kwargs in _expansions(expand_input.value)]
         except NotKnownBeforeRunError as count_unknown:
             estimate.unknown = f"how many instances: the expand {count_unknown}"
+            estimate.run_decides = True
             return estimate
     for index, operator in enumerate(instances):
         task_context = {**context, "task": operator}
         run_time = _RunTimeOnly(task.task_id, context["run_id"])
         run_time.map_index = index if expand_input is not None else -1
         task_context["ti"] = task_context["task_instance"] = run_time
-        credits, why = _render_and_price(dag, operator, task_context)
+        credits, why, run_decides = _render_and_price(dag, operator, task_context)
         estimate.model, estimate.conn_id = operator.model, operator.reve_conn_id
         estimate.credits_each.append(credits)
         if why and estimate.unknown is None:
-            estimate.unknown = why
+            estimate.unknown, estimate.run_decides = why, run_decides
     return estimate
 
 
@@ -281,9 +342,11 @@ def _xcom_source(arg: Any) -> str:
     return repr(getattr(operator, "task_id", "another task"))
 
 
-def _render_and_price(dag: Any, operator: Any, context: dict[str, Any]) -> tuple[int | None, str | None]:
-    """Render the request as the run would; its price and, when not known, why."""
-    from airflow_provider_reve.client.catalog import estimate_credits
+def _render_and_price(
+    dag: Any, operator: Any, context: dict[str, Any]
+) -> tuple[int | None, str | None, bool]:
+    """Render the request as the run would: its price; when not known, why, and whether the run
+    decides it (``True``) or will not know it either (``False``)."""
     from airflow_provider_reve.operators.reve import REQUEST_FIELDS
 
     env = dag.get_template_env()
@@ -296,28 +359,56 @@ def _render_and_price(dag: Any, operator: Any, context: dict[str, Any]) -> tuple
             # Only whether images are given changes a price (an edit), never which ones.
             setattr(operator, name, [_FROM_XCOM_URL] if name == "image_urls" else None)
         except Exception as error:
-            return None, f"{name} does not render before the run ({type(error).__name__}: {error})"
-    priced_from_xcom = [name for name in from_xcom if name not in ("prompt", "image_urls")]
+            return None, f"{name} does not render before the run ({type(error).__name__}: {error})", True
+    priced_from_xcom = [name for name in from_xcom if name not in _UNPRICED_FIELDS]
     if priced_from_xcom:
-        return None, f"{', '.join(priced_from_xcom)} read(s) another task's XCom"
-    render_request = getattr(operator, "render_request_for_estimate", None)
-    if render_request is not None:
-        try:
-            render_request(context)
-        except NotKnownBeforeRunError:
-            return None, "its @task.reve function reads another task's XCom"
-        except Exception as error:
-            return None, f"its @task.reve function raised {type(error).__name__}: {error}"
+        return None, f"{', '.join(priced_from_xcom)} read(s) another task's XCom", True
     if operator.prompt is None and "prompt" in from_xcom:
-        operator.prompt = "<from XCom>"
+        operator.prompt = FROM_XCOM_TEXT
+    if getattr(operator, "render_request_for_estimate", None) is None:
+        return _price(operator)
+    prices = set()
+    for items in (1, 2):  # a price that changes with the XCom's length depends on it
+        attempt = copy.copy(operator)
+        attempt.op_args = with_placeholders(operator.op_args, items)
+        attempt.op_kwargs = with_placeholders(operator.op_kwargs, items)
+        try:
+            attempt.render_request_for_estimate(context)
+        except NotKnownBeforeRunError:
+            return None, "its @task.reve function reads another task's XCom", True
+        except Exception as error:
+            return None, f"its @task.reve function raised {type(error).__name__}: {error}", True
+        credits, why, run_decides = _price(attempt)
+        if why:
+            return credits, why, run_decides
+        prices.add(credits)
+    if len(prices) > 1:
+        return None, "its @task.reve function's price depends on how much another task's XCom holds", True
+    return prices.pop(), None, False
+
+
+def _price(operator: Any) -> tuple[int | None, str | None, bool]:
+    from airflow_provider_reve.client.catalog import estimate_credits
+    from airflow_provider_reve.operators.reve import REQUEST_FIELDS
+
+    priced_from_xcom = [
+        name
+        for name in (*REQUEST_FIELDS, "extra_params")
+        if name not in _UNPRICED_FIELDS and holds_placeholder(getattr(operator, name, None))
+    ]
+    if priced_from_xcom:
+        return None, f"{', '.join(priced_from_xcom)} read(s) another task's XCom", True
+    if holds_placeholder(operator.image_urls):  # URLs from XCom: only that there are some counts
+        urls = operator.image_urls
+        operator.image_urls = [_FROM_XCOM_URL] * (len(urls) if isinstance(urls, list) else 1)
     try:
         params = operator.budget_request_params()
     except Exception as error:
-        return None, f"the run would refuse it before paying: {error}"
+        return None, f"the run would refuse it before paying: {error}", False
     credits = estimate_credits(operator.model, **params)
     if credits is None:
-        return None, f"no published price for this {operator.model!r} request"
-    return credits, None
+        return None, f"no published price for this {operator.model!r} request", False
+    return credits, None, False
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -326,11 +417,30 @@ def _dag(dag_id: str, subdir: str | None) -> Any:
     from airflow.providers.common.compat.sdk import conf
 
     folder = subdir or conf.get("core", "dags_folder")
-    bag = DagBag(dag_folder=folder)
+    with _stdout_to_stderr():  # stdout is the estimate's (--json): the DagBag's log goes to stderr
+        bag = DagBag(dag_folder=folder)
     if dag_id not in bag.dags:
         errors = "".join(f"\n  {path}: {error}" for path, error in bag.import_errors.items())
         sys.exit(f"No DAG {dag_id!r} in {folder}.{errors}")
     return bag.dags[dag_id]
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what loading the DAGs writes to stdout (Airflow's log, a DAG file's ``print``) to stderr."""
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout
+    ]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.stdout)
 
 
 def _parse_date(text: str) -> datetime:
@@ -354,8 +464,9 @@ def _backfill_dates(dag: Any, start: datetime, end: datetime) -> list[datetime]:
 def estimate_command(args: Namespace) -> None:
     """``airflow reve estimate``: what the next runs of a DAG would spend.
 
-    Exits non-zero when a price is unknown or a budget would refuse the runs, so CI can gate a
-    deploy on it.
+    Exits 1 when a covering budget would be exceeded or would refuse a request, else 2 when a
+    covering budget's need is not known before the run (it cannot tell), so CI can gate a deploy
+    on it.
 
     :param args: the parsed command line.
     """
@@ -382,20 +493,17 @@ def estimate_command(args: Namespace) -> None:
 
     ledger = Ledger.configured()
     headroom = budget_headroom(ledger, dag, runs) if ledger is not None else None
-    exceeded = [
-        status.budget.name
-        for status, needed, refused in headroom or []
-        if needed > status.remaining_credits or refused
-    ]
     if args.json:
-        print(json.dumps(_as_json(runs, headroom, exceeded), indent=2, default=str))
+        print(json.dumps(_as_json(runs, headroom), indent=2, default=str))
     else:
         _print(dag, runs, headroom)
-    if exceeded:
+    if any(need.exceeded for need in headroom or []):
         sys.exit(1)
+    if any(need.cannot_tell for need in headroom or []):
+        sys.exit(2)  # not "fits": a count or price only the run knows may pass the budget
 
 
-def _as_json(runs: list[DagRunEstimate], headroom: Any, exceeded: list[str]) -> dict[str, Any]:
+def _as_json(runs: list[DagRunEstimate], headroom: list[BudgetHeadroom] | None) -> dict[str, Any]:
     return {
         "runs": [
             {
@@ -422,18 +530,20 @@ def _as_json(runs: list[DagRunEstimate], headroom: Any, exceeded: list[str]) -> 
         if headroom is None
         else [
             {
-                "name": status.budget.name,
-                "remaining_credits": status.remaining_credits,
-                "needed_credits": needed,
-                "refused_tasks": refused,
-                "exceeded": status.budget.name in exceeded,
+                "name": need.status.budget.name,
+                "remaining_credits": need.status.remaining_credits,
+                "needed_credits": need.needed_credits,
+                "refused_tasks": need.refused_tasks,
+                "unknown_tasks": need.unknown_tasks,
+                "exceeded": need.exceeded,
+                "cannot_tell": need.cannot_tell,
             }
-            for status, needed, refused in headroom
+            for need in headroom
         ],
     }
 
 
-def _print(dag: Any, runs: list[DagRunEstimate], headroom: Any) -> None:
+def _print(dag: Any, runs: list[DagRunEstimate], headroom: list[BudgetHeadroom] | None) -> None:
     unknown = []
     for run in runs:
         when = run.logical_date.isoformat() if run.logical_date else "none (a manual run)"
@@ -458,11 +568,19 @@ def _print(dag: Any, runs: list[DagRunEstimate], headroom: Any) -> None:
         return
     if not headroom:
         print("Budgets: none covers these tasks.")
-    for status, needed, refused in headroom:
-        verdict = "fits" if needed <= status.remaining_credits and not refused else "WOULD BE EXCEEDED"
+    for need in headroom:
+        status = need.status
+        verdict = (
+            "WOULD BE EXCEEDED"
+            if need.exceeded
+            else f"CANNOT TELL: only the run knows what {', '.join(need.unknown_tasks)} would need"
+            if need.cannot_tell
+            else "fits"
+        )
         print(
-            f"Budget {status.budget.name}: needs {needed} of {status.remaining_credits} remaining "
+            f"Budget {status.budget.name}: needs {'at least ' if need.unknown_tasks else ''}"
+            f"{need.needed_credits} of {status.remaining_credits} remaining "
             f"(limit {status.budget.limit_credits} per {status.budget.window}, spent "
             f"{status.spent_credits}, reserved {status.reserved_credits}): {verdict}"
-            + (f"; refuses unknown prices of {', '.join(sorted(set(refused)))}" if refused else "")
+            + (f"; refuses unknown prices of {', '.join(need.refused_tasks)}" if need.refused_tasks else "")
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from airflow_provider_reve.budgets.windows import WINDOWS, check_time_zone
+from airflow_provider_reve.defaults import DEFAULT_CONN_ID
 
 __all__ = ["Budget", "BudgetExhaustedError", "BudgetRefusal", "Scope"]
 
@@ -41,7 +42,8 @@ class Budget:
 
     :param name: the budget's name, unique in the ledger.
     :param limit_credits: the most credits the window's generations may spend.
-    :param conn_id: the ``reve`` connection it covers.
+    :param conn_id: the ``reve`` connection it covers (``reve_default``, as ``airflow reve budget
+        set``'s ``--conn-id``).
     :param window: ``"day"``, ``"week"``, ``"month"`` or ``"total"`` (never resets).
     :param time_zone: the IANA zone the windows start in.
     :param dag_ids: the DAGs it covers; empty: all.
@@ -52,7 +54,7 @@ class Budget:
 
     name: str
     limit_credits: int
-    conn_id: str
+    conn_id: str = DEFAULT_CONN_ID
     window: str = "day"
     time_zone: str = "UTC"
     dag_ids: tuple[str, ...] = ()

@@ -87,6 +87,20 @@ def test_a_budget_with_an_unknown_time_zone_is_not_saved_and_the_cli_says_why(ai
     assert Ledger.configured().list_budgets() == []  # type: ignore[union-attr]
 
 
+def test_a_budget_set_from_python_without_conn_id_covers_what_the_cli_default_covers(airflow_env):
+    from airflow_provider_reve.budgets import Budget
+
+    airflow(airflow_env, "reve", "budget", "set", "from-cli", "--limit", "5")
+    ledger = Ledger.configured()
+    assert ledger is not None
+    ledger.set_budget(Budget(name="from-python", limit_credits=5))  # docs/budgets.md: defaults apply
+
+    from_cli, from_python = ledger.get_budget("from-cli"), ledger.get_budget("from-python")
+    assert from_cli is not None and from_python is not None
+    assert from_python.conn_id == from_cli.conn_id == "reve_default"
+    assert (from_python.window, from_python.time_zone) == (from_cli.window, from_cli.time_zone)
+
+
 def test_the_ledger_option_is_listed_by_airflow_config(airflow_env):
     listed = airflow(airflow_env, "config", "list", "--section", "reve", "--include-descriptions")
     assert "ledger_conn_id" in listed.stdout

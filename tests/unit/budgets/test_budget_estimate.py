@@ -41,8 +41,21 @@ def estimate_env(
 
 def estimate(env: dict[str, str], dag_id: str, *args: str, folder: Path = EXAMPLE_DAGS) -> tuple[int, dict]:
     done = airflow(env, "reve", "estimate", dag_id, "--subdir", str(folder), "--json", *args, check=False)
-    assert done.returncode in (0, 1), done.stderr[-3000:]
-    return done.returncode, json.loads(done.stdout[done.stdout.index("{") :])
+    assert done.returncode in (0, 1, 2), done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout)  # stdout is the JSON and nothing else
+
+
+def test_json_on_stdout_is_the_estimate_alone_and_the_dagbag_log_goes_to_stderr(
+    estimate_env: dict[str, str],
+):
+    done = airflow(
+        estimate_env, "reve", "estimate", "example_reve_content_pipeline", "--subdir", str(EXAMPLE_DAGS),
+        "--json", check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["total_credits"] == 100  # `airflow ... --json | jq` works
+    assert "Filling up the DagBag" in done.stderr
 
 
 @pytest.fixture
@@ -118,7 +131,9 @@ def test_the_estimate_exits_1_and_names_the_budget_a_run_would_exceed(estimate_e
             "remaining_credits": 50,
             "needed_credits": 100,
             "refused_tasks": [],
+            "unknown_tasks": [],
             "exceeded": True,
+            "cannot_tell": False,
         }
     ]
     text = airflow(
@@ -171,3 +186,54 @@ def test_conf_params_and_literal_expand_inputs_are_rendered_and_xcom_counts_are_
     assert tasks["duration_from_xcom"]["credits_each"] == [None]
     assert estimated["total_credits"] == 36 + 420 + 120
     assert estimated["fully_known"] is False
+
+
+def test_a_task_reve_function_reading_xcom_with_the_documented_idioms_is_priced(
+    estimate_env: dict[str, str],
+):
+    code, estimated = estimate(estimate_env, "budget_estimate_from_xcom", folder=ESTIMATE_DAGS)
+
+    assert code == 0  # no budget covers it: nothing to tell
+    tasks = {task["task_id"]: task for task in estimated["runs"][0]["tasks"]}
+    # results[:], results[0], .get(...).items(), iteration: the XCom is a placeholder that answers
+    # them, and the prompt does not change the price.
+    assert (tasks["banner"]["credits_each"], tasks["banner"]["unknown"]) == ([12], None)
+    assert tasks["like_the_first"]["credits_each"] == [40]  # 2 nano-banana images
+    assert tasks["edit_each"]["credits_each"] == [20]  # a reve-2.0 edit: image URLs were given
+    # num_images=len(results[:]): the price depends on the XCom, and it says so.
+    assert tasks["one_per_result"]["credits_each"] == [None]
+    assert "depends on how much another task's XCom holds" in tasks["one_per_result"]["unknown"]
+    assert tasks["heroes"]["instances"] is None
+    assert estimated["total_credits"] == 12 + 40 + 20
+
+
+def test_a_budget_whose_need_only_the_run_knows_is_not_reported_as_fitting(estimate_env: dict[str, str]):
+    airflow(estimate_env, "reve", "budget", "set", "everything", "--limit", "1000")
+    airflow(estimate_env, "reve", "budget", "set", "banners", "--limit", "100", "--model", "reve-2.0")
+
+    code, estimated = estimate(estimate_env, "budget_estimate_from_xcom", folder=ESTIMATE_DAGS)
+
+    assert code == 2  # cannot tell: neither 0 ("fits") nor 1 ("exceeded")
+    budgets = {budget["name"]: budget for budget in estimated["budgets"]}
+    assert budgets["everything"]["needed_credits"] == 72
+    assert budgets["everything"]["unknown_tasks"] == ["heroes", "one_per_result"]
+    assert (budgets["everything"]["cannot_tell"], budgets["everything"]["exceeded"]) == (True, False)
+    # reve-2.0's two tasks are both priced: that budget can tell.
+    assert budgets["banners"]["needed_credits"] == 32
+    assert (budgets["banners"]["cannot_tell"], budgets["banners"]["exceeded"]) == (False, False)
+    text = airflow(
+        estimate_env, "reve", "estimate", "budget_estimate_from_xcom", "--subdir", str(ESTIMATE_DAGS),
+        check=False,
+    )  # fmt: skip
+    assert text.returncode == 2
+    assert (
+        "Budget everything: needs at least 72 of 1000 remaining (limit 1000 per day, spent 0, reserved 0): "
+        "CANNOT TELL: only the run knows what heroes, one_per_result would need"
+    ) in text.stdout
+    assert "Budget banners: needs 32 of 100 remaining" in text.stdout
+
+    # What is known already passes a budget: exceeded (1), whatever the rest would add.
+    airflow(estimate_env, "reve", "budget", "set", "everything", "--limit", "50")
+    code, estimated = estimate(estimate_env, "budget_estimate_from_xcom", folder=ESTIMATE_DAGS)
+    assert code == 1
+    assert estimated["budgets"][1]["exceeded"] is True
