@@ -38,6 +38,7 @@ __all__ = [
     "ON_CONTENT_POLICY_CHOICES",
     "ErrorPolicyHost",
     "ReveErrorPolicyMixin",
+    "check_on_content_policy_violation",
     "raise_for_error",
     "raise_for_failed_task",
     "raise_for_storing_error",
@@ -46,6 +47,13 @@ __all__ = [
 
 CONTENT_POLICY_VIOLATION = "CONTENT_POLICY_VIOLATION"
 ON_CONTENT_POLICY_CHOICES = defaults.ON_CONTENT_POLICY_CHOICES
+
+
+def check_on_content_policy_violation(value: str) -> str:
+    """``on_content_policy_violation``, checked when the DAG is parsed."""
+    if value not in ON_CONTENT_POLICY_CHOICES:
+        raise ValueError(f"on_content_policy_violation must be one of {ON_CONTENT_POLICY_CHOICES}")
+    return value
 
 
 def raise_for_error(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from airflow_provider_reve.models import ReveTask
 
 __all__ = [
+    "ON_AMBIGUOUS_SUBMIT_CHOICES",
     "REFUSED",
     "STATE_KEY",
     "SUBMITTED",
@@ -44,6 +45,7 @@ __all__ = [
     "Recalled",
     "ReveReattachMixin",
     "SubmittedTaskMemory",
+    "check_on_ambiguous_submit",
     "cleared_since",
     "request_fingerprint",
     "run_of_tries",
@@ -55,7 +57,17 @@ SUBMITTING = "submitting"
 REFUSED = "refused"
 SUBMITTED = "submitted"
 
+#: ``on_ambiguous_submit``: a submission sent without an answer fails, or lets retries resubmit.
+ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
+
 _warned_unavailable = False
+
+
+def check_on_ambiguous_submit(value: str) -> str:
+    """``on_ambiguous_submit``, checked when the DAG is parsed."""
+    if value not in ON_AMBIGUOUS_SUBMIT_CHOICES:
+        raise ValueError(f"on_ambiguous_submit must be one of {ON_AMBIGUOUS_SUBMIT_CHOICES}")
+    return value
 
 
 def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
@@ -235,7 +247,16 @@ class ReveReattachMixin:
 
     The host declares ``model``, ``on_ambiguous_submit`` ("fail" or "retry"), a ``hook`` with
     ``get_status`` and a ``log``, and raises for an error by its policy (``ReveErrorPolicyMixin``).
+    Its ``on_kill`` says what this memory means for a killed try.
     """
+
+    def on_kill(self: ReattachHost) -> None:
+        # There is no cancel endpoint: a killed try leaves its Reve task running (and paid).
+        # The state store remembers it, so a retry of this run re-attaches instead of paying again.
+        self.log.warning(
+            "Killed while working on a Reve request; a task already submitted keeps running and is "
+            "remembered: a retry re-attaches to it, a clear generates afresh."
+        )
 
     def _memory(self: ReattachHost, context: Mapping[str, Any]) -> SubmittedTaskMemory:
         return SubmittedTaskMemory(context, self.log)
