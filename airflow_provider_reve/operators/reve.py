@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, Stats, conf
 
+from airflow_provider_reve._lazy import lazy_exports
 from airflow_provider_reve.budgets.approval import ReveApprovalMixin, check_approval_options
 from airflow_provider_reve.budgets.mixin import ReveBudgetMixin, check_on_budget_exhausted
 from airflow_provider_reve.defaults import (
@@ -58,14 +59,9 @@ if TYPE_CHECKING:
 __all__ = ["REQUEST_FIELDS", "ReveDownloadResultsOperator", "ReveGenerateOperator"]
 
 
-def __getattr__(name: str) -> Any:
-    # ``from airflow_provider_reve.operators.reve import ReveDownloadResultsOperator`` (as the
-    # README shows) loads the download operator on demand, not at every parse of this module.
-    if name == "ReveDownloadResultsOperator":
-        from airflow_provider_reve.operators.download import ReveDownloadResultsOperator
-
-        return ReveDownloadResultsOperator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``from airflow_provider_reve.operators.reve import ReveDownloadResultsOperator`` (as the
+# README shows) loads the download operator on demand, not at every parse of this module.
+__getattr__, __dir__ = lazy_exports(globals(), {"ReveDownloadResultsOperator": "download"})
 
 
 class ReveGenerateOperator(
