@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_provider_reve.budgets.model import BudgetExhaustedError, Scope
-from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve.mixins.reattach import request_fingerprint
 
+# The budget model, the ledger (SQLAlchemy) and the exceptions are imported where a task runs:
+# a DAG file imports this module for the mixin, at every parse.
 if TYPE_CHECKING:
     from airflow_provider_reve.budgets.ledger import Ledger, Reservation
+    from airflow_provider_reve.budgets.model import BudgetExhaustedError, Scope
     from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -107,6 +108,7 @@ class ReveBudgetMixin:
         if ledger is None:
             return
         params = self.budget_request_params()
+        from airflow_provider_reve.budgets.model import BudgetExhaustedError
         from airflow_provider_reve.client.catalog import estimate_credits  # where a task runs
 
         estimate = estimate_credits(self.model, **params)
@@ -166,6 +168,8 @@ class ReveBudgetMixin:
         self: BudgetHost, context: Mapping[str, Any], error: BaseException
     ) -> None:
         """The paid call raised: release only when the API answered that it created nothing."""
+        from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
+
         cause: BaseException | None = error
         while cause is not None:
             if isinstance(cause, ReveAmbiguousSubmissionError):
@@ -254,6 +258,8 @@ def budget_scope(host: Any, context: Mapping[str, Any]) -> Scope:
 
 
 def _scope(host: BudgetHost, context: Mapping[str, Any]) -> Scope:
+    from airflow_provider_reve.budgets.model import Scope
+
     dag = context.get("dag")
     tags = getattr(dag, "tags", None) or ()
     return Scope(

@@ -26,11 +26,12 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve import defaults
-from airflow_provider_reve.client.retry import is_permanent, is_permanent_code
-from airflow_provider_reve.exceptions import ReveDownloadError, ReveError, ReveTaskFailedError
-from airflow_provider_reve.models import ReveTask
 
+# The retry classes, the exceptions and ReveTask are imported where a task runs: a DAG file
+# imports this module for the mixin, at every parse.
 if TYPE_CHECKING:
+    from airflow_provider_reve.exceptions import ReveError
+    from airflow_provider_reve.models import ReveTask
     from airflow_provider_reve.triggers.reve import ReveTaskEvent
 
 __all__ = [
@@ -60,6 +61,8 @@ def raise_for_error(
     error: ReveError, log: logging.Logger | Any, *, on_content_policy_violation: str = "fail"
 ) -> NoReturn:
     """Raise the Airflow exception that fits ``error`` (which is chained as the cause)."""
+    from airflow_provider_reve.client.retry import is_permanent
+
     code = getattr(error, "code", None)
     if code == CONTENT_POLICY_VIOLATION and on_content_policy_violation == "skip":
         log.warning("Skipping: the Reve API rejected the content (%s). %s", code, error)
@@ -87,6 +90,9 @@ def raise_for_storing_error(error: BaseException, log: logging.Logger | Any) -> 
     that guards *before* paying, is transient here. Never ``AirflowFailException``, which would
     spend no retries and leave the paid result behind, except for a URL no try can fetch.
     """
+    from airflow_provider_reve.client.retry import is_permanent
+    from airflow_provider_reve.exceptions import ReveDownloadError
+
     if isinstance(error, ReveDownloadError) and is_permanent(error):
         raise_for_error(error, log)
     log.warning(
@@ -104,6 +110,9 @@ def raise_for_failed_task(
     task: ReveTask, log: logging.Logger | Any, *, on_content_policy_violation: str = "fail"
 ) -> NoReturn:
     """A task that ended FAILED: permanent by its error code, transient otherwise."""
+    from airflow_provider_reve.client.retry import is_permanent_code
+    from airflow_provider_reve.exceptions import ReveTaskFailedError
+
     error = ReveTaskFailedError(task)
     if task.error_code == CONTENT_POLICY_VIOLATION and on_content_policy_violation == "skip":
         log.warning("Skipping: %s", error)
@@ -127,6 +136,8 @@ def raise_for_trigger_error(event: ReveTaskEvent, log: logging.Logger | Any, *, 
     ones, including configuration errors and gateway 401/403 pages that carry no code), so a
     permanent error seen in the triggerer fails at once, as it would in the worker.
     """
+    from airflow_provider_reve.client.retry import is_permanent_code
+
     code = event.error_code
     if event.retryable is False or is_permanent_code(code):
         log.error(

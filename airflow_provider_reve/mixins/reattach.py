@@ -25,14 +25,12 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
-from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError, ReveNotFoundError
-
 if TYPE_CHECKING:
+    from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
     from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -76,9 +74,12 @@ def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Recalled:
-    """What an earlier try of this run left behind for the same request."""
+class Recalled(NamedTuple):
+    """What an earlier try of this run left behind for the same request.
+
+    A ``NamedTuple``, not a frozen dataclass: as immutable, and a DAG file's parse does not pay
+    for generating a dataclass's methods (this module is imported for the mixin at every parse).
+    """
 
     phase: str
     task_id: str | None = None
@@ -263,6 +264,8 @@ class ReveReattachMixin:
 
     def _reattach(self: ReattachHost, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
         """The task an earlier try of this run paid for, still usable; ``None`` to submit afresh."""
+        from airflow_provider_reve.exceptions import ReveError, ReveNotFoundError
+
         recalled = memory.recall(fingerprint)
         if recalled is None or recalled.phase == REFUSED:
             return None
