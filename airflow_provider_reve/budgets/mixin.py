@@ -78,12 +78,16 @@ def check_on_budget_exhausted(value: str) -> str:
 
 
 class BudgetHost(Protocol):
-    """What the mixin needs from the operator it is mixed into."""
+    """What the budget mixin and the approval mixin (``budgets.approval``) need from the operator
+    they are mixed into: one host, since both guard the same paid call of the same operator."""
 
     model: str
     reve_conn_id: str
     on_budget_exhausted: str
     execution_timeout: timedelta | None
+    approval_above_credits: int | None
+    approval_timeout: timedelta | None
+    on_approval_rejected: str
 
     @property
     def log(self) -> Any: ...
@@ -252,7 +256,7 @@ def _key(host: BudgetHost, context: Mapping[str, Any], params: dict[str, Any]) -
     )
 
 
-def budget_scope(host: Any, context: Mapping[str, Any]) -> Scope:
+def budget_scope(host: BudgetHost, context: Mapping[str, Any]) -> Scope:
     """What budgets see of this task: its connection, DAG, DAG tags and model."""
     return _scope(host, context)
 
