@@ -46,7 +46,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Option:
-    """One numeric option of ``[reve]``: its type, default and the range a value must be in."""
+    """One numeric option of ``[reve]``: its type, default and the range a value must be in.
+
+    :param name: the option's name in ``[reve]``.
+    :param type: ``int`` or ``float``.
+    :param default: its value when unset (or set to a value out of range).
+    :param minimum: the smallest value accepted.
+    :param maximum: the largest value accepted; ``None``: no limit.
+    :param description: what it does, for ``airflow config list``.
+    """
 
     name: str
     type: type[int] | type[float]
@@ -56,14 +64,20 @@ class Option:
     description: str
 
     def bounds(self) -> str:
-        """The values this option takes, in words: "an integer from 1 to 200"."""
+        """The values this option takes, in words: "an integer from 1 to 200".
+
+        :return: the words.
+        """
         kind = "an integer" if self.type is int else "a number"
         if self.maximum is None:
             return f"{kind} of at least {_text(self.minimum)}"
         return f"{kind} from {_text(self.minimum)} to {_text(self.maximum)}"
 
     def provider_info(self) -> dict[str, Any]:
-        """This option as ``get_provider_info()["config"]`` declares it (Airflow's schema)."""
+        """This option as ``get_provider_info()["config"]`` declares it (Airflow's schema).
+
+        :return: the option's declaration.
+        """
         return {
             "description": f"{self.description} Takes {self.bounds()}; any other value is "
             "ignored with a warning (the default applies).",
@@ -128,6 +142,7 @@ PROGRESS_LOG_INTERVAL = Option(
     "0: a line per status read.",
 )
 
+#: Every option of ``[reve]`` this module reads, declared once.
 OPTIONS: tuple[Option, ...] = (
     MAX_IN_FLIGHT,
     STALE_SPOOL_AGE,
@@ -187,31 +202,49 @@ def _read(option: Option) -> float:
 
 
 def max_in_flight() -> int:
-    """``[reve] max_in_flight``: requests of one connection in flight at once on one loop."""
+    """``[reve] max_in_flight``: requests of one connection in flight at once on one loop.
+
+    :return: the option's value, or its default when unset or out of range.
+    """
     return int(_read(MAX_IN_FLIGHT))
 
 
 def stale_spool_age() -> float:
-    """``[reve] stale_spool_age``: seconds after which an untouched download spool is deleted."""
+    """``[reve] stale_spool_age``: seconds after which an untouched download spool is deleted.
+
+    :return: the option's value, or its default when unset or out of range.
+    """
     return _read(STALE_SPOOL_AGE)
 
 
 def gallery_page_size() -> int:
-    """``[reve] gallery_page_size``: cards per gallery page when the link names none."""
+    """``[reve] gallery_page_size``: cards per gallery page when the link names none.
+
+    :return: the option's value, or its default when unset or out of range.
+    """
     return int(_read(GALLERY_PAGE_SIZE))
 
 
 def media_tab_page_size() -> int:
-    """``[reve] media_tab_page_size``: cards per page of the "Reve media" tab."""
+    """``[reve] media_tab_page_size``: cards per page of the "Reve media" tab.
+
+    :return: the option's value, or its default when unset or out of range.
+    """
     return int(_read(MEDIA_TAB_PAGE_SIZE))
 
 
 def progress_log_interval() -> float:
-    """``[reve] progress_log_interval``: seconds between "still IN_PROGRESS" log lines."""
+    """``[reve] progress_log_interval``: seconds between "still IN_PROGRESS" log lines.
+
+    :return: the option's value, or its default when unset or out of range.
+    """
     return _read(PROGRESS_LOG_INTERVAL)
 
 
 def provider_config_section() -> dict[str, Any]:
     """The ``[reve]`` options as ``get_provider_info()["config"]["reve"]["options"]`` lists them,
-    except ``ledger_conn_id`` (a string, declared with the budgets)."""
+    except ``ledger_conn_id`` (a string, declared with the budgets).
+
+    :return: the declarations, by option name.
+    """
     return {option.name: option.provider_info() for option in OPTIONS}

@@ -45,7 +45,13 @@ OUTCOMES = frozenset({OUTCOME_SUCCESS, OUTCOME_FAILED, OUTCOME_TIMEOUT, OUTCOME_
 
 
 def check_max_bytes(value: object, name: str) -> int:
-    """For ``__init__`` (which runs at every DAG parse): a positive ``int``; a larger file is refused."""
+    """For ``__init__`` (which runs at every DAG parse): a positive ``int``; a larger file is refused.
+
+    :param value: the ``max_bytes`` argument.
+    :param name: the argument's name, for the message.
+    :return: the value.
+    :raises ValueError: for anything but a positive ``int``.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer (bytes), got {value!r}")
     return value

@@ -19,6 +19,16 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Reve",
                 "external-doc-url": "https://reve2img.com",
                 "tags": ["service"],
+                # As Airflow's own providers list theirs: the source of each how-to page, from the
+                # root of the source tree (the sdist carries docs/).
+                "how-to-guide": [
+                    "/docs/howto/generate.md",
+                    "/docs/howto/taskflow.md",
+                    "/docs/howto/sensor.md",
+                    "/docs/howto/download.md",
+                    "/docs/howto/assets.md",
+                    "/docs/howto/gallery.md",
+                ],
             }
         ],
         "hooks": [{"integration-name": "Reve", "python-modules": ["airflow_provider_reve.hooks.reve"]}],
@@ -40,7 +50,7 @@ def get_provider_info() -> dict[str, Any]:
                     "ledger_conn_id": {
                         "description": "Airflow connection (type sqlite or postgres) of the ledger that "
                         "counts credit budgets across the deployment. Empty: budgets are off. See the "
-                        "README, 'Budgets'.",
+                        "docs' Budgets page.",
                         "version_added": "0.2.0",
                         "type": "string",
                         "example": "reve_ledger",

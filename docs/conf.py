@@ -54,19 +54,26 @@ nitpick_ignore_regex = [
     (
         r"py:.*",
         r"(airflow|aiohttp|requests|urllib3|datetime|collections|typing|pathlib|asyncio|signal"
-        r"|subprocess|types|contextlib|dataclasses|logging|pytest)(\..*)?",
+        r"|subprocess|types|contextlib|dataclasses|logging|pytest|argparse|threading|sqlalchemy"
+        r"|zoneinfo|urllib)(\..*)?",
     ),
     (
         r"py:.*",
         r"(Context|ObjectStoragePath|TaskInstanceKey|BaseOperator|BaseOperatorLink|TaskDecorator"
-        r"|Path|Any|Mapping|Sequence|Callable|AsyncIterator|TriggerEvent|T|Params|NoReturn|timedelta)",
+        r"|Path|Any|Mapping|Sequence|Callable|AsyncIterator|TriggerEvent|T|Params|NoReturn|timedelta"
+        r"|Engine|AirflowException|AirflowFailException|AirflowSkipException)",
     ),
     # Private modules and their names are not part of the API reference: the classes below appear
     # in signatures of public methods, by their unqualified names.
     (r"py:.*", r"airflow_provider_reve(\.[a-z_]+)*\._.*"),
-    (r"py:class", r"(RetryPolicy|ConnectionSettings|StoredResults|ClusterQueries|FakeState)"),
-    # The type variable of ProductionAirflow.wait_until's probe.
-    (r"py:class", r"airflow_provider_reve\.testing\.production\.T"),
+    (r"py:class", r"(RetryPolicy|ConnectionSettings|StoredResults|ClusterQueries|FakeState|SubmissionLog)"),
+    # The gallery's web app: the plugin serves it; its modules are not an API.
+    (r"py:mod", r"airflow_provider_reve\.plugins\.app(\..*)?"),
+    # What a finished task's store returns; results.storage is left out of the reference while
+    # its split settles. ``Key`` is results.manifest's ``(Reve task id, index)`` alias.
+    (r"py:class", r"(airflow_provider_reve\.results\.storage\.StoredResults|Key)"),
+    # The type variables of ProductionAirflow.wait_until's probe and of the retry loops' result.
+    (r"py:class", r"airflow_provider_reve\.(testing\.production|client\.retry)\.T"),
 ]
 
 

@@ -1,8 +1,8 @@
 """Credit budgets reserved before paying, counted in a ledger database shared by the deployment.
 
 Budgets are off unless ``[reve] ledger_conn_id`` names an Airflow connection (sqlite or postgres).
-Read them from Python with :class:`Ledger` (``Ledger.configured()``); define them with
-``airflow reve budget set`` or :meth:`Ledger.set_budget`. ``approval`` asks a person before an
+Read them from Python with :class:`.Ledger` (``Ledger.configured()``); define them with
+``airflow reve budget set`` or :meth:`.Ledger.set_budget`. ``approval`` asks a person before an
 expensive generation; ``estimate`` is ``airflow reve estimate``, a run's cost before it runs.
 The ledger (SQLAlchemy) loads on first use, never when a DAG file imports the operator.
 """

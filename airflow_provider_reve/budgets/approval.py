@@ -52,7 +52,14 @@ _PROMPT_SHOWN = 2000  # characters of the prompt shown in the approval body
 def check_approval_options(
     approval_above_credits: int | None, approval_timeout: timedelta | float | None, on_approval_rejected: str
 ) -> tuple[int | None, timedelta | None, str]:
-    """The three approval arguments, checked when the DAG is parsed."""
+    """The three approval arguments, checked when the DAG is parsed.
+
+    :param approval_above_credits: ask a person above this estimate; ``None``: never ask.
+    :param approval_timeout: how long to wait for the answer (a ``timedelta`` or seconds).
+    :param on_approval_rejected: what a rejection does (one of ``ON_APPROVAL_REJECTED_CHOICES``).
+    :return: the three values, the timeout as a ``timedelta``.
+    :raises ValueError: naming the argument to fix.
+    """
     if approval_above_credits is not None and (
         not isinstance(approval_above_credits, int)
         or isinstance(approval_above_credits, bool)
@@ -79,7 +86,11 @@ ApprovalHost = BudgetHost
 
 
 class ReveApprovalMixin:
-    """Ask a person in Airflow's Required actions before an expensive generation."""
+    """Ask a person in Airflow's Required actions before an expensive generation.
+
+    .. seealso::
+        The guide: :ref:`budgets` ("Approval above a threshold").
+    """
 
     def wait_for_approval(self: BudgetHost, context: Mapping[str, Any]) -> None:
         """Before reserving: return when no approval is needed or it was given; else park the task."""
@@ -127,7 +138,13 @@ class ReveApprovalMixin:
     def execute_after_approval(
         self: BudgetHost, context: Any, event: Any = None, fingerprint: str | None = None, **kwargs: Any
     ) -> Any:
-        """Resumed with the person's answer (or the timeout): go on, skip or fail."""
+        """Resumed with the person's answer (or the timeout): go on, skip or fail.
+
+        :param event: the trigger's event: the answer, or an error (the timeout).
+        :param fingerprint: the fingerprint of the request the person was shown; a request that
+            renders differently now is not submitted on that approval.
+        :return: what the operator's ``execute()`` returns, once approved.
+        """
         if not isinstance(event, Mapping):
             raise AirflowFailException(
                 f"No usable approval answer ({type(event).__name__}); nothing was submitted."

@@ -28,7 +28,10 @@ _JSON = Arg(("--json",), help="print JSON instead of text", action="store_true")
 
 
 def get_reve_cli_commands() -> list[CLICommand]:
-    """Named in ``get_provider_info()["cli"]``; Airflow calls it when its CLI starts."""
+    """Named in ``get_provider_info()["cli"]``; Airflow calls it when its CLI starts.
+
+    :return: the ``airflow reve`` command group.
+    """
     budget = GroupCommand(
         name="budget",
         help="Credit budgets reserved before paying (needs [reve] ledger_conn_id)",
@@ -127,12 +130,16 @@ def _ledger() -> Any:
     if ledger is None:
         sys.exit(
             "Budgets are off: set [reve] ledger_conn_id (AIRFLOW__REVE__LEDGER_CONN_ID) to an Airflow "
-            "connection of type sqlite or postgres. See README, 'Budgets'."
+            "connection of type sqlite or postgres. See the docs' Budgets page (docs/budgets.md)."
         )
     return ledger
 
 
 def budget_set(args: Namespace) -> None:
+    """``airflow reve budget set``: create or replace a budget.
+
+    :param args: the parsed command line.
+    """
     from airflow_provider_reve.budgets.model import Budget
 
     try:
@@ -196,6 +203,10 @@ def _print_status(entry: dict[str, Any]) -> None:
 
 
 def budget_show(args: Namespace) -> None:
+    """``airflow reve budget show NAME``: one budget and its current window.
+
+    :param args: the parsed command line.
+    """
     status = _ledger().status(args.name)
     if status is None:
         sys.exit(f"No budget named {args.name!r}")
@@ -204,6 +215,10 @@ def budget_show(args: Namespace) -> None:
 
 
 def budget_list(args: Namespace) -> None:
+    """``airflow reve budget list``: every budget and its current window.
+
+    :param args: the parsed command line (``--json``).
+    """
     ledger = _ledger()
     entries = [_status_dict(ledger.status(budget.name)) for budget in ledger.list_budgets()]
     if args.json:
@@ -216,6 +231,10 @@ def budget_list(args: Namespace) -> None:
 
 
 def budget_delete(args: Namespace) -> None:
+    """``airflow reve budget delete NAME``: forget a budget; exits non-zero when there is none.
+
+    :param args: the parsed command line.
+    """
     if not _ledger().delete_budget(args.name):
         sys.exit(f"No budget named {args.name!r}")
     print(f"Budget {args.name!r} deleted.")

@@ -51,7 +51,15 @@ class NotKnownBeforeRunError(Exception):
 
 @dataclass
 class GenerationEstimate:
-    """One Reve task of one run: its instances and what each costs (``None``: not known)."""
+    """One Reve task of one run: its instances and what each costs (``None``: not known).
+
+    :param task_id: the Airflow task.
+    :param model: the model it asks for, or ``None`` when that is not known before the run.
+    :param conn_id: its ``reve`` connection.
+    :param credits_each: the estimate of each instance (one, or one per mapped index).
+    :param unknown: why the count or a price cannot be known before the run, or why the run would
+        refuse it; ``None``: known.
+    """
 
     task_id: str
     model: str | None
@@ -79,6 +87,14 @@ class GenerationEstimate:
 
 @dataclass
 class DagRunEstimate:
+    """What one DAG run would spend, generation by generation.
+
+    :param dag_id: the DAG.
+    :param run_after: when the run would start.
+    :param logical_date: the run's logical date, or ``None``.
+    :param generations: one estimate per Reve generation task.
+    """
+
     dag_id: str
     run_after: datetime
     logical_date: datetime | None
@@ -92,7 +108,13 @@ class DagRunEstimate:
 def estimate_dag_run(
     dag: Any, *, logical_date: datetime | None, conf: Mapping[str, Any] | None = None
 ) -> DagRunEstimate:
-    """Render every Reve generation of ``dag`` as a run at ``logical_date`` would."""
+    """Render every Reve generation of ``dag`` as a run at ``logical_date`` would.
+
+    :param dag: the DAG.
+    :param logical_date: the run's logical date.
+    :param conf: the run's ``conf``.
+    :return: the run's estimate.
+    """
     from airflow_provider_reve.operators.reve import ReveGenerateOperator
 
     run_after = logical_date or datetime.now(timezone.utc)
@@ -113,7 +135,13 @@ def estimate_dag_run(
 def budget_headroom(
     ledger: Any, dag: Any, estimates: list[DagRunEstimate]
 ) -> list[tuple[Any, int, list[str]]]:
-    """For each covering budget: its status, the credits these runs would reserve, and refusals."""
+    """For each covering budget: its status, the credits these runs would reserve, and refusals.
+
+    :param ledger: the deployment's :class:`~airflow_provider_reve.budgets.ledger.Ledger`.
+    :param dag: the DAG the runs are of.
+    :param estimates: the runs' estimates.
+    :return: ``(status, credits needed, task ids refused)`` per budget.
+    """
     needed: dict[str, int] = {}
     refused: dict[str, list[str]] = {}
     budgets: dict[str, Any] = {}
@@ -324,6 +352,13 @@ def _backfill_dates(dag: Any, start: datetime, end: datetime) -> list[datetime]:
 
 
 def estimate_command(args: Namespace) -> None:
+    """``airflow reve estimate``: what the next runs of a DAG would spend.
+
+    Exits non-zero when a price is unknown or a budget would refuse the runs, so CI can gate a
+    deploy on it.
+
+    :param args: the parsed command line.
+    """
     try:
         conf = json.loads(args.conf) if args.conf else {}
     except ValueError as error:

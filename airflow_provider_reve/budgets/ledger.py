@@ -9,7 +9,9 @@ Invariants:
   refused reservation leaves nothing behind.
 * A reservation key names one generation attempt (DAG, run, task, map index, run of tries,
   request fingerprint). Reserving a key that holds a ``reserved`` reservation returns it: a retry
-  never reserves twice.
+  never reserves twice. Except ``afresh``: a retry that submits again after a request of unknown
+  outcome (``on_ambiguous_submit="retry"``) may pay a second time, so it gets a reservation of its
+  own; the earlier one stays ``reserved``, detached from the key, for the task it may have paid.
 * ``settle`` and ``release`` change a reservation only from ``reserved`` (a conditional update),
   so two processes settling the same one count it once.
 """
@@ -46,12 +48,32 @@ RELEASED = "released"
 
 
 def reservation_key(*parts: object) -> str:
-    """A stable key for one generation attempt, from its identifying parts."""
+    """A stable key for one generation attempt, from its identifying parts.
+
+    :param parts: the attempt's identity (DAG, run, task, map index, try...).
+    :return: a hex digest.
+    """
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class Reservation:
+    """Credits held for one generation in every budget that covers it.
+
+    :param id: the reservation's id.
+    :param state: ``reserved``, ``settled`` or ``released``.
+    :param estimate_credits: the estimate reserved; ``None``: an unknown price.
+    :param lines: credits held per budget window.
+    :param reused: an earlier reservation with the same key was returned.
+    :param reve_task_id: the Reve task it paid for, once known.
+    :param conn_id: the ``reve`` connection.
+    :param dag_id: the DAG.
+    :param run_id: the DAG run.
+    :param task_id: the Airflow task.
+    :param model: the model.
+    :param created_at: when it was made (ISO 8601).
+    """
+
     id: str
     state: str
     estimate_credits: int | None
@@ -68,6 +90,15 @@ class Reservation:
 
 @dataclass(frozen=True)
 class BudgetStatus:
+    """One budget and its current window.
+
+    :param budget: the budget.
+    :param window_start: the window's key in the ledger.
+    :param resets_at: when the window ends; ``None``: never.
+    :param spent_credits: credits the window's generations consumed.
+    :param reserved_credits: credits held by generations still in flight.
+    """
+
     budget: Budget
     window_start: str
     resets_at: datetime | None
@@ -84,7 +115,10 @@ def _now() -> datetime:
 
 
 class Ledger:
-    """The ledger behind one engine. ``Ledger.configured()`` is the deployment's, or ``None``."""
+    """The ledger behind one engine. ``Ledger.configured()`` is the deployment's, or ``None``.
+
+    :param engine: the SQLAlchemy engine of the ledger's database.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -101,7 +135,10 @@ class Ledger:
 
     # -- budgets -------------------------------------------------------------------------------
     def set_budget(self, budget: Budget) -> None:
-        """Create or replace a budget; its windows (what was spent) are kept."""
+        """Create or replace a budget; its windows (what was spent) are kept.
+
+        :param budget: the budget.
+        """
         row = {
             "name": budget.name,
             "limit_credits": budget.limit_credits,
@@ -115,8 +152,15 @@ class Ledger:
             "updated_at": _now().isoformat(),
         }
         with self._transaction() as connection:
-            connection.execute(delete(budgets).where(budgets.c.name == budget.name))
-            connection.execute(insert(budgets).values(**row))
+            # One upsert, not delete + insert: two callers setting the same budget at once on
+            # PostgreSQL would otherwise fail one with a unique violation on the name.
+            upsert = _dialect_insert(connection)(budgets).values(**row)
+            connection.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[budgets.c.name],
+                    set_={column: upsert.excluded[column] for column in row if column != "name"},
+                )
+            )
 
     def get_budget(self, name: str) -> Budget | None:
         with self.engine.connect() as connection:
@@ -129,7 +173,11 @@ class Ledger:
         return [_budget(row) for row in rows]
 
     def delete_budget(self, name: str) -> bool:
-        """Forget a budget (its past windows stay as history). ``False`` when there was none."""
+        """Forget a budget (its past windows stay as history). ``False`` when there was none.
+
+        :param name: the budget's name.
+        :return: ``True`` when it was deleted.
+        """
         with self._transaction() as connection:
             return bool(connection.execute(delete(budgets).where(budgets.c.name == name)).rowcount)
 
@@ -161,11 +209,24 @@ class Ledger:
         task_id: str | None = None,
         map_index: int | None = None,
         now: datetime | None = None,
+        afresh: bool = False,
     ) -> Reservation | None:
         """Reserve ``estimate`` in every budget covering ``scope``; ``None`` when none covers it.
 
-        Raises :class:`BudgetExhaustedError` (and reserves nothing) when one budget has no room
-        or refuses an unknown price.
+        Raises :class:`.BudgetExhaustedError` (and reserves nothing) when one budget has no room
+        or refuses an unknown price. ``afresh``: never re-use the key's ``reserved`` reservation;
+        it stays reserved, keyless (an earlier request of unknown outcome may have paid with it).
+
+        :param key: the generation attempt's :func:`reservation_key`: a second reservation with it
+            reuses the first.
+        :param scope: what the generation is.
+        :param estimate: its estimated credits; ``None``: the price is unknown.
+        :param run_id: the Airflow run, for the record.
+        :param task_id: the Airflow task, for the record.
+        :param map_index: the mapped index, for the record.
+        :param afresh: never re-use the key's ``reserved`` reservation (see above).
+        :param now: the time of the reservation (defaults to now).
+        :return: the reservation, or ``None``.
         """
         now = now or _now()
         with self._transaction() as connection:
@@ -174,7 +235,7 @@ class Ledger:
                 .mappings()
                 .first()
             )
-            if existing is not None and existing["state"] == RESERVED:
+            if existing is not None and existing["state"] == RESERVED and not afresh:
                 return _reservation(connection, existing, reused=True)
             rows = connection.execute(select(budgets).order_by(budgets.c.name)).mappings().all()
             covering = [budget for budget in map(_budget, rows) if budget.covers(scope)]
@@ -218,7 +279,7 @@ class Ledger:
                 )
             if refusals:
                 raise BudgetExhaustedError(refusals)  # rolls back every window charged above
-            if existing is not None:  # a released or settled attempt stays as history, keyless
+            if existing is not None:  # an earlier attempt stays (as history, or held), keyless
                 connection.execute(
                     update(reservations)
                     .where(reservations.c.id == existing["id"])
@@ -264,8 +325,32 @@ class Ledger:
             )
             return None if row is None else _reservation(connection, row)
 
+    def find_open_for_reve_task(self, reve_task_id: str) -> Reservation | None:
+        """The reservation still ``reserved`` for this paid Reve task (noted by
+        :meth:`note_reve_task`), or ``None``: how a sensor that sees a task finish, without the
+        submitter's key, finds what to settle or release.
+
+        :param reve_task_id: the Reve task's id.
+        :return: the oldest open reservation for it, or ``None``.
+        """
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(
+                    select(reservations)
+                    .where(reservations.c.reve_task_id == reve_task_id, reservations.c.state == RESERVED)
+                    .order_by(reservations.c.created_at)
+                )
+                .mappings()
+                .first()
+            )
+            return None if row is None else _reservation(connection, row)
+
     def note_reve_task(self, reservation_id: str, reve_task_id: str) -> None:
-        """Remember which paid Reve task a reservation is for, so ``reconcile`` can ask the API."""
+        """Remember which paid Reve task a reservation is for, so ``reconcile`` can ask the API.
+
+        :param reservation_id: the reservation.
+        :param reve_task_id: the Reve task it paid for.
+        """
         with self._transaction() as connection:
             connection.execute(
                 update(reservations)
@@ -278,12 +363,22 @@ class Ledger:
     ) -> bool:
         """Turn a reservation into spending: every covering window's ``spent`` grows by what the
         generation consumed (the estimate, or each line, when the API did not say). ``False`` when
-        it was no longer reserved (settled or released elsewhere): nothing changes."""
+        it was no longer reserved (settled or released elsewhere): nothing changes.
+
+        :param reservation_id: the reservation.
+        :param consumed_credits: what the API said the task consumed; ``None``: not said.
+        :param reve_task_id: the Reve task, if not noted before.
+        :return: ``True`` when the reservation was settled.
+        """
         return self._close(reservation_id, SETTLED, consumed_credits, reve_task_id)
 
     def release(self, reservation_id: str) -> bool:
         """Give a reservation's credits back (the task FAILED and was refunded, or nothing was
-        created). ``False`` when it was no longer reserved."""
+        created). ``False`` when it was no longer reserved.
+
+        :param reservation_id: the reservation.
+        :return: ``True`` when it was released.
+        """
         return self._close(reservation_id, RELEASED, None, None)
 
     def _close(self, reservation_id: str, state: str, consumed: int | None, reve_task_id: str | None) -> bool:
@@ -332,7 +427,10 @@ class Ledger:
         return True
 
     def open_reservations(self) -> list[Reservation]:
-        """Every reservation still ``reserved`` (in flight, or orphaned by a kill), oldest first."""
+        """Every reservation still ``reserved`` (in flight, or orphaned by a kill), oldest first.
+
+        :return: the reservations.
+        """
         with self.engine.connect() as connection:
             rows = (
                 connection.execute(
@@ -354,12 +452,18 @@ def _ensure_window(connection: Connection, budget: str, start: str, resets_at: d
         "spent_credits": 0,
         "reserved_credits": 0,
     }
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    connection.execute(dialect_insert(budget_windows).values(**values).on_conflict_do_nothing())
+    connection.execute(_dialect_insert(connection)(budget_windows).values(**values).on_conflict_do_nothing())
+
+
+def _dialect_insert(connection: Connection) -> Any:
+    """The ledger's database's ``INSERT`` with ``ON CONFLICT`` (PostgreSQL or SQLite)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
 
 
 def _budget(row: Any) -> Budget:

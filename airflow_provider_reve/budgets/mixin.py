@@ -13,7 +13,11 @@ Which error ends a reservation how:
 * the task FAILED (refunded): released;
 * SUCCESS: settled to ``consumed_credits``;
 * outcome unknown (a kill or timeout mid-request, an answer lost): stays reserved; a retry that
-  re-attaches settles it, ``airflow reve budget reconcile`` settles orphans.
+  re-attaches settles it, ``airflow reve budget reconcile`` settles orphans. A retry that submits
+  again instead (``on_ambiguous_submit="retry"``) may pay twice: it reserves afresh and the
+  earlier reservation stays held for what the first request may have cost;
+* submitted with ``wait_for_completion=False``: the ``ReveTaskSensor`` that sees the task finish
+  settles or releases it (:func:`close_reservation_of_finished_task`), found by its Reve task id.
 
 The ledger being down before the paid call is a transient failure (nothing was submitted);
 after the paid call it is logged and never fails the task: the money is already spent.
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
-from airflow_provider_reve.mixins.reattach import request_fingerprint
+from airflow_provider_reve.mixins.reattach import SUBMITTING, SubmittedTaskMemory, request_fingerprint
 
 # The budget model, the ledger (SQLAlchemy) and the exceptions are imported where a task runs:
 # a DAG file imports this module for the mixin, at every parse.
@@ -46,6 +50,7 @@ __all__ = [
     "budget_recheck_seconds",
     "budget_scope",
     "check_on_budget_exhausted",
+    "close_reservation_of_finished_task",
 ]
 
 ON_BUDGET_EXHAUSTED_CHOICES = ("fail", "skip", "wait")
@@ -61,7 +66,10 @@ MIN_BUDGET_WAIT_SECONDS = 15.0
 
 def budget_recheck_seconds() -> float:
     """``[reve] budget_recheck_seconds`` (at least :data:`MIN_BUDGET_WAIT_SECONDS`), or
-    :data:`BUDGET_RECHECK_SECONDS`."""
+    :data:`BUDGET_RECHECK_SECONDS`.
+
+    :return: seconds.
+    """
     from airflow.providers.common.compat.sdk import conf
 
     try:
@@ -72,9 +80,20 @@ def budget_recheck_seconds() -> float:
 
 
 def check_on_budget_exhausted(value: str) -> str:
+    """The ``on_budget_exhausted`` argument, checked when the DAG is parsed.
+
+    :param value: ``"fail"``, ``"skip"`` or ``"wait"`` (``ON_BUDGET_EXHAUSTED_CHOICES``).
+    :return: the value.
+    :raises ValueError: for any other value.
+    """
     if value not in ON_BUDGET_EXHAUSTED_CHOICES:
         raise ValueError(f"on_budget_exhausted must be one of {ON_BUDGET_EXHAUSTED_CHOICES}, got {value!r}")
     return value
+
+
+class _Logs(Protocol):
+    @property
+    def log(self) -> Any: ...
 
 
 class BudgetHost(Protocol):
@@ -93,7 +112,10 @@ class BudgetHost(Protocol):
     def log(self) -> Any: ...
 
     def budget_request_params(self) -> dict[str, Any]:
-        """The validated request, as it will be sent (for the estimate and the fingerprint)."""
+        """The validated request, as it will be sent (for the estimate and the fingerprint).
+
+        :return: the request's fields.
+        """
         ...
 
     def defer(
@@ -104,7 +126,11 @@ class BudgetHost(Protocol):
 
 
 class ReveBudgetMixin:
-    """Reserve, settle and release credit budgets around the paid ``generate`` call."""
+    """Reserve, settle and release credit budgets around the paid ``generate`` call.
+
+    .. seealso::
+        The guide: :ref:`budgets`.
+    """
 
     def reserve_budget(self: BudgetHost, context: Mapping[str, Any]) -> None:
         """Before the paid call: reserve the worst-case estimate in every covering budget."""
@@ -117,6 +143,13 @@ class ReveBudgetMixin:
 
         estimate = estimate_credits(self.model, **params)
         ident = _identity(context)
+        # An earlier try of this run sent this request and never learned its outcome (killed, or
+        # the answer lost); this try submits again (on_ambiguous_submit="retry"). Both may be
+        # charged: the earlier reservation stays held for the first, this one gets its own.
+        recalled = SubmittedTaskMemory(context, self.log).recall(
+            request_fingerprint(self.model, params), quiet=True
+        )
+        afresh = recalled is not None and recalled.phase == SUBMITTING
         try:
             reservation = ledger.reserve(
                 _key(self, context, params),
@@ -125,6 +158,7 @@ class ReveBudgetMixin:
                 run_id=ident["run_id"],
                 task_id=ident["task_id"],
                 map_index=ident["map_index"],
+                afresh=afresh,
             )
         except BudgetExhaustedError as refused:
             _budget_exhausted(self, refused, context)
@@ -136,15 +170,22 @@ class ReveBudgetMixin:
         if reservation is None:
             return
         self.log.info(
-            "%s %s credits in budgets %s (reservation %s)",
+            "%s %s credits in budgets %s (reservation %s)%s",
             "Re-using the reservation of" if reservation.reused else "Reserved",
             estimate if estimate is not None else "unknown-price",
             ", ".join(f"{name}={credits}" for name, credits in sorted(reservation.lines.items())),
             reservation.id,
+            "; the earlier try's request of unknown outcome keeps its own reservation until "
+            "`airflow reve budget reconcile --release-unknown`"
+            if afresh
+            else "",
         )
 
     def note_budget_task(self: BudgetHost, context: Mapping[str, Any], task: ReveTask) -> None:
-        """A paid task exists: remember its id beside the reservation, for ``reconcile``."""
+        """A paid task exists: remember its id beside the reservation, for ``reconcile``.
+
+        :param task: the Reve task the API created.
+        """
         found = _find(self, context)
         if found is not None:
             ledger, reservation = found
@@ -153,7 +194,10 @@ class ReveBudgetMixin:
             )
 
     def settle_budget(self: BudgetHost, context: Mapping[str, Any], task: ReveTask) -> None:
-        """SUCCESS: the reservation becomes what the task consumed."""
+        """SUCCESS: the reservation becomes what the task consumed.
+
+        :param task: the finished Reve task.
+        """
         found = _find(self, context)
         if found is not None:
             ledger, reservation = found
@@ -171,7 +215,10 @@ class ReveBudgetMixin:
     def release_budget_if_nothing_created(
         self: BudgetHost, context: Mapping[str, Any], error: BaseException
     ) -> None:
-        """The paid call raised: release only when the API answered that it created nothing."""
+        """The paid call raised: release only when the API answered that it created nothing.
+
+        :param error: what the paid call raised.
+        """
         from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
 
         cause: BaseException | None = error
@@ -185,11 +232,47 @@ class ReveBudgetMixin:
         # Deferred for a back-off (kept for the resumed try), a kill, a timeout: unknown outcome.
 
     def execute_after_budget_wait(self: BudgetHost, context: Any, event: Any = None, **kwargs: Any) -> Any:
-        """Resumed after ``on_budget_exhausted="wait"``: try to reserve (and submit) again."""
+        """Resumed after ``on_budget_exhausted="wait"``: try to reserve (and submit) again.
+
+        :param event: the timer trigger's event (unused).
+        :return: what the operator's ``execute()`` returns.
+        """
         return self.execute(context)
 
 
-def _ledger_or_none(host: BudgetHost, *, before_paying: bool) -> Ledger | None:
+def close_reservation_of_finished_task(host: _Logs, task: ReveTask) -> None:
+    """A task submitted elsewhere finished: settle its open reservation, or release it if FAILED.
+
+    For the ``ReveTaskSensor`` waiting for a task submitted with ``wait_for_completion=False``:
+    the operator noted the Reve task id beside its reservation, so the reservation is found by
+    that id (the sensor cannot know the operator's key). Only a ``reserved`` reservation changes,
+    so a sensor run twice, or the submitter's own retry, counts the spend once. Without a ledger,
+    or a reservation, nothing happens; the ledger failing is logged, never raised: it is paid.
+
+    :param host: what logs (the sensor).
+    :param task: the finished task, as the status API answered it.
+    """
+    if not task.is_finished:
+        return
+    ledger = _ledger_or_none(host, before_paying=False)
+    if ledger is None:
+        return
+    try:
+        reservation = ledger.find_open_for_reve_task(task.task_id)
+    except Exception as error:
+        host.log.error("Could not read the Reve ledger (%s): budgets were not updated.", type(error).__name__)
+        return
+    if reservation is None:
+        return
+    if task.succeeded:
+        _after_paying(
+            host, "settle", lambda: ledger.settle(reservation.id, task.consumed_credits, task.task_id)
+        )
+    else:
+        _after_paying(host, "release", lambda: ledger.release(reservation.id))
+
+
+def _ledger_or_none(host: _Logs, *, before_paying: bool) -> Ledger | None:
     from airflow_provider_reve.budgets.ledger import Ledger
 
     try:
@@ -216,7 +299,7 @@ def _find(host: BudgetHost, context: Mapping[str, Any]) -> tuple[Ledger, Reserva
     return None if reservation is None else (ledger, reservation)
 
 
-def _after_paying(host: BudgetHost, what: str, action: Any) -> None:
+def _after_paying(host: _Logs, what: str, action: Any) -> None:
     try:
         action()
     except Exception as error:  # the money is spent either way; reconcile mends the ledger
@@ -257,7 +340,11 @@ def _key(host: BudgetHost, context: Mapping[str, Any], params: dict[str, Any]) -
 
 
 def budget_scope(host: BudgetHost, context: Mapping[str, Any]) -> Scope:
-    """What budgets see of this task: its connection, DAG, DAG tags and model."""
+    """What budgets see of this task: its connection, DAG, DAG tags and model.
+
+    :param host: the operator.
+    :return: the scope.
+    """
     return _scope(host, context)
 
 

@@ -18,7 +18,13 @@ __all__ = ["Budget", "BudgetExhaustedError", "BudgetRefusal", "Scope"]
 
 @dataclass(frozen=True)
 class Scope:
-    """What one generation is, as budgets see it."""
+    """What one generation is, as budgets see it.
+
+    :param conn_id: its ``reve`` connection.
+    :param dag_id: its DAG.
+    :param dag_tags: its DAG's tags.
+    :param model: its model.
+    """
 
     conn_id: str
     dag_id: str | None = None
@@ -32,6 +38,16 @@ class Budget:
 
     ``unknown_price_credits``: what to reserve for a request whose price cannot be estimated;
     ``None`` refuses such requests before any paid call.
+
+    :param name: the budget's name, unique in the ledger.
+    :param limit_credits: the most credits the window's generations may spend.
+    :param conn_id: the ``reve`` connection it covers.
+    :param window: ``"day"``, ``"week"``, ``"month"`` or ``"total"`` (never resets).
+    :param time_zone: the IANA zone the windows start in.
+    :param dag_ids: the DAGs it covers; empty: all.
+    :param dag_tags: covers DAGs with any of these tags; empty: all.
+    :param models: the models it covers; empty: all.
+    :param unknown_price_credits: see above.
     """
 
     name: str
@@ -81,7 +97,16 @@ class Budget:
 
 @dataclass(frozen=True)
 class BudgetRefusal:
-    """Why one budget refused a reservation, with the numbers a person needs to act on it."""
+    """Why one budget refused a reservation, with the numbers a person needs to act on it.
+
+    :param budget: the budget's name.
+    :param limit_credits: its limit.
+    :param spent_credits: what its window has spent.
+    :param reserved_credits: what is held for generations in flight.
+    :param requested_credits: what this generation asked for; ``None``: an unknown price.
+    :param resets_at: when the window resets; ``None``: never.
+    :param reason: why it refused (``"no room"`` or an unknown price).
+    """
 
     budget: str
     limit_credits: int
@@ -107,7 +132,10 @@ class BudgetRefusal:
 
 @dataclass
 class BudgetExhaustedError(Exception):
-    """A reservation was refused; nothing was reserved in any budget."""
+    """A reservation was refused; nothing was reserved in any budget.
+
+    :param refusals: one per budget that refused.
+    """
 
     refusals: list[BudgetRefusal] = field(default_factory=list)
 

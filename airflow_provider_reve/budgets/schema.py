@@ -129,7 +129,10 @@ _lock = threading.Lock()
 
 
 def ledger_conn_id() -> str | None:
-    """``[reve] ledger_conn_id`` (``AIRFLOW__REVE__LEDGER_CONN_ID``); ``None``: budgets are off."""
+    """``[reve] ledger_conn_id`` (``AIRFLOW__REVE__LEDGER_CONN_ID``); ``None``: budgets are off.
+
+    :return: the connection id, or ``None``.
+    """
     from airflow.providers.common.compat.sdk import conf
 
     value = conf.get("reve", "ledger_conn_id", fallback=None)
@@ -137,14 +140,22 @@ def ledger_conn_id() -> str | None:
 
 
 def engine_for_conn_id(conn_id: str) -> Engine:
-    """One engine per process and connection, its tables prepared."""
+    """One engine per process and connection, its tables prepared.
+
+    :param conn_id: the ledger's Airflow connection (``sqlite`` or ``postgres``).
+    :return: the engine.
+    """
     from airflow.providers.common.compat.sdk import BaseHook
 
     return engine_for_url(_url(conn_id, BaseHook.get_connection(conn_id)))
 
 
 def engine_for_url(url: URL | str) -> Engine:
-    """One engine per process and database URL, its tables prepared (SQLite: ``BEGIN IMMEDIATE``)."""
+    """One engine per process and database URL, its tables prepared (SQLite: ``BEGIN IMMEDIATE``).
+
+    :param url: the database URL.
+    :return: the engine.
+    """
     if isinstance(url, str):
         from sqlalchemy.engine import make_url
 
@@ -216,7 +227,10 @@ def _create_engine(url: URL) -> Engine:
 
 
 def prepare(engine: Engine) -> None:
-    """Create the tables when missing and check that their version is one this code knows."""
+    """Create the tables when missing and check that their version is one this code knows.
+
+    :param engine: the ledger's engine.
+    """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # Hosts starting together must not race to CREATE the same tables; the lock ends

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class SharedPauses:
-    """One process's view of the deployment's 429 pauses."""
+    """One process's view of the deployment's 429 pauses.
+
+    :param read_interval: seconds between two reads of the database, at most one at a time.
+    """
 
     def __init__(self, read_interval: float = READ_INTERVAL_SECONDS) -> None:
         self.read_interval = read_interval
@@ -40,7 +43,11 @@ class SharedPauses:
 
     def paused_until(self, gate_key: str) -> float:
         """The latest shared pause of this gate (UNIX time), as last read; starts a read when
-        the last one is older than ``read_interval``. Never waits for the database."""
+        the last one is older than ``read_interval``. Never waits for the database.
+
+        :param gate_key: the connection's :func:`~airflow_provider_reve.client.ratelimit.gate_key`.
+        :return: the UNIX time; ``-inf`` when none is known.
+        """
         if not _ledger_configured():
             return float("-inf")
         now = time.monotonic()
@@ -55,7 +62,12 @@ class SharedPauses:
 
     def publish(self, gate_key: str, until: float) -> threading.Thread | None:
         """Tell every process: this gate is paused until ``until`` (UNIX time). Returns at once,
-        with the thread writing it (``None`` without a ledger)."""
+        with the thread writing it (``None`` without a ledger).
+
+        :param gate_key: the connection's :func:`~airflow_provider_reve.client.ratelimit.gate_key`.
+        :param until: the UNIX time the pause ends.
+        :return: the writing thread, or ``None``.
+        """
         if not _ledger_configured():
             return None
         with self._lock:
@@ -163,12 +175,21 @@ _BOARD = SharedPauses()
 
 
 def shared_pause_until(gate_key: str) -> float:
-    """This process's board: see :meth:`SharedPauses.paused_until`."""
+    """This process's board: see :meth:`SharedPauses.paused_until`.
+
+    :param gate_key: the connection's :func:`~airflow_provider_reve.client.ratelimit.gate_key`.
+    :return: the UNIX time; ``-inf`` when none is known.
+    """
     return _BOARD.paused_until(gate_key)
 
 
 def publish_pause(gate_key: str, until: float) -> threading.Thread | None:
-    """This process's board: see :meth:`SharedPauses.publish`."""
+    """This process's board: see :meth:`SharedPauses.publish`.
+
+    :param gate_key: the connection's :func:`~airflow_provider_reve.client.ratelimit.gate_key`.
+    :param until: the UNIX time the pause ends.
+    :return: the writing thread, or ``None``.
+    """
     return _BOARD.publish(gate_key, until)
 
 

@@ -23,14 +23,23 @@ TOTAL_WINDOW_START = "total"
 
 @dataclass(frozen=True)
 class Window:
-    """One window of one budget: its key in the ledger and when it ends (``None``: never)."""
+    """One window of one budget: its key in the ledger and when it ends (``None``: never).
+
+    :param start: the window's key in the ledger.
+    :param resets_at: when it ends; ``None``: never.
+    """
 
     start: str
     resets_at: datetime | None
 
 
 def check_time_zone(name: str) -> ZoneInfo:
-    """The zone named ``name``; ``ValueError`` naming it when it is not an IANA zone."""
+    """The zone named ``name``; ``ValueError`` naming it when it is not an IANA zone.
+
+    :param name: an IANA zone name (``"Europe/Paris"``).
+    :return: the zone.
+    :raises ValueError: naming it, when it is not a zone.
+    """
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
@@ -40,7 +49,13 @@ def check_time_zone(name: str) -> ZoneInfo:
 
 
 def window_at(window: str, time_zone: str, now: datetime) -> Window:
-    """The window of kind ``window`` in ``time_zone`` that contains ``now`` (an aware datetime)."""
+    """The window of kind ``window`` in ``time_zone`` that contains ``now`` (an aware datetime).
+
+    :param window: ``"day"``, ``"week"``, ``"month"`` or ``"total"``.
+    :param time_zone: the IANA zone the windows start in.
+    :param now: an aware datetime.
+    :return: the window.
+    """
     if window == "total":
         return Window(TOTAL_WINDOW_START, None)
     if window not in WINDOWS:

@@ -2,9 +2,10 @@
 
 What it owns: connection settings (``settings``), the HTTP transport (``transport``), the response
 envelope (``envelope``), the one retry policy (``retry``), the shared rate limit (``ratelimit``),
-redaction of the key (``redact``), the model catalog and credit estimates (``catalog``) and the
-trigger's polling cadence (``polling``). It may import ``exceptions``, ``models`` and ``defaults``;
-never ``hooks``, ``operators``, ``results`` or ``mixins``.
+redaction of the key (``redact``), the model catalog and credit estimates (``catalog``), the
+trigger's polling cadence (``polling``), and the clients made of them: ``base`` and its sync and
+async siblings, ``ReveClient`` and ``AsyncReveClient``. It may import ``exceptions``, ``models``
+and ``defaults``; never ``hooks``, ``operators``, ``results`` or ``mixins``.
 
 The names below are the client's public surface. They load on first use (PEP 562), so importing
 this package at DAG-parse time costs nothing and pulls in neither ``requests`` nor ``aiohttp``.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from airflow_provider_reve._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from airflow_provider_reve.client.async_client import AsyncReveClient
     from airflow_provider_reve.client.catalog import (
         DEFAULT_MODEL,
         MODELS,
@@ -37,8 +39,11 @@ if TYPE_CHECKING:
         parse_retry_after,
     )
     from airflow_provider_reve.client.settings import ConnectionSettings, settings_from_connection
+    from airflow_provider_reve.client.sync_client import ReveClient
 
 _HOME: dict[str, str] = {
+    "AsyncReveClient": "async_client",
+    "ReveClient": "sync_client",
     "DEFAULT_MODEL": "catalog",
     "MODELS": "catalog",
     "ModelSpec": "catalog",
@@ -62,10 +67,12 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "NO_RETRIES",
+    "AsyncReveClient",
     "ConnectionSettings",
     "ModelSpec",
     "Redactor",
     "RetryPolicy",
+    "ReveClient",
     "backoff_seconds",
     "estimate_credits",
     "get_spec",

@@ -62,7 +62,19 @@ SOURCE_URL_FIELDS = ("image_urls", "video_urls")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model id and what the public docs say about it."""
+    """One model id and what the public docs say about it.
+
+    :param model_id: the id requests name (``reve-2.0``, ``seedance-1.0-pro``...).
+    :param kind: ``"image"`` or ``"video"``: what the model makes.
+    :param needs_prompt: a request without a ``prompt`` is refused.
+    :param synchronous: the API answers with the result at once instead of a task id to poll.
+    :param aspect_ratios: the ``aspect_ratio`` values it accepts; empty: not checked.
+    :param resolutions: the ``resolution`` values it accepts; empty: not checked.
+    :param durations: the ``(shortest, longest)`` video ``duration`` in seconds; ``None``: any.
+    :param duration_choices: the only ``duration`` values it accepts; empty: any in ``durations``.
+    :param supports_audio: it takes the ``audio`` option.
+    :param supports_edit: it takes reference images to edit.
+    """
 
     model_id: str
     kind: str  # "image" | "video"
@@ -114,16 +126,31 @@ DEFAULT_MODEL = defaults.DEFAULT_MODEL
 
 
 def get_spec(model: str) -> ModelSpec | None:
+    """What the catalog knows of ``model``.
+
+    :param model: the model id.
+    :return: its :class:`ModelSpec`, or ``None`` for a model the catalog does not know.
+    """
     return MODELS.get(model)
 
 
 def is_synchronous(model: str) -> bool:
+    """Whether ``model`` answers with its result at once (no task to poll).
+
+    :param model: the model id.
+    :return: ``True`` for a synchronous model; ``False`` for any other, an unknown one included.
+    """
     spec = MODELS.get(model)
     return bool(spec and spec.synchronous)
 
 
 def validate_request(model: Any, params: Mapping[str, Any]) -> None:
-    """Raise :class:`ReveValidationError` for input that is certain to be refused (or billed wrongly)."""
+    """Raise :class:`.ReveValidationError` for input that is certain to be refused (or billed wrongly).
+
+    :param model: the model id (anything else is refused as a model id).
+    :param params: the request's fields.
+    :raises ReveValidationError: naming the field to fix.
+    """
     if not isinstance(model, str) or not model.strip():
         raise ReveValidationError(f"model must be a non-empty string, got {_shown(model)}")
     if model != model.strip() or not model.isprintable():
@@ -291,7 +318,12 @@ def _spelling(model_id: str) -> str:
 
 
 def closest_models(model: str, limit: int = 3) -> list[str]:
-    """The known model ids nearest to ``model`` in spelling, best first."""
+    """The known model ids nearest to ``model`` in spelling, best first.
+
+    :param model: the model id that is not in the catalog.
+    :param limit: how many ids to return at most.
+    :return: up to ``limit`` known model ids.
+    """
     by_spelling = {_spelling(known): known for known in MODELS}
     matches = difflib.get_close_matches(_spelling(model), list(by_spelling), n=limit, cutoff=0.6)
     return [by_spelling[match] for match in matches]
@@ -303,6 +335,9 @@ def looks_like_a_typo(model: str) -> bool:
     A typo: the same id but for case and separators, or one slip of a letter (dropped, doubled,
     swapped or wrong) with the same digits. A new model almost always differs in its digits
     (``seedream-6``) or by a word (``-hd``): that passes through, as the catalog promises.
+
+    :param model: a model id the catalog does not know.
+    :return: ``True`` when it is a misspelt known id.
     """
     spelling = _spelling(model)
     for known in MODELS:
@@ -335,6 +370,10 @@ def estimate_credits(model: str, **params: Any) -> int | None:
 
     ``None`` for an unknown model, a video without ``duration`` (or a happyhorse video without
     ``resolution``), and Reve post-processing, whose price is not published.
+
+    :param model: the model id.
+    :param params: the request's fields (``num_images``, ``duration``, ``resolution``...).
+    :return: the credits, or ``None`` when the price is not known.
     """
     spec = MODELS.get(model)
     if spec is None:

@@ -1,4 +1,4 @@
-"""Reads the API's envelope. It returns a :class:`ReveTask` or raises a :class:`ReveAPIError`.
+"""Reads the API's envelope. It returns a :class:`.ReveTask` or raises a :class:`.ReveAPIError`.
 
 Whatever arrives -- HTML from a proxy, truncated JSON, a missing ``data``, a status string we
 have never seen, an answer too long to read -- the caller gets one of those two, never a
@@ -55,12 +55,19 @@ def parse_task_response(
     redactor: Redactor | None = None,
     truncated: bool = False,
 ) -> ReveTask:
-    """Turn one HTTP answer from ``endpoint`` into a :class:`ReveTask`, or raise.
+    """Turn one HTTP answer from ``endpoint`` into a :class:`.ReveTask`, or raise.
 
     :param redactor: scrubs the secrets (the API key) that must not survive in anything returned
-        or raised; built once per connection (:attr:`ConnectionSettings.redactor`), since building
+        or raised; built once per connection (:attr:`.ConnectionSettings.redactor`), since building
         one indexes every piece of the key, a cost not worth paying per poll.
     :param truncated: ``body`` is only the first :data:`MAX_RESPONSE_BYTES` of a longer answer.
+    :param endpoint: the API path that answered, for the error messages.
+    :param http_status: the HTTP status of the answer.
+    :param body: the answer's body.
+    :param retry_after_header: the ``Retry-After`` header, if any.
+    :return: the task the answer describes.
+    :raises ReveAPIError: the subclass for the status and machine code of a refusal, or
+        :class:`.ReveMalformedResponseError` for an answer that is not an envelope.
     """
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     answer = _Answer(endpoint, http_status, text, redactor or Redactor([]))

@@ -45,7 +45,14 @@ def current_interval(
     long_wait_after: float = LONG_WAIT_AFTER,
     long_wait_interval: float = LONG_WAIT_INTERVAL,
 ) -> float:
-    """Seconds between reads after ``waited`` seconds of waiting; never below ``poll_interval``."""
+    """Seconds between reads after ``waited`` seconds of waiting; never below ``poll_interval``.
+
+    :param poll_interval: the interval the task asked for, in seconds.
+    :param waited: seconds since the wait began (:func:`wait_origin`).
+    :param long_wait_after: seconds after which the wait counts as long.
+    :param long_wait_interval: the interval of a long wait, if longer than ``poll_interval``.
+    :return: the interval in force, in seconds.
+    """
     if waited < long_wait_after:
         return poll_interval
     return max(poll_interval, long_wait_interval)
@@ -54,7 +61,14 @@ def current_interval(
 def first_read_at(
     now: float, poll_interval: float, not_before: float | None, rng: Callable[[], float]
 ) -> float:
-    """The (UNIX) time of a trigger's first read, for a trigger starting at ``now``."""
+    """The (UNIX) time of a trigger's first read, for a trigger starting at ``now``.
+
+    :param now: the (UNIX) time the trigger started.
+    :param poll_interval: the interval the task asked for, in seconds.
+    :param not_before: the (UNIX) time before which the task is not read, if any.
+    :param rng: returns a random number in [0, 1): where in the interval the read falls.
+    :return: the (UNIX) time of the first read.
+    """
     earliest = now + poll_interval
     if not_before is not None:
         earliest = max(earliest, not_before)
@@ -62,5 +76,10 @@ def first_read_at(
 
 
 def wait_origin(now: float, not_before: float | None) -> float:
-    """The (UNIX) time the wait is counted from, for a trigger starting at ``now``."""
+    """The (UNIX) time the wait is counted from, for a trigger starting at ``now``.
+
+    :param now: the (UNIX) time the trigger started.
+    :param not_before: the (UNIX) time before which the task is not read, if any.
+    :return: the earlier of the two.
+    """
     return now if not_before is None else min(now, not_before)

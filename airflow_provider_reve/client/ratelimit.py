@@ -26,8 +26,8 @@ structure holds the key.
 With a ledger configured, a 429 pause is also shared with every process of the deployment
 (``budgets.shared_pauses``: written at once in the background, read at most once a second).
 
-Nothing here imports an HTTP client: the hooks call :meth:`acquire` before each request and
-:meth:`observe` with each API error.
+Nothing here imports an HTTP client: the hooks call ``acquire()`` before each request and
+``observe()`` with each API error.
 """
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ MAX_IN_FLIGHT = int(config.MAX_IN_FLIGHT.default)
 
 
 def gate_key(settings: ConnectionSettings) -> str:
-    """The shared-budget identity of a connection: a hash of its Base URL and API key."""
+    """The shared-budget identity of a connection: a hash of its Base URL and API key.
+
+    :param settings: the connection's settings.
+    :return: a hex digest; the key itself never appears in it.
+    """
     digest = hashlib.sha256(f"{settings.base_url}\n{settings.api_key}".encode())
     return digest.hexdigest()[:32]
 
@@ -175,7 +179,13 @@ def _refusal(endpoint: str, wait: float | None, in_flight: int = MAX_IN_FLIGHT) 
 
 
 class AsyncRequestGate(_Schedule):
-    """The gate of one connection on one event loop (no lock: the loop runs one thing at a time)."""
+    """The gate of one connection on one event loop (no lock: the loop runs one thing at a time).
+
+    :param rate: requests per second allowed through; ``None``: no cap.
+    :param clock: the monotonic clock the gate's times are read from.
+    :param rng: returns a random number in [0, 1), to spread the requests a pause released.
+    :param max_in_flight: requests that may wait for their answers at once.
+    """
 
     def __init__(
         self,
@@ -191,7 +201,13 @@ class AsyncRequestGate(_Schedule):
     @asynccontextmanager
     async def request(self, endpoint: str, ends_at: float | None = None) -> AsyncIterator[None]:
         """Hold one request's place: after any 429 hold and the rate's spacing (:meth:`acquire`),
-        one of ``max_in_flight`` slots, kept until the answer has been read."""
+        one of ``max_in_flight`` slots, kept until the answer has been read.
+
+        :param endpoint: the API path, for the refusal's message.
+        :param ends_at: a ``clock()`` time by which the request must have started; ``None``: no bound.
+        :return: an async context manager that holds the place while its block runs.
+        :raises ReveRateLimitError: when the request could not start by ``ends_at``.
+        """
         while True:
             epoch = await self.acquire(endpoint, ends_at)
             await self._take_slot(endpoint, ends_at)
@@ -214,9 +230,15 @@ class AsyncRequestGate(_Schedule):
 
     async def acquire(self, endpoint: str, ends_at: float | None = None) -> int:
         """Wait until a request may go. ``ends_at`` (a ``clock()`` time) bounds the wait: a
-        request that could not start by then is refused with :class:`ReveRateLimitError`
+        request that could not start by then is refused with :class:`.ReveRateLimitError`
         (``http_status`` ``None``: nothing was sent), so a trigger's deadline still holds.
-        Returns the pause epoch it was let through in."""
+        Returns the pause epoch it was let through in.
+
+        :param endpoint: the API path, for the refusal's message.
+        :param ends_at: a ``clock()`` time by which the request must have started; ``None``: no bound.
+        :return: the pause epoch the request was let through in.
+        :raises ReveRateLimitError: when the request could not start by ``ends_at``.
+        """
         while True:
             now = self.clock()
             epoch = self.epoch
@@ -231,7 +253,10 @@ class AsyncRequestGate(_Schedule):
 
 
 class SyncRequestGate(_Schedule):
-    """The gate of one connection in one process, shared by threads."""
+    """The gate of one connection in one process, shared by threads.
+
+    :param rate: requests per second allowed through; ``None``: no cap.
+    """
 
     def __init__(self, rate: float | None, **kwargs: Callable[[], float]) -> None:
         super().__init__(rate, **kwargs)
@@ -239,7 +264,12 @@ class SyncRequestGate(_Schedule):
         self.sleep: Callable[[float], None] = time.sleep
 
     def acquire(self, endpoint: str, ends_at: float | None = None) -> None:
-        """Block until a request may go (see :meth:`AsyncRequestGate.acquire`)."""
+        """Block until a request may go (see :meth:`AsyncRequestGate.acquire`).
+
+        :param endpoint: the API path, for the refusal's message.
+        :param ends_at: a ``clock()`` time by which the request must have started; ``None``: no bound.
+        :raises ReveRateLimitError: when the request could not start by ``ends_at``.
+        """
         while True:
             with self.lock:
                 now = self.clock()
@@ -271,6 +301,9 @@ def loop_gate(settings: ConnectionSettings) -> AsyncRequestGate:
 
     Its rate follows the settings last read: a connection edited to a new rate applies to the
     triggers that start after the edit and to those already waiting alike.
+
+    :param settings: the connection's settings.
+    :return: the gate; the same one for every trigger of the connection on this loop.
     """
     gates = _LOOP_GATES.setdefault(asyncio.get_running_loop(), {})
     key = gate_key(settings)
@@ -286,7 +319,11 @@ def loop_gate(settings: ConnectionSettings) -> AsyncRequestGate:
 
 
 def process_gate(settings: ConnectionSettings) -> SyncRequestGate:
-    """This process's gate for this connection's Base URL and key (created on first use)."""
+    """This process's gate for this connection's Base URL and key (created on first use).
+
+    :param settings: the connection's settings.
+    :return: the gate; the same one for every hook of the connection in this process.
+    """
     key = gate_key(settings)
     with _PROCESS_GATES_LOCK:
         gate = _PROCESS_GATES.get(key)

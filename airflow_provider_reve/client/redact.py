@@ -41,7 +41,10 @@ def _fold(text: str) -> str:
 
 
 class Redactor:
-    """Callable that returns its argument with every trace of ``secrets`` replaced by ``***``."""
+    """Callable that returns its argument with every trace of ``secrets`` replaced by ``***``.
+
+    :param secrets: the secrets to hide (``None`` and empty ones are ignored).
+    """
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         # Every MIN_RUN-long piece of every secret (the whole secret if it is shorter). A run of
@@ -88,5 +91,9 @@ class Redactor:
         return None if text is None else self(text)
 
     def reveals_secret(self, text: str) -> bool:
-        """Whether ``text`` holds a ``Bearer`` token or a piece of a secret."""
+        """Whether ``text`` holds a ``Bearer`` token or a piece of a secret.
+
+        :param text: any text.
+        :return: ``True`` when it would be changed by redaction.
+        """
         return self(text) != text

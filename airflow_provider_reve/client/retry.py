@@ -60,6 +60,9 @@ def should_retry_in_hook(error: BaseException) -> bool:
 
     A submission refused with ``TOO_MANY_TASKS`` waits for other tasks to finish (minutes): the
     operator does that, deferring. A status read refused so is a read like any other 429.
+
+    :param error: what the attempt raised.
+    :return: ``True`` to try again.
     """
     if (
         isinstance(error, ReveAPIError)
@@ -77,12 +80,20 @@ def too_many_tasks_wait(attempt: int, retry_after: float | None = None) -> float
     lengthen a step but never brings it below that schedule.
     Other tasks have to finish first, which takes tens of seconds, and each round trip through
     a timer deferral costs a worker start-up; a wait much shorter than that only adds churn.
+
+    :param attempt: the retry's number (1 = the first).
+    :param retry_after: the server's ``Retry-After``, in seconds, if any.
+    :return: seconds to wait.
     """
     return backoff_seconds(attempt, retry_after, initial=10.0, cap=60.0)
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (it may be a number or an HTTP date); ``None`` if absent/bad."""
+    """``Retry-After`` as seconds (it may be a number or an HTTP date); ``None`` if absent/bad.
+
+    :param value: the header's value.
+    :return: seconds (never negative), or ``None``.
+    """
     if value is None:
         return None
     value = value.strip()
@@ -111,6 +122,13 @@ def backoff_seconds(
 
     A sane ``Retry-After`` (0-60 s) may lengthen the wait, never shorten it: ``Retry-After: 0``
     from a busy server must not turn a back-off into a tight loop.
+
+    :param attempt: the retry's number (1 = the first retry).
+    :param retry_after: the server's ``Retry-After``, in seconds, if any.
+    :param initial: the wait before the first retry, in seconds.
+    :param cap: the longest wait, in seconds.
+    :param rng: returns a random number in [0, 1), for the jitter.
+    :return: seconds to wait.
     """
     # The exponent is bounded: a long outage ridden out by a trigger reaches high attempt counts.
     base = min(cap, initial * 2 ** min(max(0, attempt - 1), 32))
@@ -123,7 +141,13 @@ def backoff_seconds(
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounds for the hook's retry loop: attempts *and* total time, whichever ends first."""
+    """Bounds for the hook's retry loop: attempts *and* total time, whichever ends first.
+
+    :param max_attempts: attempts in all, the first included.
+    :param max_elapsed_seconds: seconds after the first attempt past which no retry starts.
+    :param initial_backoff: seconds before the first retry (doubling after it, with jitter).
+    :param max_backoff: the longest wait between two attempts, in seconds.
+    """
 
     max_attempts: int = 5
     max_elapsed_seconds: float = 60.0
@@ -135,7 +159,14 @@ class RetryPolicy:
             raise ValueError("RetryPolicy.max_attempts must be >= 1")
 
     def next_wait(self, attempt: int, error: BaseException, started: float, now: float) -> float | None:
-        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up and raise."""
+        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up and raise.
+
+        :param attempt: the number of the attempt that failed (1 = the first).
+        :param error: what it raised.
+        :param started: the ``time.monotonic()`` of the first attempt.
+        :param now: the ``time.monotonic()`` now.
+        :return: seconds to wait, or ``None``.
+        """
         if attempt >= self.max_attempts or not should_retry_in_hook(error):
             return None
         retry_after = error.retry_after if isinstance(error, ReveAPIError) else None
@@ -156,7 +187,15 @@ def call_with_retries(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Call ``func`` until it succeeds or :class:`RetryPolicy` says stop; re-raise the last error."""
+    """Call ``func`` until it succeeds or :class:`RetryPolicy` says stop; re-raise the last error.
+
+    :param func: one attempt.
+    :param policy: when to stop.
+    :param what: what is being done, for the log lines of the retries.
+    :param sleep: waits between attempts.
+    :param clock: the monotonic clock the policy's elapsed time is read from.
+    :return: what ``func`` returned.
+    """
     started = clock()
     attempt = 0
     while True:
@@ -178,7 +217,14 @@ async def acall_with_retries(
     what: str,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Async twin of :func:`call_with_retries`; waits with ``asyncio.sleep`` (never blocks the loop)."""
+    """Async twin of :func:`call_with_retries`; waits with ``asyncio.sleep`` (never blocks the loop).
+
+    :param func: makes the coroutine of one attempt.
+    :param policy: when to stop.
+    :param what: what is being done, for the log lines of the retries.
+    :param clock: the monotonic clock the policy's elapsed time is read from.
+    :return: what ``func``'s coroutine returned.
+    """
     started = clock()
     attempt = 0
     while True:

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_READ_TIMEOUT",
     "KNOWN_EXTRA_KEYS",
     "ConnectionSettings",
+    "checked_seconds",
     "missing_connection_message",
     "name_the_connection",
     "settings_from_connection",
@@ -40,12 +41,47 @@ KNOWN_EXTRA_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class ConnectionSettings:
+    """What a ``reve`` connection holds, validated (:func:`settings_from_connection`).
+
+    Built by hand, the key is checked as the connection's is (one line of visible ASCII, not in
+    the Base URL): a ``ReveConfigurationError`` names the field, never its value.
+
+    :param base_url: the API's Base URL, without a trailing ``/``.
+    :param api_key: the key, sent only as ``Authorization: Bearer``.
+    :param connect_timeout: seconds to wait for a TCP/TLS connection.
+    :param read_timeout: seconds to wait for an answer.
+    :param max_requests_per_second: the client-side cap on requests; ``None``: no cap.
+    """
+
     base_url: str
     api_key: str = field(repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     #: A client-side cap shared by everything using this Base URL and key (``None``: no cap).
     max_requests_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        # The clients take settings built by hand too (docs/client.md), so the key is checked
+        # here, where every client gets it: a key no header can carry would otherwise fail inside
+        # requests/aiohttp, in an error that holds the whole Authorization header.
+        field_name = "ConnectionSettings' api_key"
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise ReveConfigurationError(f"{field_name} is empty or not a string; put the Reve key there.")
+        _check_api_key(self.api_key, field_name)
+        if Redactor([self.api_key]).reveals_secret(self.base_url):
+            raise ReveConfigurationError(
+                "ConnectionSettings' Base URL contains the API key, or a part of it; the key goes in "
+                "api_key only."
+            )
+        if not _is_plain_http_url(self.base_url):
+            # It is shown in every connection error and in the clients' repr; requests would also
+            # send a user:password@ as Basic auth, in place of the key.
+            raise ReveConfigurationError(
+                "ConnectionSettings' Base URL must be an http:// or https:// URL with a host name and "
+                "no user:password@ (e.g. https://reve2img.com)."
+            )
+        checked_seconds("ConnectionSettings' connect_timeout", self.connect_timeout)
+        checked_seconds("ConnectionSettings' read_timeout", self.read_timeout)
 
     @cached_property
     def redactor(self) -> Redactor:
@@ -57,23 +93,46 @@ class ConnectionSettings:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
+def checked_seconds(name: str, value: Any) -> float:
+    """``value`` as a timeout: a finite number of seconds above zero, checked before any request.
+
+    A NaN read timeout passes ``requests``' own checks and fails only once the request was
+    written -- for a submission, after it was paid for.
+
+    :param name: what the value is, for the message (e.g. ``"timeout"``).
+    :param value: the seconds to check.
+    :return: the seconds, as a float.
+    :raises ReveConfigurationError: not a finite number above zero; nothing was sent.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ReveConfigurationError(f"{name} must be a finite number of seconds above zero, got {value!r}.")
+
+
 def missing_connection_message(conn_id: str) -> str:
     """What to do when Airflow has no connection ``conn_id``: its type, and how to create it.
 
     Only a placeholder stands where the key goes: this text reaches task logs and the UI.
+
+    :param conn_id: the connection id Airflow does not have.
+    :return: the message.
     """
     env_name = f"AIRFLOW_CONN_{conn_id.upper()}"  # exactly the name Airflow looks up
     return (
         f"The Airflow connection {conn_id!r} isn't defined. Create it with type 'reve' (the UI's "
         "Admin -> Connections, type Reve, your key in the 'API key' field), or as an environment "
         f'variable of the workers and triggerers: {env_name}=\'{{"conn_type": "reve", '
-        '"password": "<your Reve API key>"}\' (add "host" for another Base URL). See README, '
-        '"Connection".'
+        '"password": "<your Reve API key>"}\' (add "host" for another Base URL). See the docs\' '
+        "Connection page (docs/connection.md)."
     )
 
 
 def name_the_connection(error: ReveAPIError, conn_id: str) -> None:
-    """Say which connection's key the API refused (401/403): the one place the user must fix."""
+    """Say which connection's key the API refused (401/403): the one place the user must fix.
+
+    :param error: the refusal; its message gains the connection's id.
+    :param conn_id: the connection whose key was refused.
+    """
     if isinstance(error, ReveAuthenticationError):
         error.message = (
             f"{error.message} -- the key of Airflow connection {conn_id!r} was refused: put a "
@@ -93,6 +152,14 @@ def settings_from_connection(
 
     Neither field is ever quoted back: a key pasted into the Base URL field, or a URL holding
     ``user:password@``, would otherwise end up in an error message, a task log or the UI.
+
+    :param conn_id: the connection's id, for the messages.
+    :param host: the Base URL field.
+    :param port: the port field, used when the Base URL names none.
+    :param password: the API key field.
+    :param extra: the connection's extras.
+    :return: the validated settings.
+    :raises ReveConfigurationError: naming the field to fix.
     """
     api_key = _api_key(conn_id, password)
     base_url = _base_url(conn_id, host, port, _flag(extra.get("allow_insecure_http")))
@@ -113,12 +180,27 @@ def settings_from_connection(
 
 def _api_key(conn_id: str, password: str | None) -> str:
     key = (password or "").strip()  # a trailing newline from a pasted file is harmless: dropped
-    field_name = f"Connection {conn_id!r}: the 'API key' (password) field"
     if not key:
         raise ReveConfigurationError(
             f"Connection {conn_id!r} has no API key: put the Reve key in the connection's "
             "'API key' (password) field."
         )
+    _check_api_key(key, f"Connection {conn_id!r}: the 'API key' (password) field")
+    return key
+
+
+def _is_plain_http_url(url: Any) -> bool:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        return bool(
+            parts and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc
+        )
+    except ValueError:
+        return False
+
+
+def _check_api_key(key: str, field_name: str) -> None:
+    """Refuse a key no HTTP header can carry, naming ``field_name``, never quoting the key."""
     # An HTTP header holds visible ASCII only. Anything else is a paste error (a line break, a
     # non-breaking space, a typographic dash) that requests/aiohttp would refuse -- or worse,
     # fail on half-way -- only when the request is being sent.
@@ -137,7 +219,6 @@ def _api_key(conn_id: str, password: str | None) -> str:
         raise ReveConfigurationError(
             f"{field_name} holds a URL. Are the 'API key' and 'Base URL' fields swapped?"
         )
-    return key
 
 
 def _base_url(conn_id: str, host: str | None, port: int | None, allow_insecure_http: bool) -> str:

@@ -36,7 +36,11 @@ _REFUSED_BEFORE_SENDING = (
 
 
 def request_may_have_been_sent(error: requests.exceptions.RequestException) -> bool:
-    """False only when ``error`` proves the request never left this machine."""
+    """False only when ``error`` proves the request never left this machine.
+
+    :param error: what ``requests`` raised.
+    :return: ``False`` when nothing of the request was sent; ``True`` when it may have been.
+    """
     if isinstance(error, (requests.exceptions.ConnectTimeout, *_REFUSED_BEFORE_SENDING)):
         return False
     if isinstance(error, requests.exceptions.SSLError):
@@ -51,7 +55,11 @@ def request_may_have_been_sent(error: requests.exceptions.RequestException) -> b
 
 
 def failed_during_tls_handshake(error: BaseException) -> bool:
-    """Whether a TLS error was raised by the handshake (nothing of the request was written)."""
+    """Whether a TLS error was raised by the handshake (nothing of the request was written).
+
+    :param error: what the request raised.
+    :return: ``True`` when the handshake raised it.
+    """
     for link in _causes(error):
         if isinstance(link, (ssl.SSLCertVerificationError, ssl.CertificateError)):
             return True

@@ -71,7 +71,14 @@ class ReveSubmitBackoffMixin:
         first_refusal: float | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again."""
+        """Resumed after waiting out ``TOO_MANY_TASKS`` in the triggerer: submit again.
+
+        :param event: the timer trigger's event (unused).
+        :param submit_attempt: the number of the submission about to be made; ``None`` when the
+            deferral's kwargs were lost: the state store has it.
+        :param first_refusal: the UNIX time of the first ``TOO_MANY_TASKS`` refusal.
+        :return: the XCom value of the finished (or submitted) task.
+        """
         if submit_attempt is None:  # defer() kwargs lost (dag.test): the state store has them
             params = self._validated_params()
             recalled = self._memory(context).recall(request_fingerprint(self.model, params))

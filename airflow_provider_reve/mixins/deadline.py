@@ -26,7 +26,13 @@ DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
 
 
 def positive_seconds(value: float | timedelta, name: str) -> float:
-    """``value`` (seconds or a timedelta) as seconds, refused unless positive (checked at parse)."""
+    """``value`` (seconds or a timedelta) as seconds, refused unless positive (checked at parse).
+
+    :param value: seconds, or a ``timedelta``.
+    :param name: the argument's name, for the error.
+    :return: the seconds.
+    :raises ValueError: zero or negative.
+    """
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     if seconds <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
@@ -47,6 +53,7 @@ def deferral_budget(
     :param started_at: when this try started: ``context["ti"].start_date`` (Airflow keeps it
         across deferrals of one try), or a UNIX time; ``None`` means "just now".
     :param now: the current UNIX time (for tests); defaults to ``time.time()``.
+    :return: seconds.
     """
     now = time.time() if now is None else now
     budget = max(0.0, float(timeout_s))

@@ -78,6 +78,10 @@ def check_download_to(download_to: Any, *, before: str) -> None:
     Called before anything is paid for (the generate operator) or waited for (the sensor), so
     that a typo does not surface an hour later, after a paid generation, with expiring URLs.
     Only then is an unusable destination permanent: once a task is paid, storing it is retried.
+
+    :param download_to: the rendered ``download_to``, or ``None``.
+    :param before: what the message says of the spending (``"nothing was submitted"``).
+    :raises AirflowFailException: naming what to fix.
     """
     if download_to is None:
         return
@@ -95,6 +99,13 @@ def check_naming(
     Called before paying (a permanent failure: nothing was spent) and again where the task
     finishes (``paid=True``): a template that renders differently in the resumed process then
     fails retryably, since a retry re-attaches to the paid task for free.
+
+    :param file_name: the rendered ``file_name`` template, or ``None``.
+    :param metadata: the rendered ``metadata``, or ``None``.
+    :param before: what the message says of the spending (``"nothing was submitted"``).
+    :param paid: the task is paid for: a failure is retryable.
+    :param metadata_per_task: each task brings its own metadata (the download operator).
+    :return: the checked ``file_name`` and ``metadata``.
     """
     try:
         checked = check_metadata(metadata)
@@ -105,7 +116,10 @@ def check_naming(
 
 
 def task_instance_owner(context: Context) -> dict[str, Any] | None:
-    """The Airflow task instance a store works for (its earlier files get superseded), or None."""
+    """The Airflow task instance a store works for (its earlier files get superseded), or None.
+
+    :return: ``dag_id``, ``run_id``, ``task_id``, ``map_index``, or ``None`` without a task instance.
+    """
     ti = context.get("ti") if hasattr(context, "get") else None
     if ti is None:
         return None
@@ -132,6 +146,15 @@ def succeeded(
 
     :param if_storing_fails: what the user should know when the files could not be stored
         (the task is paid for either way).
+    :param operator: the operator.
+    :param task: the finished Reve task.
+    :param hook: downloads the files.
+    :param download_to: the rendered destination; ``None``: nothing is stored.
+    :param max_bytes: the largest file accepted.
+    :param allow_private_addresses: also fetch from non-public addresses.
+    :param output_format: the file extension asked for, if any.
+    :param name_template: the checked ``file_name`` template, if any.
+    :return: the XCom value: the task's ``to_dict()``, with ``files`` when stored.
     """
     operator.log.info(
         "Reve task %s SUCCESS: %d result URL(s), %s credits",
@@ -181,7 +204,18 @@ def finish(
     output_format: str | None = None,
     name_template: str | None = None,
 ) -> StoredResults | None:
-    """Store (optionally), then emit Asset events, the link value and the lineage summary."""
+    """Store (optionally), then emit Asset events, the link value and the lineage summary.
+
+    :param operator: the operator (its ``outlets``, its lineage summary).
+    :param tasks: the finished Reve tasks.
+    :param hook: downloads the files.
+    :param download_to: the rendered destination; ``None``: nothing is stored.
+    :param max_bytes: the largest file accepted.
+    :param allow_private_addresses: also fetch from non-public addresses.
+    :param output_format: the file extension asked for, if any.
+    :param name_template: the checked ``file_name`` template, if any.
+    :return: what was stored, or ``None``.
+    """
     stored = None
     if download_to is not None and any(task.result_urls for task in tasks):
         kwargs: dict[str, Any] = {}
@@ -207,6 +241,12 @@ def finish(
 
 
 def asset_extra(tasks: Sequence[ReveTask], stored: StoredResults | None) -> dict[str, Any]:
+    """The ``extra`` of an Asset event for these tasks: their ids, model, credits, metadata, files.
+
+    :param tasks: the finished Reve tasks.
+    :param stored: what was stored of them, or ``None``.
+    :return: the ``extra`` dict.
+    """
     credits = [task.consumed_credits for task in tasks]
     models = sorted({task.model for task in tasks if task.model})
     metadata = [task.metadata for task in tasks]
@@ -226,6 +266,13 @@ def asset_extra(tasks: Sequence[ReveTask], stored: StoredResults | None) -> dict
 def emit_asset_events(
     operator: FinishingHost, context: Context, tasks: Sequence[ReveTask], stored: StoredResults | None
 ) -> None:
+    """One Asset event per ``Asset`` outlet, and one per stored file per ``AssetAlias`` outlet.
+
+    :param operator: the operator, whose ``outlets`` are read.
+    :param context: the task's context (``outlet_events``).
+    :param tasks: the finished Reve tasks.
+    :param stored: what was stored of them, or ``None``.
+    """
     outlets = list(getattr(operator, "outlets", None) or [])
     if not outlets:
         return

@@ -51,7 +51,12 @@ ON_CONTENT_POLICY_CHOICES = defaults.ON_CONTENT_POLICY_CHOICES
 
 
 def check_on_content_policy_violation(value: str) -> str:
-    """``on_content_policy_violation``, checked when the DAG is parsed."""
+    """``on_content_policy_violation``, checked when the DAG is parsed.
+
+    :param value: ``"fail"`` or ``"skip"``.
+    :return: ``value``.
+    :raises ValueError: anything else.
+    """
     if value not in ON_CONTENT_POLICY_CHOICES:
         raise ValueError(f"on_content_policy_violation must be one of {ON_CONTENT_POLICY_CHOICES}")
     return value
@@ -60,7 +65,13 @@ def check_on_content_policy_violation(value: str) -> str:
 def raise_for_error(
     error: ReveError, log: logging.Logger | Any, *, on_content_policy_violation: str = "fail"
 ) -> NoReturn:
-    """Raise the Airflow exception that fits ``error`` (which is chained as the cause)."""
+    """Raise the Airflow exception that fits ``error`` (which is chained as the cause).
+
+    :param error: what the hook or trigger raised.
+    :param log: where the decision is logged.
+    :param on_content_policy_violation: ``"fail"`` or ``"skip"``.
+    :raises AirflowException: retryable, or ``AirflowFailException`` / ``AirflowSkipException``.
+    """
     from airflow_provider_reve.client.retry import is_permanent
 
     code = getattr(error, "code", None)
@@ -89,6 +100,10 @@ def raise_for_storing_error(error: BaseException, log: logging.Logger | Any) -> 
     A destination that is read-only, full or unreachable for a moment, or was refused by a check
     that guards *before* paying, is transient here. Never ``AirflowFailException``, which would
     spend no retries and leave the paid result behind, except for a URL no try can fetch.
+
+    :param error: what storing raised.
+    :param log: where the decision is logged.
+    :raises AirflowException: retryable, or ``AirflowFailException`` for a URL no try can fetch.
     """
     from airflow_provider_reve.client.retry import is_permanent
     from airflow_provider_reve.exceptions import ReveDownloadError
@@ -109,7 +124,13 @@ def raise_for_storing_error(error: BaseException, log: logging.Logger | Any) -> 
 def raise_for_failed_task(
     task: ReveTask, log: logging.Logger | Any, *, on_content_policy_violation: str = "fail"
 ) -> NoReturn:
-    """A task that ended FAILED: permanent by its error code, transient otherwise."""
+    """A task that ended FAILED: permanent by its error code, transient otherwise.
+
+    :param task: the task that ended ``FAILED``.
+    :param log: where the decision is logged.
+    :param on_content_policy_violation: ``"fail"`` or ``"skip"``.
+    :raises AirflowException: retryable, or ``AirflowFailException`` / ``AirflowSkipException``.
+    """
     from airflow_provider_reve.client.retry import is_permanent_code
     from airflow_provider_reve.exceptions import ReveTaskFailedError
 
@@ -130,11 +151,16 @@ def raise_for_failed_task(
 
 
 def raise_for_trigger_error(event: ReveTaskEvent, log: logging.Logger | Any, *, what: str) -> NoReturn:
-    """An ``error`` event from :class:`ReveTaskTrigger`: trust its ``retryable`` flag first.
+    """An ``error`` event from :class:`.ReveTaskTrigger`: trust its ``retryable`` flag first.
 
     The trigger has already classified the error it saw (``retryable=False`` for permanent
     ones, including configuration errors and gateway 401/403 pages that carry no code), so a
     permanent error seen in the triggerer fails at once, as it would in the worker.
+
+    :param event: the trigger's ``error`` event.
+    :param log: where the decision is logged.
+    :param what: what was being waited for, for the message.
+    :raises AirflowException: retryable, or ``AirflowFailException``.
     """
     from airflow_provider_reve.client.retry import is_permanent_code
 

@@ -62,14 +62,24 @@ _warned_unavailable = False
 
 
 def check_on_ambiguous_submit(value: str) -> str:
-    """``on_ambiguous_submit``, checked when the DAG is parsed."""
+    """``on_ambiguous_submit``, checked when the DAG is parsed.
+
+    :param value: ``"fail"`` or ``"retry"``.
+    :return: ``value``.
+    :raises ValueError: anything else.
+    """
     if value not in ON_AMBIGUOUS_SUBMIT_CHOICES:
         raise ValueError(f"on_ambiguous_submit must be one of {ON_AMBIGUOUS_SUBMIT_CHOICES}")
     return value
 
 
 def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
-    """A short hash of the request, so a retry re-attaches only to the request it would send."""
+    """A short hash of the request, so a retry re-attaches only to the request it would send.
+
+    :param model: the model id.
+    :param params: the request's fields.
+    :return: the hash, as hex.
+    """
     canonical = json.dumps({"model": model, **params}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -79,6 +89,11 @@ class Recalled(NamedTuple):
 
     A ``NamedTuple``, not a frozen dataclass: as immutable, and a DAG file's parse does not pay
     for generating a dataclass's methods (this module is imported for the mixin at every parse).
+
+    :param phase: ``"submitting"``, ``"submitted"`` or ``"refused"``.
+    :param task_id: the paid Reve task, once submitted.
+    :param attempt: the submission's number, after a ``TOO_MANY_TASKS`` refusal.
+    :param first_refusal: the UNIX time of the first refusal.
     """
 
     phase: str
@@ -95,6 +110,9 @@ def run_of_tries(context: Mapping[str, Any]) -> int | None:
     lowered at the same time: then the clear re-attaches, which costs nothing). Not
     ``max_tries - retries``: ``retries`` comes from the DAG file the worker parsed, which may have
     changed between two tries of one run.
+
+    :param context: the task's context.
+    :return: ``max_tries``, or ``None`` when the context has no task instance.
     """
     max_tries = getattr(context.get("ti"), "max_tries", None)
     if not isinstance(max_tries, int) or isinstance(max_tries, bool):
@@ -126,6 +144,10 @@ def cleared_since(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
     earlier try paid for (nothing is paid twice); clear it again once it is no longer running to
     generate afresh. ``dag_run.clear_number`` is not used: it also counts clears of the run's
     other tasks, and reading one of those as this task's clear would pay twice.
+
+    :param entry: the state store's entry.
+    :param context: the task's context.
+    :return: ``True`` when the instance was cleared since.
     """
     run, marker = entry.get("run"), run_of_tries(context)
     if run is not None and marker is not None and run != marker:
@@ -135,7 +157,11 @@ def cleared_since(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
 
 
 class SubmittedTaskMemory:
-    """Reads and writes the task instance's submission entry in its state store."""
+    """Reads and writes the task instance's submission entry in its state store.
+
+    :param context: the task's context.
+    :param log: where what it finds is logged.
+    """
 
     def __init__(self, context: Mapping[str, Any], log: logging.Logger | Any) -> None:
         self._store = context.get("task_state_store")
@@ -156,14 +182,23 @@ class SubmittedTaskMemory:
     def available(self) -> bool:
         return self._store is not None
 
-    def recall(self, fingerprint: str) -> Recalled | None:
-        """What an earlier try of *this run* left for this request; ``None`` after a clear."""
+    def recall(self, fingerprint: str, *, quiet: bool = False) -> Recalled | None:
+        """What an earlier try of *this run* left for this request; ``None`` after a clear.
+
+        ``quiet``: log nothing (a second look, by the budgets, at what ``_reattach`` already said).
+
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        :param quiet: log nothing.
+        :return: what is recalled, or ``None``.
+        """
         if self._store is None:
             return None
         entry = self._store.get(STATE_KEY)
         if not isinstance(entry, dict):
             return None
         if cleared_since(entry, self._context):
+            if quiet:
+                return None
             self._log.info(
                 "The task was cleared since Reve task %s was submitted (try %s): generating afresh.",
                 entry.get("task_id") or "(none)",
@@ -175,7 +210,7 @@ class SubmittedTaskMemory:
             # renders differently now (a templated seed, a signed URL) does not make it unpaid.
             return Recalled(SUBMITTING)
         if entry.get("fingerprint") != fingerprint:
-            if entry.get("task_id"):
+            if entry.get("task_id") and not quiet:
                 self._log.warning(
                     "An earlier try submitted Reve task %s for a different request; not re-attaching.",
                     entry["task_id"],
@@ -194,15 +229,27 @@ class SubmittedTaskMemory:
         return Recalled(SUBMITTING)
 
     def begin_submission(self, fingerprint: str) -> None:
-        """Before the paid request leaves: a later try that finds this knows it may exist."""
+        """Before the paid request leaves: a later try that finds this knows it may exist.
+
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        """
         self._write(fingerprint, phase=SUBMITTING)
 
     def remember(self, task_id: str, fingerprint: str) -> None:
-        """A paid task exists. One write replaces the in-flight or back-off entry."""
+        """A paid task exists. One write replaces the in-flight or back-off entry.
+
+        :param task_id: the paid Reve task.
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        """
         self._write(fingerprint, phase=SUBMITTED, task_id=task_id)
 
     def remember_refusal(self, fingerprint: str, attempt: int, first_refusal: float) -> None:
-        """``TOO_MANY_TASKS``: nothing was created; keep the back-off's progress."""
+        """``TOO_MANY_TASKS``: nothing was created; keep the back-off's progress.
+
+        :param fingerprint: the request's :func:`request_fingerprint`.
+        :param attempt: the number of the next submission.
+        :param first_refusal: the UNIX time of the first refusal.
+        """
         self._write(fingerprint, phase=REFUSED, attempt=attempt, first_refusal=first_refusal)
 
     def submission_created_nothing(self) -> None:

@@ -29,7 +29,11 @@ _HINT = "(or set render_template_as_native_obj=True on the DAG so templates rend
 
 
 def coerce_rendered(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` with string renderings of numbers, booleans and lists turned into values."""
+    """``params`` with string renderings of numbers, booleans and lists turned into values.
+
+    :param params: the rendered request fields.
+    :return: the fields with typed values.
+    """
     converters = {
         "num_images": _whole_number,
         "duration": _number,
@@ -43,7 +47,11 @@ def coerce_rendered(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def coerce_extra_params(value: Any) -> Any:
-    """``extra_params`` rendered to a string (JSON or a Python dict's repr) becomes the dict."""
+    """``extra_params`` rendered to a string (JSON or a Python dict's repr) becomes the dict.
+
+    :param value: the rendered ``extra_params``.
+    :return: the dict, or ``value`` unchanged.
+    """
     if not isinstance(value, str):
         return value
     parsed = parse_rendered_literal(value)
@@ -91,7 +99,11 @@ def _list_of_urls(name: str, text: str) -> list[Any]:
 
 def parse_rendered_literal(text: str) -> Any:
     """JSON first, then a Python literal (how a dict or list renders without native objects);
-    the text itself when it is neither."""
+    the text itself when it is neither.
+
+    :param text: a rendered value.
+    :return: the value.
+    """
     try:
         return json.loads(text)
     except (ValueError, RecursionError):  # deeply nested JSON overflows the parser's stack

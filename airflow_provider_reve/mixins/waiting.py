@@ -34,7 +34,13 @@ __all__ = ["ReveWaitingMixin", "WaitingHost", "check_download_options"]
 
 
 def check_download_options(download_to: Any, file_name: str | None, *, wait_for_completion: bool) -> None:
-    """``download_to`` and ``file_name`` fit the wait, checked when the DAG is parsed."""
+    """``download_to`` and ``file_name`` fit the wait, checked when the DAG is parsed.
+
+    :param download_to: where the files go, or ``None``.
+    :param file_name: their name template, or ``None``.
+    :param wait_for_completion: whether the operator waits for the task to finish.
+    :raises ValueError: a ``file_name`` without ``download_to``, or ``download_to`` without a wait.
+    """
     if file_name is not None and download_to is None:
         raise ValueError("file_name names the files download_to stores: give download_to too")
     if download_to is not None and not wait_for_completion:

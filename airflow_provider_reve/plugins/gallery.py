@@ -51,7 +51,11 @@ def gallery_app() -> Any:
 
 
 class ReveGalleryPlugin(AirflowPlugin):
-    """The Reve gallery: generated media, prompts and credits, for the DAGs a user may read."""
+    """The Reve gallery: generated media, prompts and credits, for the DAGs a user may read.
+
+    .. seealso::
+        The how-to guide: :ref:`howto/gallery`.
+    """
 
     name = "reve_gallery"
     external_views = [GALLERY_VIEW, MEDIA_TAB]

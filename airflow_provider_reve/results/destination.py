@@ -31,7 +31,11 @@ _LOCAL_PROTOCOLS = ("", "file", "local")
 
 @dataclass(frozen=True)
 class Destination:
-    """Where files go: a local folder (``local``) or an object-store folder (``remote``)."""
+    """Where files go: a local folder (``local``) or an object-store folder (``remote``).
+
+    :param local: the local folder, or ``None`` for an object store.
+    :param remote: the object-store folder (an ``ObjectStoragePath``), or ``None`` for a local one.
+    """
 
     local: Path | None
     remote: Any | None  # airflow.sdk.ObjectStoragePath, imported lazily
@@ -46,12 +50,21 @@ class Destination:
         return self.remote / name
 
     def shown(self, target: Path | Any) -> str:
-        """The manifest's ``path``: absolute filesystem path, or the object-store URI."""
+        """The manifest's ``path``: absolute filesystem path, or the object-store URI.
+
+        :param target: a file of this destination.
+        :return: the path or URI.
+        """
         return str(target)
 
 
 def resolve_destination(value: Any) -> Destination:
-    """A local path, a ``file://`` URL, or any ``ObjectStoragePath`` / object-store URL string."""
+    """A local path, a ``file://`` URL, or any ``ObjectStoragePath`` / object-store URL string.
+
+    :param value: the ``download_to`` or ``destination`` value, rendered.
+    :return: the destination it names.
+    :raises ReveValidationError: for a value that names no folder.
+    """
     where = _resolve(value)
     if where.local is not None and where.local.exists() and not where.local.is_dir():
         raise ReveValidationError(f"download destination {where.local} exists and is not a folder")
@@ -127,6 +140,9 @@ def asset_uri(path: str) -> str:
     The connection id an ``ObjectStoragePath`` carries (``s3://aws_default@bucket/key``) is
     dropped: it says how to reach the object, not which object it is, and a DAG scheduled on
     ``Asset("s3://bucket/key")`` must see the event.
+
+    :param path: a manifest ``path``: an absolute path or an object-store URI.
+    :return: the URI.
     """
     if "://" in path:
         scheme, _, rest = path.partition("://")

@@ -106,6 +106,9 @@ def redact_url(url: str) -> str:
 
     The query string and fragment (where signed URLs carry their tokens) and any
     ``user:password@`` are replaced by ``…``.
+
+    :param url: any URL.
+    :return: the URL without its secrets.
     """
     try:
         parts = urlsplit(url)
@@ -140,7 +143,7 @@ def download(
     :param allow_private_addresses: also connect to private, loopback, link-local and other
         non-public addresses. Only for a server you chose yourself.
     :param max_bytes: largest body accepted; a larger one raises
-        :class:`ReveDownloadTooLargeError`.
+        :class:`.ReveDownloadTooLargeError`.
     :param timeout: seconds to wait for a connection, an answer or the next bytes of the body.
     :param max_seconds: seconds the whole download may take, however steadily bytes arrive.
     :param max_redirects: redirects followed before giving up.
@@ -150,6 +153,8 @@ def download(
     :raises ReveDownloadTooLargeError: the body is larger than ``max_bytes``.
     :raises ReveDownloadError: any other failure: an HTTP error status, a timeout, a broken
         connection.
+    :param url: the result URL.
+    :return: how many bytes were written, and the answer's media type.
     """
     scrub = redact or _unchanged
     try:
@@ -229,6 +234,14 @@ def _fetch(
 
 
 def check_url(url: str, previous_scheme: str | None) -> SplitResult:
+    """Refuse a URL (or a redirect from one with ``previous_scheme``) the policy does not fetch.
+
+    :param url: the URL to fetch.
+    :param previous_scheme: the scheme of the URL that redirected here; ``None`` for the first URL.
+    :return: the URL, split.
+    :raises ReveUnsafeURLError: for a URL that is not http(s), has no host, carries credentials, or
+        a redirect from https to http.
+    """
     shown = redact_url(url)
     try:
         parts = urlsplit(url)
@@ -267,6 +280,9 @@ def is_public_address(address: str) -> bool:
 
     An IPv6 address that embeds an IPv4 one (mapped, compatible, SIIT, NAT64, 6to4, Teredo) is
     public only when the IPv4 address inside is public too.
+
+    :param address: an IP address, as text.
+    :return: ``True`` for a public unicast address.
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
     if isinstance(ip, ipaddress.IPv6Address):

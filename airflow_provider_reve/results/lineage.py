@@ -5,7 +5,10 @@ it until Airflow's OpenLineage listener asks a finished task for its lineage, an
 provider the answer is ``None`` -- exactly as if this mixin were not there.
 
 An operator opts in by setting, when it finishes (in ``execute_complete`` after a deferral: the
-listener asks the same process)::
+listener asks the same process):
+
+.. code-block:: python
+    :class: fragment
 
     self._reve_finished = {"tasks": [ReveTask dicts], "files": [manifest entries]}
 
@@ -33,12 +36,20 @@ RUN_FACET_NAME = "reve"
 
 
 class ReveLineageMixin:
-    """Adds ``get_openlineage_facets_on_complete`` to an operator that sets ``_reve_finished``."""
+    """Adds ``get_openlineage_facets_on_complete`` to an operator that sets ``_reve_finished``.
+
+    .. seealso::
+        The how-to guide: :ref:`howto/assets`.
+    """
 
     _reve_finished: dict[str, Any] | None = None
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """The task's outputs and its Reve run facet, or ``None`` (nothing finished / no OpenLineage)."""
+        """The task's outputs and its Reve run facet, or ``None`` (nothing finished / no OpenLineage).
+
+        :param task_instance: the finished task instance (unused: what the task stored is on the operator).
+        :return: an ``OperatorLineage``, or ``None``.
+        """
         finished = self._reve_finished
         if not isinstance(finished, Mapping):
             return None
@@ -67,6 +78,9 @@ def dataset_location(path: str) -> tuple[str, str] | None:
     ``/data/a.png`` and ``file:///data/a.png`` -> ``("file", "/data/a.png")``;
     ``s3://bucket/dir/a.png`` -> ``("s3://bucket", "dir/a.png")``. A ``user[:password]@`` in
     front of the bucket (an Airflow connection id, or worse) is dropped: it names no data.
+
+    :param path: a manifest ``path``.
+    :return: ``(namespace, name)``, or ``None``.
     """
     if path.startswith("/"):
         return "file", path
@@ -85,7 +99,11 @@ def dataset_location(path: str) -> tuple[str, str] | None:
 
 
 def output_locations(files: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, int | None]]:
-    """``(namespace, name, bytes)`` per stored file, each location once, in manifest order."""
+    """``(namespace, name, bytes)`` per stored file, each location once, in manifest order.
+
+    :param files: the manifest's ``files`` entries.
+    :return: one ``(namespace, name, bytes)`` per location.
+    """
     seen: set[tuple[str, str]] = set()
     out: list[tuple[str, str, int | None]] = []
     for entry in files:
@@ -100,7 +118,11 @@ def output_locations(files: Iterable[Mapping[str, Any]]) -> list[tuple[str, str,
 
 
 def generation_summary(finished: Mapping[str, Any]) -> dict[str, Any]:
-    """The run facet's fields: Reve task ids, models, credits (see ``ReveRunFacet``)."""
+    """The run facet's fields: Reve task ids, models, credits (see ``ReveRunFacet``).
+
+    :param finished: the finished task's XCom value (``tasks`` and ``files``).
+    :return: the facet's fields, by name.
+    """
     tasks: dict[str, dict[str, Any]] = {}
     for task in _dicts(finished.get("tasks")):
         task_id = task.get("task_id")

@@ -28,6 +28,7 @@ class ReveRunFacet(RunFacet):
     :param consumedCredits: the credits all of them consumed, or ``None`` when any task's cost is
         unknown (a ``wait_for_completion=False`` submission: its cost shows on the sensor).
     :param tasks: one ``{"taskId", "status", "model", "consumedCredits"}`` per Reve task.
+    :param producer: the URI of the code that made the facet (OpenLineage sets it).
     """
 
     reveTaskIds: list[str] = attr.field(factory=list)

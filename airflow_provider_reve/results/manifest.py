@@ -48,7 +48,11 @@ Key = tuple[str, int]
 
 
 def manifest_name(task_ids: Iterable[str]) -> str:
-    """The manifest's file name for this set of Reve task ids."""
+    """The manifest's file name for this set of Reve task ids.
+
+    :param task_ids: the Reve task ids (their order does not matter).
+    :return: the file name.
+    """
     # JSON, not a join: ids are API data, and ["a\nb"] must not name the manifest of ["a", "b"].
     digest = hashlib.sha256(json.dumps(list(task_ids)).encode()).hexdigest()[:16]
     return f"reve-manifest-{digest}.json"
@@ -69,6 +73,8 @@ def earlier_entries(
     :param same_file: ``same_file(target, size, sha256)``: the file is there, unchanged.
     :param open_file: opens a manifest for reading; the caller's refuses what is not a regular
         file (a FIFO named like a manifest would block ``open()`` for good).
+    :param tasks: the Reve tasks whose files are looked for.
+    :return: the entries, by ``(Reve task id, result index)``.
     """
     wanted = {(task.task_id, index) for task in tasks for index in range(len(task.result_urls))}
     own = manifest_name(task.task_id for task in tasks)
@@ -90,6 +96,8 @@ def manifest_entries(manifest: Any, open_file: Callable[[Any], Any] | None = Non
     """The ``files`` entries of the manifest at ``manifest`` (a path), ``[]`` if unreadable.
 
     :param open_file: how to open it (default ``manifest.open("rb")``).
+    :param manifest: the manifest's path.
+    :return: its ``files`` entries.
     """
     try:
         with open_file(manifest) if open_file is not None else manifest.open("rb") as fh:
@@ -107,7 +115,15 @@ def write_manifest(
     *,
     write: Callable[[Any, bytes], None],
 ) -> str:
-    """Write the manifest of ``files`` (and what they ``superseded``); return where it went."""
+    """Write the manifest of ``files`` (and what they ``superseded``); return where it went.
+
+    :param where: the destination.
+    :param tasks: the Reve tasks whose files were stored.
+    :param files: one entry per stored file.
+    :param superseded: the traces of the files moved aside for them.
+    :param write: ``write(name, body)`` writes a small file whole at ``where``.
+    :return: the manifest's path or URI.
+    """
     # "superseded" only when a clear left earlier files: a first store's manifest is unchanged.
     manifest: dict[str, Any] = {"files": files, **({"superseded": superseded} if superseded else {})}
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
@@ -141,13 +157,22 @@ def _reuse_from(
 
 
 def named_for(stem: str, name: str) -> bool:
-    """Whether ``name`` is a file this store gives the result whose file stem is ``stem``."""
+    """Whether ``name`` is a file this store gives the result whose file stem is ``stem``.
+
+    :param stem: a result's file stem.
+    :param name: a file name.
+    :return: ``True`` when ``name`` is that result's file.
+    """
     # The extension comes from the content type: any one after the stem is ours.
     return name.startswith(f"{stem}.") and "." not in name[len(stem) + 1 :]
 
 
 def names_in(where: Any) -> list[str]:
-    """The names at the top of the destination ``where``; ``[]`` when it cannot be listed."""
+    """The names at the top of the destination ``where``; ``[]`` when it cannot be listed.
+
+    :param where: the destination.
+    :return: the names, or ``[]``.
+    """
     folder = where.local if where.local is not None else where.remote
     try:
         return [path.name for path in folder.iterdir()]

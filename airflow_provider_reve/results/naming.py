@@ -43,7 +43,9 @@ __all__ = [
     "result_stems",
 ]
 
+#: The longest file name a ``file_name`` template may render, in characters.
 MAX_NAME_CHARS = 120
+#: The largest ``metadata``, as JSON, in bytes.
 MAX_METADATA_BYTES = 16 * 1024
 #: Files the provider writes itself into a destination: a result must never take their names.
 RESERVED_PREFIXES = ("reve-manifest-", "reve-owner-")
@@ -56,7 +58,12 @@ _SAMPLE_ID = "reve-task-id"
 
 
 def check_metadata(value: Any) -> dict[str, Any] | None:
-    """``metadata`` as a JSON-ready dict (a template may render it as a JSON/Python string)."""
+    """``metadata`` as a JSON-ready dict (a template may render it as a JSON/Python string).
+
+    :param value: the ``metadata`` value, rendered.
+    :return: the dict, or ``None`` when none was given.
+    :raises ReveValidationError: for a value that is not a JSON-ready mapping.
+    """
     if value is None:
         return None
     if isinstance(value, str):
@@ -95,6 +102,12 @@ def check_file_name(
     Rendered here with a stand-in Reve task id, so every mistake shows before paying.
     ``metadata_per_task``: each task brings its own metadata (the download operator), so a
     ``{metadata[key]}`` is checked per task at store time, before any file is fetched.
+
+    :param template: the ``file_name`` value, rendered by Jinja.
+    :param metadata: the ``metadata`` its ``{metadata[key]}`` fields read.
+    :param metadata_per_task: see above.
+    :return: the template, or ``None`` when none was given.
+    :raises ReveValidationError: naming what is wrong with it.
     """
     if template is None:
         return None
@@ -125,7 +138,16 @@ def render_file_stem(
     count: int,
     metadata: Mapping[str, Any] | None,
 ) -> str:
-    """The stem (name without extension) of result ``index`` of ``count``; refused if unsafe."""
+    """The stem (name without extension) of result ``index`` of ``count``; refused if unsafe.
+
+    :param template: the ``file_name`` template.
+    :param reve_task_id: the Reve task id (``{task_id}``).
+    :param index: the result's index in its task (``{index}``).
+    :param count: the task's number of results.
+    :param metadata: what ``{metadata[key]}`` reads.
+    :return: the stem.
+    :raises ReveValidationError: for a stem that is unsafe as a file name.
+    """
     from airflow_provider_reve.results.storage import safe_stem  # _storage imports this module
 
     fields = [field for _, field, _, _ in _parse(template) if field is not None]
@@ -154,7 +176,11 @@ def render_file_stem(
 
 
 def is_result_stem(stem: str) -> bool:
-    """Whether ``stem`` is a name :func:`render_file_stem` could have produced."""
+    """Whether ``stem`` is a name :func:`render_file_stem` could have produced.
+
+    :param stem: a file name without its extension.
+    :return: ``True`` when it could be a result's.
+    """
     return _stem_problem(stem) is None
 
 
@@ -223,7 +249,13 @@ class _AnyKey(dict):  # type: ignore[type-arg]
 
 
 def result_stems(tasks: Sequence[ReveTask], name_template: str | None) -> dict[tuple[str, int], str]:
-    """Every result's file name without extension; refused when two would be the same."""
+    """Every result's file name without extension; refused when two would be the same.
+
+    :param tasks: the finished Reve tasks.
+    :param name_template: the ``file_name`` template; ``None``: the default names.
+    :return: the stem by ``(Reve task id, result index)``.
+    :raises ReveValidationError: when two results would share a name.
+    """
     from airflow_provider_reve.results.storage import safe_stem  # _storage imports this module
 
     stems: dict[tuple[str, int], str] = {}

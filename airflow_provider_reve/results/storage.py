@@ -80,6 +80,7 @@ __all__ = [
     "extension",
     "file_name",
     "manifest_name",
+    "open_for_reading",
     "prepare_destination",
     "resolve_destination",
     "safe_stem",

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_reve.exceptions import ReveStorageError
+from airflow_provider_reve.results.files import open_for_reading
 from airflow_provider_reve.results.manifest import MANIFEST_NAME, manifest_entries, names_in
 from airflow_provider_reve.results.naming import SUPERSEDED_FOLDER
 
@@ -73,16 +74,38 @@ _HASH_CHUNK = 1024 * 1024
 
 
 def owner_record_name(owner: Mapping[str, Any]) -> str:
+    """The file name of an owner record: one per task instance (DAG, run, task, map index).
+
+    :param owner: the task instance's identity (``OWNER_FIELDS``).
+    :return: the file name.
+    """
     key = json.dumps([owner.get(name) for name in OWNER_FIELDS])
     return f"reve-owner-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def read_owner_record(where: Any, owner: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The files the owner stored here last (entries of its last manifest), or ``[]``."""
+    """The files the owner stored here last (entries of its last manifest), or ``[]``.
+
+    Opened as every file of ours is read: only a regular file, without blocking. A FIFO under the
+    record's name would otherwise hold the store of a paid task until its result URLs expire; it
+    is no record of ours, so it is read as none, and the store's new record replaces it.
+    Opened as every file of ours is read: only a regular file, without blocking. A FIFO under the
+    record's name would otherwise hold the store of a paid task until its result URLs expire; it
+    is no record of ours, so it is read as none, and the store's new record replaces it.
+
+    :param where: the destination.
+    :param owner: the task instance's identity.
+    :return: the entries.
+    """
+    target = where.target(owner_record_name(owner))
+    target = where.target(owner_record_name(owner))
     try:
-        with where.target(owner_record_name(owner)).open("rb") as fh:
+        with open_for_reading(target) as fh:
             record = json.loads(fh.read(_MAX_RECORD_BYTES))
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as error:
+        log.warning("%s is not read as an owner record (%s); this store writes a new one", target, error)
         return []
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(files, list) or record.get("owner") != {k: owner.get(k) for k in OWNER_FIELDS}:
@@ -103,6 +126,13 @@ def supersede_earlier(
 
     :raises ReveStorageError: a move or the owner record failed. It runs after paying, so it is
         transient like every storage error then: a retry finds the record and the moves again.
+    :param where: the destination.
+    :param owner: the task instance's identity.
+    :param files: the entries of the files it stores now.
+    :param same_file: ``same_file(target, size, sha256)``: the file is there, unchanged.
+    :param write: ``write(name, body)`` writes a small file whole at ``where``.
+    :param logger: where the moves are logged; ``None``: this module's.
+    :return: the ``superseded`` traces.
     """
     try:
         return _supersede(where, owner, files, same_file=same_file, write=write, logger=logger or log)
@@ -234,7 +264,12 @@ def _names(folder: Any) -> list[str]:
 
 
 def displaced_record_name(reve_task_id: str, index: int) -> str:
-    """The record, in ``superseded/``, of the files moved out of the way of this result's file."""
+    """The record, in ``superseded/``, of the files moved out of the way of this result's file.
+
+    :param reve_task_id: the result's Reve task id.
+    :param index: the result's index in its task.
+    :return: the record's file name.
+    """
     key = json.dumps([reve_task_id, index])
     return f"reve-displaced-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
@@ -249,6 +284,7 @@ class DisplacedFiles:
     :param write: ``write(name, body)`` writes a small file of ours whole at ``where``.
     :param own_earlier: this task instance's earlier files by ``path`` (its owner record's
         entries), which a clear replaces in place: :func:`supersede_earlier` lists those.
+    :param logger: where the moves are logged.
     """
 
     where: Any
@@ -264,6 +300,10 @@ class DisplacedFiles:
         Call it only when the file at ``target`` (if any) is not the new file itself. Left for
         the rename to replace, as before: nothing there, something that is not a regular file,
         and this task instance's own earlier file, unchanged since its owner record.
+
+        :param target: the file the new result is about to take.
+        :param reve_task_id: the new result's Reve task id.
+        :param index: the new result's index in its task.
         """
         where = self.where
         occupant = self._digest(target)
@@ -314,7 +354,11 @@ class DisplacedFiles:
         )
 
     def traces_for(self, files: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """The ``superseded`` traces of the files moved out of the way of ``files``, still intact."""
+        """The ``superseded`` traces of the files moved out of the way of ``files``, still intact.
+
+        :param files: the manifest entries of the new files.
+        :return: one trace per file moved aside.
+        """
         folder = self.where.target(SUPERSEDED_FOLDER)
         if not _exists(folder):
             return []  # nothing was ever moved aside here: no record to read
@@ -384,7 +428,12 @@ class DisplacedFiles:
         raise FileExistsError(f"no free name for {name} in {folder}")
 
     def who_stored(self, path: str, sha256: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """The task instance (owner record) and Reve result (entry) that stored this file here."""
+        """The task instance (owner record) and Reve result (entry) that stored this file here.
+
+        :param path: the file's manifest ``path``.
+        :param sha256: the file's SHA-256.
+        :return: the owner record (``None`` when unknown) and the manifest entry.
+        """
         names = sorted(names_in(self.where))
         stored_as: dict[str, Any] = {}
         for pattern in (_OWNER_RECORD, MANIFEST_NAME):

@@ -19,7 +19,12 @@ __all__ = ["tasks_from_results"]
 
 def tasks_from_results(results: Any, *, parse: Callable[[Any], Any] | None = None) -> list[ReveTask]:
     """``results`` as ``ReveTask`` objects: one task dict, a list of them, or nested lists
-    (a mapped task's output). A ``files`` manifest added by ``download_to`` is ignored."""
+    (a mapped task's output). A ``files`` manifest added by ``download_to`` is ignored.
+
+    :param results: the upstream task's XCom value.
+    :param parse: applied to ``results`` first (e.g. JSON text to Python).
+    :return: the tasks, in order.
+    """
     if parse is not None:
         results = parse(results)
     if isinstance(results, dict):

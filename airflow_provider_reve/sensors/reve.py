@@ -221,7 +221,7 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
             self.log.warning("Transient error reading Reve task %s; poking again later: %s", task_id, error)
             return PokeReturnValue(is_done=False)
         if task.failed:
-            raise _failed(task)
+            raise self._failed(task)
         if task.succeeded:
             return PokeReturnValue(is_done=True, xcom_value=self._waited_for(task))
         now = time.monotonic()
@@ -282,7 +282,7 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         if result.outcome == OUTCOME_SUCCESS and result.task is not None:
             return self._waited_for(result.task.with_model(self.known_model))
         if result.outcome == OUTCOME_FAILED and result.task is not None:
-            raise _failed(result.task)
+            raise self._failed(result.task)
         if result.outcome == OUTCOME_ERROR:
             raise_for_trigger_error(result, self.log, what=f"Waiting for Reve task {reve_task_id}")
         raise _timed_out(ends_at_execution_timeout, self, result.message)
@@ -293,10 +293,20 @@ class ReveTaskSensor(ReveResultLinkMixin, ReveLineageMixin, BaseSensorOperator):
         self._reve_succeeded = task
         return task.to_dict()
 
+    def _failed(self, task: ReveTask) -> AirflowFailException:
+        # Refunded by the API: a budget reservation the submitter left open is given back.
+        from airflow_provider_reve.budgets.mixin import close_reservation_of_finished_task
+
+        close_reservation_of_finished_task(self, task)
+        return _failed(task)
+
     def _succeeded(self, task: ReveTask, context: Context) -> dict[str, Any]:
-        # The same line, metric and storage as the generate operator: a task submitted with
-        # wait_for_completion=False reports its cost only here.
+        # The same line, metric, budget settlement and storage as the generate operator: a task
+        # submitted with wait_for_completion=False reports (and settles) its cost only here.
+        from airflow_provider_reve.budgets.mixin import close_reservation_of_finished_task
         from airflow_provider_reve.mixins.finish import succeeded
+
+        close_reservation_of_finished_task(self, task)
 
         task, name_template = self._described(task, paid=True)
         return succeeded(

@@ -11,7 +11,7 @@ event triggered.
 Budgets: the demo's Airflow has an SQLite ledger in the demo folder (``[reve] ledger_conn_id``)
 and a daily budget over ``reve_default``, so every generation reserves its credits before paying.
 At the end it prints each budget's spent / reserved / remaining, and what a budget without room
-answers before anything is paid (see README, "Budgets").
+answers before anything is paid (see docs/budgets.md).
 
     python -m airflow_provider_reve.testing.demo [--keep] [--out .demo]
 

@@ -2,8 +2,8 @@
 
 A private PostgreSQL server (the one a ``ProductionAirflow`` starts, Debian's ``postgresql``) and
 the ``psycopg2`` driver. Eight processes race reservations against one 1,000-credit budget; eight
-processes create the ledger's tables in a fresh database at once; two ``429`` pauses written in the
-wrong order keep the later one (``GREATEST``).
+processes create the ledger's tables in a fresh database at once; four processes set the same
+budget at once; two ``429`` pauses written in the wrong order keep the later one (``GREATEST``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from budget_set_worker import FIRST_LIMIT, race_set_budget
 
 from airflow_provider_reve.budgets import Budget, Ledger
 from airflow_provider_reve.testing._cluster_config import ClusterSecrets
@@ -154,6 +155,21 @@ def test_eight_processes_creating_the_ledger_tables_at_once_on_postgresql_all_su
             failures.append(err[-1500:])
     assert failures == []
     assert _query(postgres, "ledger_first_use", "SELECT version FROM reve_ledger_schema") == [(1,)]
+
+
+def test_processes_setting_the_same_budget_at_once_on_postgresql_all_succeed_and_leave_one_row(
+    postgres: PostgresService,
+):
+    url = _fresh_database(postgres, "ledger_set_race")
+
+    results = race_set_budget("-", _worker_env(url), processes=4, iterations=100)
+
+    # A delete-then-insert lost to a concurrent one with a unique violation on the budget's name.
+    assert [result["errors"] for result in results] == [[]] * 4
+    assert [result["missing"] for result in results] == [[]] * 4
+    rows = _query(postgres, "ledger_set_race", "SELECT name, limit_credits FROM reve_budgets")
+    assert len(rows) == 1
+    assert rows[0][0] == "shared" and rows[0][1] in range(FIRST_LIMIT, FIRST_LIMIT + 4)
 
 
 def test_a_shared_429_pause_on_postgresql_keeps_the_later_of_two_pauses(

@@ -152,3 +152,21 @@ def test_the_package_has_no_import_cycle():
 def test_the_privacy_rule_tells_a_packages_own_modules_from_strangers(importer, target, name, reached):
     # The counterpart of the walk above: the rule sees a reach when there is one.
     assert private_reach(importer, target, name) == reached
+
+
+def test_the_client_room_imports_nothing_of_airflow_itself():
+    # client/ is usable without an Airflow connection or task (docs/client.md); the hooks adapt
+    # Airflow to it. Lazy imports inside functions count too.
+    reaches = [
+        f"{path.relative_to(ROOT.parent)}:{node.lineno}"
+        for module, path in MODULES.items()
+        if module.startswith(f"{PACKAGE}.client")
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "airflow" for a in node.names))
+        or (
+            isinstance(node, ast.ImportFrom)
+            and not node.level
+            and (node.module or "").split(".")[0] == "airflow"
+        )
+    ]
+    assert reaches == []

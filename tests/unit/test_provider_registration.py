@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,19 @@ def test_airflow_cli_lists_the_provider():
     # The CLI may print log lines first; the JSON document is the last line.
     names = {entry["package_name"] for entry in json.loads(result.stdout.strip().splitlines()[-1])}
     assert "airflow-provider-reve" in names
+
+
+def test_every_how_to_guide_of_the_provider_info_names_a_docs_page_and_every_how_to_page_is_listed():
+    # Paths from the root of the source tree, as Airflow's own providers give theirs.
+    root = Path(__file__).resolve().parents[2]
+    (integration,) = get_provider_info()["integrations"]
+    guides = integration["how-to-guide"]
+    missing = [
+        guide for guide in guides if not guide.startswith("/docs/") or not (root / guide[1:]).is_file()
+    ]
+    assert missing == []
+    pages = {f"/{page.relative_to(root).as_posix()}" for page in (root / "docs" / "howto").glob("*.md")}
+    assert set(guides) == pages
 
 
 def test_provider_info_names_modules_that_import():

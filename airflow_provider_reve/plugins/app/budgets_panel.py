@@ -28,7 +28,7 @@ TURN_ON = (
     "Budgets are off: no ledger is configured. To turn them on, point [reve] ledger_conn_id "
     "(AIRFLOW__REVE__LEDGER_CONN_ID) at an Airflow connection of type sqlite or postgres, then "
     "define a budget with: airflow reve budget set NAME --limit CREDITS --window day. "
-    'See the README, section "Budgets".'
+    "See the docs' Budgets page (docs/budgets.md)."
 )
 
 

@@ -225,3 +225,42 @@ def test_without_a_ledger_configured_budgets_are_off_and_the_task_pays_as_before
     result = make_operator(model="seedream-5").execute(context(InMemoryTaskStateStore()))
     assert result["status"] == "SUCCESS"
     assert server.submissions == 1
+
+
+def test_a_retry_that_resubmits_after_an_unknown_outcome_reserves_afresh_and_keeps_the_first_held(
+    server, ledger
+):
+    # The connection drops after the request was processed: the state a kill mid-submit leaves
+    # (a paid task may exist, the state store says "submitting"), with a task the fake charged.
+    ledger.set_budget(Budget(name="daily", limit_credits=1000, conn_id="reve_default"))
+    server.add_fault(kind="drop_after", endpoint="generate")
+    store = InMemoryTaskStateStore()
+    with pytest.raises(AirflowException):
+        make_operator(model="seedream-5", on_ambiguous_submit="retry").execute(context(store, try_number=1))
+
+    result = make_operator(model="seedream-5", on_ambiguous_submit="retry").execute(
+        context(store, try_number=2)
+    )
+
+    assert charges(server) == 2  # the retry paid again, as on_ambiguous_submit="retry" accepts
+    # Each possibly-paid request holds its own credits: the first stays reserved (its outcome is
+    # unknown to us) until `reconcile --release-unknown`; the second is settled.
+    assert counters(ledger) == (result["consumed_credits"], SEEDREAM)
+    assert sorted(reservation_rows(ledger)) == [("reserved", None), ("settled", result["consumed_credits"])]
+
+
+def test_a_retry_after_an_unknown_outcome_without_room_for_a_second_reservation_does_not_resubmit(
+    server, ledger
+):
+    ledger.set_budget(Budget(name="daily", limit_credits=SEEDREAM, conn_id="reve_default"))
+    server.add_fault(kind="drop_after", endpoint="generate")
+    store = InMemoryTaskStateStore()
+    with pytest.raises(AirflowException):
+        make_operator(model="seedream-5", on_ambiguous_submit="retry").execute(context(store, try_number=1))
+
+    with pytest.raises(AirflowFailException, match="No Reve budget room"):
+        make_operator(model="seedream-5", on_ambiguous_submit="retry").execute(context(store, try_number=2))
+
+    assert server.submissions == 1
+    assert counters(ledger) == (0, SEEDREAM)
+    assert reservation_rows(ledger) == [("reserved", None)]

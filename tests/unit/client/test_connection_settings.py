@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from reve_test_helpers import use_connection
 
+from airflow_provider_reve.client import ConnectionSettings, ReveClient
 from airflow_provider_reve.exceptions import ReveConfigurationError
 from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook
 from airflow_provider_reve.testing import FakeReveServer
@@ -163,6 +164,46 @@ async def test_the_async_hook_refuses_such_a_key_with_the_same_error_not_a_bare_
 
     assert not quotes_any_of(str(raised.value), key)
     assert fake_reve_server.requests_to("total") == 0
+
+
+@pytest.mark.parametrize(("key", "why"), BAD_KEYS.values(), ids=BAD_KEYS.keys())
+def test_settings_built_by_hand_for_the_client_refuse_such_a_key_before_anything_is_sent(
+    fake_reve_server: FakeReveServer, key, why
+):
+    # docs/client.md: the clients need no Airflow connection, only ConnectionSettings, which
+    # are public and may be built without settings_from_connection.
+    with (
+        pytest.raises(ReveConfigurationError, match=why) as raised,
+        ReveClient(ConnectionSettings(base_url=fake_reve_server.url, api_key=key)) as client,
+    ):
+        client.generate(MODEL, PROMPT)
+
+    assert not quotes_any_of(str(raised.value) + repr(raised.value), key)
+    assert raised.value.__context__ is None  # no HTTP library's error holding the header
+    assert fake_reve_server.requests_to("total") == 0
+
+
+def test_settings_built_by_hand_refuse_a_base_url_that_carries_the_key_without_quoting_either():
+    key = "sk-live-Qm9PaZ27xLw3Rk8v"
+
+    with pytest.raises(ReveConfigurationError, match="Base URL contains the API key") as raised:
+        ConnectionSettings(base_url=f"https://reve.example.com/{key}", api_key=key)
+
+    assert not quotes_any_of(str(raised.value) + repr(raised.value), key)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://reve:{pw}@127.0.0.1:1", "https://{pw}@reve.example.com", "file:///{pw}"]
+)
+def test_settings_built_by_hand_refuse_a_base_url_with_a_password_or_another_scheme_without_quoting_it(
+    base_url,
+):
+    password = "hunter2-Zq8Lm3Rx"
+
+    with pytest.raises(ReveConfigurationError, match="Base URL") as raised:
+        ReveClient(ConnectionSettings(base_url=base_url.format(pw=password), api_key=KEY))
+
+    assert not quotes_any_of(str(raised.value) + repr(raised.value), password)
 
 
 @pytest.mark.parametrize("where", ["path", "subdomain"])  # a query string is dropped anyway

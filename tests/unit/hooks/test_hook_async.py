@@ -17,6 +17,7 @@ import pytest
 from reve_test_helpers import use_connection
 from trickle_stub import trickling_status_server
 
+from airflow_provider_reve.client.async_client import _SESSIONS
 from airflow_provider_reve.client.retry import NO_RETRIES, RetryPolicy
 from airflow_provider_reve.exceptions import (
     STATUS_ENDPOINT,
@@ -29,7 +30,7 @@ from airflow_provider_reve.exceptions import (
     ReveServerError,
     ReveValidationError,
 )
-from airflow_provider_reve.hooks.reve import _SESSIONS, ReveAsyncHook, ReveHook, shared_client_session
+from airflow_provider_reve.hooks.reve import ReveAsyncHook, ReveHook, shared_client_session
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer, Fault
 

@@ -290,6 +290,37 @@ def test_a_video_player_can_seek_with_single_byte_ranges(api, manifest, store, s
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
 
 
+@pytest.mark.parametrize("size", [len(PNG), 33 * 1024 * 1024 + 7], ids=["in-memory", "streamed"])
+@pytest.mark.parametrize("wanted", [None, "bytes=0-9", "bytes=999999999-"], ids=["whole", "range", "beyond"])
+def test_head_answers_like_get_without_a_body(api, manifest, store, size, wanted):
+    # A player or a link checker asks HEAD first (size, type, ranges) before it fetches.
+    data = (PNG * (size // len(PNG) + 1))[:size]
+    path = stored_file(store, "headed", data)
+    params = manifest("headed", manifest_entry("headed", path, data))
+    headers = bearer(token()) | ({"Range": wanted} if wanted else {})
+
+    got = api.get("/reve/media", params=params, headers=headers)
+    headed = api.head("/reve/media", params=params, headers=headers)
+
+    assert headed.status_code == got.status_code and got.status_code in (200, 206, 416)
+    assert headed.content == b""
+    for name in ("content-type", "content-length", "content-range", "accept-ranges", "cache-control", "etag"):
+        assert headed.headers.get(name) == got.headers.get(name), name
+
+
+def test_head_of_a_file_the_gallery_does_not_serve_is_refused_like_get(api, manifest, store):
+    path = stored_file(store, "headless", PNG.replace(b"pixels", b"forged"))
+    params = manifest("headless", manifest_entry("headless", path, PNG))
+
+    headed = api.head("/reve/media", params=params, headers=bearer(token()))
+
+    assert headed.status_code == 404 and headed.content == b""
+    assert (
+        api.head("/reve/media", params=params).status_code
+        == api.get("/reve/media", params=params).status_code
+    )
+
+
 @pytest.mark.parametrize("header", ["bytes=0-1,4-5", "items=0-1", "bytes=5-1", "bytes=x-y", "bytes=-"])
 def test_a_range_the_server_does_not_serve_alone_gets_the_whole_file(api, manifest, store, header):
     path = stored_file(store, "ranges")

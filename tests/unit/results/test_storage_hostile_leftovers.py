@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_reve.results.storage import StoredResults, manifest_name
+from airflow_provider_reve.results.storage import StoredResults, manifest_name, resolve_destination
 from tests.support.storage_stub import PNG, CdnStub, file, store, succeeded
 
 # A guard against a hang, not a speed measure: storing 64 KiB from loopback takes milliseconds.
@@ -33,13 +33,13 @@ def cdn() -> Iterator[CdnStub]:
     server.close()
 
 
-def _store_in_thread(tasks: list[Any], destination: Path) -> StoredResults:
+def _store_in_thread(tasks: list[Any], destination: Path, **kwargs: Any) -> StoredResults:
     """``store`` in a daemon thread, so that a hang fails the test instead of the test run."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["stored"] = store(tasks, destination)
+            outcome["stored"] = store(tasks, destination, **kwargs)
         except BaseException as error:  # handed to the test below
             outcome["error"] = error
 
@@ -109,6 +109,25 @@ def test_a_fifo_under_a_result_name_that_a_manifest_vouches_for_does_not_hang_st
 
     assert Path(stored.files[0]["path"]).read_bytes() == PNG
     assert stored.files[0]["bytes"] == len(PNG)
+
+
+def test_a_fifo_named_like_this_task_instances_owner_record_does_not_hang_storing_the_paid_files(
+    cdn: CdnStub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from airflow_provider_reve.results.supersede import owner_record_name, read_owner_record
+
+    url = cdn.route("/a.png", file(PNG))
+    owner = {"dag_id": "products", "run_id": "manual__1", "task_id": "hero_image", "map_index": 0}
+    os.mkfifo(tmp_path / owner_record_name(owner))
+
+    stored = _store_in_thread([succeeded("A", url)], tmp_path, owner=owner)
+
+    assert Path(stored.files[0]["path"]).read_bytes() == PNG
+    # Not a record of ours: read as none, said so, and replaced by this store's record.
+    assert "not a regular file" in caplog.text
+    assert [entry["path"] for entry in read_owner_record(resolve_destination(tmp_path), owner)] == [
+        stored.files[0]["path"]
+    ]
 
 
 def test_a_file_reused_from_an_earlier_manifest_is_described_as_a_freshly_stored_one(

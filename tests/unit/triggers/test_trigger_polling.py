@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_reve.client.async_client import _SESSIONS
 from airflow_provider_reve.client.polling import current_interval, first_read_at, wait_origin
-from airflow_provider_reve.hooks.reve import _SESSIONS, ReveHook
+from airflow_provider_reve.hooks.reve import ReveHook
 from airflow_provider_reve.testing import FakeReveServer
 from airflow_provider_reve.triggers.reve import OUTCOME_SUCCESS, ReveTaskTrigger
 

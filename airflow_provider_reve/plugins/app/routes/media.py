@@ -16,7 +16,9 @@ Invariants a user relies on:
 * ``Cache-Control: no-store``: a private image is not kept by the browser past the session (after
   logout it is asked for again, and refused);
 * ``Accept-Ranges: bytes``; a single range gives ``206`` (a video can seek), an unsatisfiable one
-  ``416``, anything else the whole file with ``200``.
+  ``416``, anything else the whole file with ``200``;
+* ``HEAD`` answers as ``GET`` would (the same check, status and headers, ``Content-Length``
+  included) without a body: players and link checkers ask it first.
 """
 
 from __future__ import annotations
@@ -76,10 +78,17 @@ async def _body(opened: media.Opened, start: int, length: int, where: str, key: 
         opened.close()
 
 
-@router.get("/media")
+@router.api_route("/media", methods=["GET", "HEAD"])
 async def serve_media(
     request: Request, user: User, query: Annotated[MediaQuery | None, Depends(media_query)]
 ) -> Response:
+    response = await _media(request, user, query)
+    if request.method == "HEAD":
+        return Response(status_code=response.status_code, headers=dict(response.headers))
+    return response
+
+
+async def _media(request: Request, user: User, query: MediaQuery | None) -> Response:
     if query is None:
         return _not_found()
     await run_in_threadpool(require_dag, user, query.dag_id)
@@ -126,6 +135,9 @@ def _response(request: Request, opened: media.Opened, where: str, key: str) -> R
         status = 206
         headers["Content-Range"] = wanted.content_range
     headers["Content-Length"] = str(part.length)
+    if request.method == "HEAD":
+        opened.close()  # verified, as for GET; nothing more is read
+        return Response(status_code=status, media_type=entry.content_type, headers=headers)
     if opened.data is not None:
         body = opened.data[part.start : part.start + part.length]
         return Response(body, status_code=status, media_type=entry.content_type, headers=headers)
