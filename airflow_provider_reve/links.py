@@ -33,8 +33,6 @@ from urllib.parse import urlencode, urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 
-from airflow_provider_reve.models import ReveTask
-
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator, Context, TaskInstanceKey
 
@@ -174,6 +172,8 @@ def first_result_url(result: Any) -> str | None:
     :param result: what an operator or sensor returns.
     :return: the first result URL found, or ``None``.
     """
+    from airflow_provider_reve.models import ReveTask
+
     if isinstance(result, ReveTask):
         return result.result_urls[0] if result.result_urls else None
     if isinstance(result, Mapping):

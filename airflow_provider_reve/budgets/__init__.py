@@ -9,15 +9,16 @@ The ledger (SQLAlchemy) loads on first use, never when a DAG file imports the op
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from airflow_provider_reve.budgets.model import Budget, BudgetExhaustedError, BudgetRefusal, Scope
-from airflow_provider_reve.budgets.windows import WINDOWS, Window, window_at
+from airflow_provider_reve._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from airflow_provider_reve.budgets.approval import ApprovalHost, ReveApprovalMixin
     from airflow_provider_reve.budgets.ledger import BudgetStatus, Ledger, Reservation
     from airflow_provider_reve.budgets.mixin import ON_BUDGET_EXHAUSTED_CHOICES, BudgetHost, ReveBudgetMixin
+    from airflow_provider_reve.budgets.model import Budget, BudgetExhaustedError, BudgetRefusal, Scope
+    from airflow_provider_reve.budgets.windows import WINDOWS, Window, window_at
 
 __all__ = [
     "ON_BUDGET_EXHAUSTED_CHOICES",
@@ -38,8 +39,17 @@ __all__ = [
 ]
 
 # Loaded on first use: the ledger needs SQLAlchemy, the mixin Airflow; neither is needed to
-# read a budget's window arithmetic, nor by the racing processes of the tests.
-_LAZY = {
+# read a budget's window arithmetic, nor by the racing processes of the tests. And a DAG file
+# imports the operator mixins (``budgets.mixin``, ``budgets.approval``) at every parse, which
+# runs this module first: it imports nothing until a name is read.
+_HOME = {
+    "Budget": "model",
+    "BudgetExhaustedError": "model",
+    "BudgetRefusal": "model",
+    "Scope": "model",
+    "WINDOWS": "windows",
+    "Window": "windows",
+    "window_at": "windows",
     "BudgetStatus": "ledger",
     "Ledger": "ledger",
     "Reservation": "ledger",
@@ -50,10 +60,4 @@ _LAZY = {
     "ReveApprovalMixin": "approval",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _HOME)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
+from airflow_provider_reve.budgets.mixin import BudgetHost, budget_scope
 from airflow_provider_reve.mixins.reattach import request_fingerprint
 
 __all__ = [
@@ -79,30 +80,9 @@ def check_approval_options(
     return approval_above_credits, approval_timeout, on_approval_rejected
 
 
-class ApprovalHost(Protocol):
-    """What the mixin needs from the operator it is mixed into."""
-
-    model: str
-    reve_conn_id: str
-    approval_above_credits: int | None
-    approval_timeout: timedelta | None
-    on_approval_rejected: str
-
-    @property
-    def log(self) -> Any: ...
-
-    def budget_request_params(self) -> dict[str, Any]:
-        """The validated request, as it will be sent.
-
-        :return: the request's fields.
-        """
-        ...
-
-    def defer(
-        self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None
-    ) -> NoReturn: ...
-
-    def execute(self, context: Any) -> Any: ...
+#: What the mixin needs from the operator it is mixed into: the budget mixin's host (one Protocol
+#: for both; this name stays for the imports that use it).
+ApprovalHost = BudgetHost
 
 
 class ReveApprovalMixin:
@@ -112,7 +92,7 @@ class ReveApprovalMixin:
         The guide: :ref:`budgets` ("Approval above a threshold").
     """
 
-    def wait_for_approval(self: ApprovalHost, context: Mapping[str, Any]) -> None:
+    def wait_for_approval(self: BudgetHost, context: Mapping[str, Any]) -> None:
         """Before reserving: return when no approval is needed or it was given; else park the task."""
         if self.approval_above_credits is None:
             return
@@ -156,7 +136,7 @@ class ReveApprovalMixin:
         _park(self, ti_id, {"fingerprint": fingerprint})
 
     def execute_after_approval(
-        self: ApprovalHost, context: Any, event: Any = None, fingerprint: str | None = None, **kwargs: Any
+        self: BudgetHost, context: Any, event: Any = None, fingerprint: str | None = None, **kwargs: Any
     ) -> Any:
         """Resumed with the person's answer (or the timeout): go on, skip or fail.
 
@@ -198,7 +178,7 @@ class ReveApprovalMixin:
         return self.execute(context)
 
 
-def _park(host: ApprovalHost, ti_id: Any, kwargs: dict[str, Any]) -> NoReturn:
+def _park(host: BudgetHost, ti_id: Any, kwargs: dict[str, Any]) -> NoReturn:
     try:
         from airflow.sdk.exceptions import TaskAwaitingInput
     except ImportError:  # before Airflow 3.3: wait in the triggerer, as HITLOperator does there
@@ -239,7 +219,7 @@ def _approved(context: Mapping[str, Any], fingerprint: str) -> bool:
     )
 
 
-def _remember_approval(host: ApprovalHost, context: Mapping[str, Any], fingerprint: str) -> None:
+def _remember_approval(host: BudgetHost, context: Mapping[str, Any], fingerprint: str) -> None:
     store = context.get("task_state_store")
     if store is None:
         return
@@ -255,9 +235,7 @@ def _who(user: Any) -> str:
     return "someone"
 
 
-def _body(
-    host: ApprovalHost, context: Mapping[str, Any], params: dict[str, Any], estimate: int | None
-) -> str:
+def _body(host: BudgetHost, context: Mapping[str, Any], params: dict[str, Any], estimate: int | None) -> str:
     prompt = str(params.get("prompt") or "(none)")
     if len(prompt) > _PROMPT_SHOWN:
         prompt = prompt[:_PROMPT_SHOWN] + " …"
@@ -286,9 +264,8 @@ def _body(
     return "\n".join(lines)
 
 
-def _headroom_lines(host: ApprovalHost, context: Mapping[str, Any], estimate: int | None) -> list[str]:
+def _headroom_lines(host: BudgetHost, context: Mapping[str, Any], estimate: int | None) -> list[str]:
     from airflow_provider_reve.budgets.ledger import Ledger
-    from airflow_provider_reve.budgets.mixin import budget_scope
 
     try:
         ledger = Ledger.configured()

@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowSkipException
 
-from airflow_provider_reve.budgets.model import BudgetExhaustedError, Scope
-from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve.mixins.reattach import SUBMITTING, SubmittedTaskMemory, request_fingerprint
 
+# The budget model, the ledger (SQLAlchemy) and the exceptions are imported where a task runs:
+# a DAG file imports this module for the mixin, at every parse.
 if TYPE_CHECKING:
     from airflow_provider_reve.budgets.ledger import Ledger, Reservation
+    from airflow_provider_reve.budgets.model import BudgetExhaustedError, Scope
     from airflow_provider_reve.models import ReveTask
 
 __all__ = [
@@ -96,12 +97,16 @@ class _Logs(Protocol):
 
 
 class BudgetHost(Protocol):
-    """What the mixin needs from the operator it is mixed into."""
+    """What the budget mixin and the approval mixin (``budgets.approval``) need from the operator
+    they are mixed into: one host, since both guard the same paid call of the same operator."""
 
     model: str
     reve_conn_id: str
     on_budget_exhausted: str
     execution_timeout: timedelta | None
+    approval_above_credits: int | None
+    approval_timeout: timedelta | None
+    on_approval_rejected: str
 
     @property
     def log(self) -> Any: ...
@@ -133,6 +138,7 @@ class ReveBudgetMixin:
         if ledger is None:
             return
         params = self.budget_request_params()
+        from airflow_provider_reve.budgets.model import BudgetExhaustedError
         from airflow_provider_reve.client.catalog import estimate_credits  # where a task runs
 
         estimate = estimate_credits(self.model, **params)
@@ -213,6 +219,8 @@ class ReveBudgetMixin:
 
         :param error: what the paid call raised.
         """
+        from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
+
         cause: BaseException | None = error
         while cause is not None:
             if isinstance(cause, ReveAmbiguousSubmissionError):
@@ -331,7 +339,7 @@ def _key(host: BudgetHost, context: Mapping[str, Any], params: dict[str, Any]) -
     )
 
 
-def budget_scope(host: Any, context: Mapping[str, Any]) -> Scope:
+def budget_scope(host: BudgetHost, context: Mapping[str, Any]) -> Scope:
     """What budgets see of this task: its connection, DAG, DAG tags and model.
 
     :param host: the operator.
@@ -341,6 +349,8 @@ def budget_scope(host: Any, context: Mapping[str, Any]) -> Scope:
 
 
 def _scope(host: BudgetHost, context: Mapping[str, Any]) -> Scope:
+    from airflow_provider_reve.budgets.model import Scope
+
     dag = context.get("dag")
     tags = getattr(dag, "tags", None) or ()
     return Scope(

@@ -9,12 +9,18 @@ kwargs and, for a resume that lost them (``dag.test()``), in the re-attach memor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_reve.mixins.deadline import DEFER_TIMEOUT_GRACE, deferral_budget
 from airflow_provider_reve.mixins.reattach import REFUSED, SubmittedTaskMemory, request_fingerprint
+
+if TYPE_CHECKING:
+    from airflow_provider_reve.exceptions import ReveRateLimitError
 
 __all__ = ["BackoffHost", "ReveSubmitBackoffMixin"]
 
@@ -23,6 +29,11 @@ class BackoffHost(Protocol):
     """What :class:`ReveSubmitBackoffMixin` needs from the operator that mixes it in."""
 
     model: str
+    deferrable: bool
+    max_submit_wait: float
+
+    @property
+    def log(self) -> Any: ...
 
     @property
     def execution_timeout(self) -> timedelta | None: ...
@@ -43,6 +54,10 @@ class BackoffHost(Protocol):
     def _run(self, context: Any, *, submit_attempt: int, first_refusal: float | None) -> dict[str, Any]: ...
 
     def _time_left(self, context: Mapping[str, Any]) -> float: ...
+
+    def _defer_submission(
+        self, wait: float, attempt: int, first_refusal: float, context: Mapping[str, Any]
+    ) -> None: ...
 
 
 class ReveSubmitBackoffMixin:
@@ -72,6 +87,49 @@ class ReveSubmitBackoffMixin:
             else:
                 submit_attempt, first_refusal = 1, None
         return self._run(context, submit_attempt=submit_attempt, first_refusal=first_refusal)
+
+    def _wait_to_resubmit(
+        self: BackoffHost,
+        error: ReveRateLimitError,
+        context: Mapping[str, Any],
+        memory: SubmittedTaskMemory,
+        fingerprint: str,
+        attempt: int,
+        first_refusal: float | None,
+    ) -> tuple[int, float]:
+        """``TOO_MANY_TASKS`` refused submission ``attempt`` (nothing was created): wait (in the
+        triggerer when deferrable) and return the next attempt and the first refusal's time; raise
+        when the wait would outlast ``max_submit_wait`` or ``execution_timeout``."""
+        from airflow_provider_reve.client.retry import too_many_tasks_wait
+        from airflow_provider_reve.triggers.reve import settle_time
+
+        first_refusal = first_refusal or time.time()
+        # Never shorter than the settle time: a timer deferral that fires before the
+        # executor recorded this worker's exit races it (see triggers.reve.settle_time).
+        wait = max(too_many_tasks_wait(attempt, error.retry_after), settle_time() - time.time())
+        waited = time.time() - first_refusal
+        if waited + wait > self.max_submit_wait:
+            raise AirflowException(
+                f"The Reve account still had TOO_MANY_TASKS in flight after {waited:.0f}s "
+                f"(max_submit_wait={self.max_submit_wait:g}s); nothing was submitted."
+            ) from error
+        if wait > self._time_left(context):
+            # Submitting after execution_timeout would pay for a result no one waits for.
+            raise AirflowException(
+                f"The Reve account still had TOO_MANY_TASKS in flight and execution_timeout "
+                f"ends before the next attempt in {wait:.0f}s; nothing was submitted."
+            ) from error
+        self.log.info(
+            "Reve account has TOO_MANY_TASKS in flight; submitting again in %.1fs (attempt %d).",
+            wait,
+            attempt,
+        )
+        attempt += 1
+        memory.remember_refusal(fingerprint, attempt, first_refusal)
+        if self.deferrable:
+            self._defer_submission(wait, attempt, first_refusal, context)
+        time.sleep(wait)
+        return attempt, first_refusal
 
     def _defer_submission(
         self: BackoffHost, wait: float, attempt: int, first_refusal: float, context: Mapping[str, Any]

@@ -17,11 +17,26 @@ from datetime import datetime, timedelta, timezone
 __all__ = [
     "DEFER_TIMEOUT_GRACE",
     "deferral_budget",
+    "positive_seconds",
 ]
 
 #: Added to Airflow's own deferral timeout: the trigger ends the wait at its deadline, and
 #: Airflow's timeout is only the safety net for a triggerer that is down, so it fires later.
 DEFER_TIMEOUT_GRACE = timedelta(minutes=2)
+
+
+def positive_seconds(value: float | timedelta, name: str) -> float:
+    """``value`` (seconds or a timedelta) as seconds, refused unless positive (checked at parse).
+
+    :param value: seconds, or a ``timedelta``.
+    :param name: the argument's name, for the error.
+    :return: the seconds.
+    :raises ValueError: zero or negative.
+    """
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
 
 
 def deferral_budget(

@@ -26,11 +26,12 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_reve import defaults
-from airflow_provider_reve.client.retry import is_permanent, is_permanent_code
-from airflow_provider_reve.exceptions import ReveDownloadError, ReveError, ReveTaskFailedError
-from airflow_provider_reve.models import ReveTask
 
+# The retry classes, the exceptions and ReveTask are imported where a task runs: a DAG file
+# imports this module for the mixin, at every parse.
 if TYPE_CHECKING:
+    from airflow_provider_reve.exceptions import ReveError
+    from airflow_provider_reve.models import ReveTask
     from airflow_provider_reve.triggers.reve import ReveTaskEvent
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ON_CONTENT_POLICY_CHOICES",
     "ErrorPolicyHost",
     "ReveErrorPolicyMixin",
+    "check_on_content_policy_violation",
     "raise_for_error",
     "raise_for_failed_task",
     "raise_for_storing_error",
@@ -46,6 +48,18 @@ __all__ = [
 
 CONTENT_POLICY_VIOLATION = "CONTENT_POLICY_VIOLATION"
 ON_CONTENT_POLICY_CHOICES = defaults.ON_CONTENT_POLICY_CHOICES
+
+
+def check_on_content_policy_violation(value: str) -> str:
+    """``on_content_policy_violation``, checked when the DAG is parsed.
+
+    :param value: ``"fail"`` or ``"skip"``.
+    :return: ``value``.
+    :raises ValueError: anything else.
+    """
+    if value not in ON_CONTENT_POLICY_CHOICES:
+        raise ValueError(f"on_content_policy_violation must be one of {ON_CONTENT_POLICY_CHOICES}")
+    return value
 
 
 def raise_for_error(
@@ -58,6 +72,8 @@ def raise_for_error(
     :param on_content_policy_violation: ``"fail"`` or ``"skip"``.
     :raises AirflowException: retryable, or ``AirflowFailException`` / ``AirflowSkipException``.
     """
+    from airflow_provider_reve.client.retry import is_permanent
+
     code = getattr(error, "code", None)
     if code == CONTENT_POLICY_VIOLATION and on_content_policy_violation == "skip":
         log.warning("Skipping: the Reve API rejected the content (%s). %s", code, error)
@@ -89,6 +105,9 @@ def raise_for_storing_error(error: BaseException, log: logging.Logger | Any) -> 
     :param log: where the decision is logged.
     :raises AirflowException: retryable, or ``AirflowFailException`` for a URL no try can fetch.
     """
+    from airflow_provider_reve.client.retry import is_permanent
+    from airflow_provider_reve.exceptions import ReveDownloadError
+
     if isinstance(error, ReveDownloadError) and is_permanent(error):
         raise_for_error(error, log)
     log.warning(
@@ -112,6 +131,9 @@ def raise_for_failed_task(
     :param on_content_policy_violation: ``"fail"`` or ``"skip"``.
     :raises AirflowException: retryable, or ``AirflowFailException`` / ``AirflowSkipException``.
     """
+    from airflow_provider_reve.client.retry import is_permanent_code
+    from airflow_provider_reve.exceptions import ReveTaskFailedError
+
     error = ReveTaskFailedError(task)
     if task.error_code == CONTENT_POLICY_VIOLATION and on_content_policy_violation == "skip":
         log.warning("Skipping: %s", error)
@@ -140,6 +162,8 @@ def raise_for_trigger_error(event: ReveTaskEvent, log: logging.Logger | Any, *, 
     :param what: what was being waited for, for the message.
     :raises AirflowException: retryable, or ``AirflowFailException``.
     """
+    from airflow_provider_reve.client.retry import is_permanent_code
+
     code = event.error_code
     if event.retryable is False or is_permanent_code(code):
         log.error(

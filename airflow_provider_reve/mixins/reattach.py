@@ -25,17 +25,16 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
-from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError, ReveNotFoundError
-
 if TYPE_CHECKING:
+    from airflow_provider_reve.exceptions import ReveAmbiguousSubmissionError, ReveError
     from airflow_provider_reve.models import ReveTask
 
 __all__ = [
+    "ON_AMBIGUOUS_SUBMIT_CHOICES",
     "REFUSED",
     "STATE_KEY",
     "SUBMITTED",
@@ -44,6 +43,7 @@ __all__ = [
     "Recalled",
     "ReveReattachMixin",
     "SubmittedTaskMemory",
+    "check_on_ambiguous_submit",
     "cleared_since",
     "request_fingerprint",
     "run_of_tries",
@@ -55,7 +55,22 @@ SUBMITTING = "submitting"
 REFUSED = "refused"
 SUBMITTED = "submitted"
 
+#: ``on_ambiguous_submit``: a submission sent without an answer fails, or lets retries resubmit.
+ON_AMBIGUOUS_SUBMIT_CHOICES = ("fail", "retry")
+
 _warned_unavailable = False
+
+
+def check_on_ambiguous_submit(value: str) -> str:
+    """``on_ambiguous_submit``, checked when the DAG is parsed.
+
+    :param value: ``"fail"`` or ``"retry"``.
+    :return: ``value``.
+    :raises ValueError: anything else.
+    """
+    if value not in ON_AMBIGUOUS_SUBMIT_CHOICES:
+        raise ValueError(f"on_ambiguous_submit must be one of {ON_AMBIGUOUS_SUBMIT_CHOICES}")
+    return value
 
 
 def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
@@ -69,9 +84,11 @@ def request_fingerprint(model: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Recalled:
+class Recalled(NamedTuple):
     """What an earlier try of this run left behind for the same request.
+
+    A ``NamedTuple``, not a frozen dataclass: as immutable, and a DAG file's parse does not pay
+    for generating a dataclass's methods (this module is imported for the mixin at every parse).
 
     :param phase: ``"submitting"``, ``"submitted"`` or ``"refused"``.
     :param task_id: the paid Reve task, once submitted.
@@ -278,13 +295,24 @@ class ReveReattachMixin:
 
     The host declares ``model``, ``on_ambiguous_submit`` ("fail" or "retry"), a ``hook`` with
     ``get_status`` and a ``log``, and raises for an error by its policy (``ReveErrorPolicyMixin``).
+    Its ``on_kill`` says what this memory means for a killed try.
     """
+
+    def on_kill(self: ReattachHost) -> None:
+        # There is no cancel endpoint: a killed try leaves its Reve task running (and paid).
+        # The state store remembers it, so a retry of this run re-attaches instead of paying again.
+        self.log.warning(
+            "Killed while working on a Reve request; a task already submitted keeps running and is "
+            "remembered: a retry re-attaches to it, a clear generates afresh."
+        )
 
     def _memory(self: ReattachHost, context: Mapping[str, Any]) -> SubmittedTaskMemory:
         return SubmittedTaskMemory(context, self.log)
 
     def _reattach(self: ReattachHost, memory: SubmittedTaskMemory, fingerprint: str) -> ReveTask | None:
         """The task an earlier try of this run paid for, still usable; ``None`` to submit afresh."""
+        from airflow_provider_reve.exceptions import ReveError, ReveNotFoundError
+
         recalled = memory.recall(fingerprint)
         if recalled is None or recalled.phase == REFUSED:
             return None

@@ -11,9 +11,6 @@ from typing import Any, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_provider_reve.exceptions import ReveValidationError
-from airflow_provider_reve.mixins.rendered import coerce_extra_params, coerce_rendered
-
 __all__ = ["REQUEST_FIELDS", "RequestHost", "ReveRequestMixin"]
 
 # The documented request fields, as operator arguments (and template fields).
@@ -55,6 +52,8 @@ class ReveRequestMixin:
 
     def _validated_params(self: RequestHost) -> dict[str, Any]:
         from airflow_provider_reve.client.catalog import validate_request
+        from airflow_provider_reve.exceptions import ReveValidationError
+        from airflow_provider_reve.mixins.rendered import coerce_extra_params, coerce_rendered
 
         try:
             fields = coerce_rendered({name: getattr(self, name) for name in REQUEST_FIELDS})

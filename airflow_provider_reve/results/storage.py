@@ -17,7 +17,8 @@ the user owns: a local folder or anything Airflow's object storage reaches (``s3
   and is renamed into place; on an object store the final key is written in one upload from
   a local spool (an object becomes visible only once complete). A try killed midway leaves
   no file that looks complete, only a hidden spool, which a later store into the same
-  folder removes once nothing has written to it for a day.
+  folder removes once nothing has written to it for a day. The file steps live in
+  ``results.files``.
 * **Idempotent.** A file already at its final name with the same size and sha256 is left
   alone, so a retry over stored results does no work beyond the download check.
 * **One current file per result.** Given its ``owner`` (the Airflow task instance), a store
@@ -36,18 +37,12 @@ import hashlib
 import logging
 import os
 import re
-import secrets
-import shutil
-import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from airflow_provider_reve import config
 from airflow_provider_reve.client.redact import Redactor
 from airflow_provider_reve.client.retry import RetryPolicy, call_with_retries, is_permanent
 from airflow_provider_reve.defaults import DEFAULT_MAX_BYTES
@@ -58,6 +53,16 @@ from airflow_provider_reve.exceptions import (
 )
 from airflow_provider_reve.models import ReveTask
 from airflow_provider_reve.results.destination import Destination, asset_uri, resolve_destination
+from airflow_provider_reve.results.files import (
+    HASH_CHUNK,
+    HashingWriter,
+    open_for_reading,
+    open_spool,
+    remove_stale_spools,
+    same_file,
+    upload,
+    write_file,
+)
 from airflow_provider_reve.results.manifest import (
     earlier_entries,
     manifest_name,
@@ -107,12 +112,6 @@ _ALTERED = re.compile(r"-[0-9a-f]{8}$")
 _MAX_STEM = 80
 # HTTP statuses with which CDNs refuse a signed URL past its lifetime (or a deleted object).
 _EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
-_HASH_CHUNK = 1024 * 1024
-# A live spool is written to at least every read timeout; one untouched for a day belongs to a
-# killed try (SIGKILL, OOM, a lost host) and would otherwise stay in the folder for ever.
-# The default of ``[reve] stale_spool_age``, read at each sweep.
-STALE_SPOOL_SECONDS = config.STALE_SPOOL_AGE.default
-_SPOOL_NAME = re.compile(r"\.reve-[0-9a-f]{16}\.part")
 # Failures spelled out in one error, at most.
 _MAX_REPORTED = 5
 
@@ -150,20 +149,6 @@ def file_name(
     reve_task_id: str, index: int, content_type: str | None, output_format: str | None = None
 ) -> str:
     return f"{safe_stem(reve_task_id)}_{index}.{extension(content_type, output_format)}"
-
-
-class _HashingWriter:
-    """Counts and hashes the bytes on their way into the spool."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self._fh = fh
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
-        return self._fh.write(data)
 
 
 def store_results(
@@ -224,8 +209,8 @@ def store_results(
                 raise _explain(error, task, index) from None
     stems = result_stems(tasks, name_template)
     prepare_destination(where)
-    _remove_stale_spools(where.local, logger)
-    earlier = earlier_entries(where, tasks, stems, same_file=_same_file, open_file=open_for_reading)
+    remove_stale_spools(where.local, logger)
+    earlier = earlier_entries(where, tasks, stems, same_file=same_file, open_file=open_for_reading)
     displaced = _displaced_files(where, owner, logger)
     files: list[dict[str, Any]] = []
     failures: list[ReveDownloadError] = []
@@ -318,7 +303,7 @@ def store_results(
         except ReveStorageError as error:
             problems.append(error)
     try:
-        write = partial(_write_file, where)
+        write = partial(write_file, where)
         manifest_path = write_manifest(where, tasks, files, superseded, write=write) if files else None
     except Exception as error:  # OSError, or an object store's own class
         problems.append(
@@ -359,9 +344,9 @@ def _supersede(
     from airflow_provider_reve.results.supersede import supersede_earlier
 
     def write(name: str, body: bytes) -> None:
-        _write_file(where, where.target(name), body)
+        write_file(where, where.target(name), body)
 
-    return supersede_earlier(where, owner, files, same_file=_same_file, write=write, logger=logger)
+    return supersede_earlier(where, owner, files, same_file=same_file, write=write, logger=logger)
 
 
 def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger: Any) -> Any:
@@ -374,9 +359,9 @@ def _displaced_files(where: Destination, owner: Mapping[str, Any] | None, logger
         own = []
     return DisplacedFiles(
         where=where,
-        same_file=_same_file,
+        same_file=same_file,
         open_file=open_for_reading,
-        write=lambda name, body: _write_file(where, where.target(name), body),
+        write=lambda name, body: write_file(where, where.target(name), body),
         own_earlier={str(entry.get("path")): entry for entry in own},
         logger=logger,
     )
@@ -403,10 +388,10 @@ def _store_one(
 ) -> dict[str, Any]:
     from airflow_provider_reve.results.download import download
 
-    fd, spool = _open_spool(where.local)
+    fd, spool = open_spool(where.local)
     try:
         with os.fdopen(fd, "wb") as fh:
-            writer = _HashingWriter(fh)
+            writer = HashingWriter(fh)
             try:
                 result = download(
                     url,
@@ -422,7 +407,7 @@ def _store_one(
         name = f"{stem}.{extension(result.content_type, output_format)}"
         target = where.target(name)
         sha256 = writer.sha256.hexdigest()
-        if _same_file(target, writer.size, sha256):
+        if same_file(target, writer.size, sha256):
             logger.info("%s is already stored (same size and sha256); not writing it again", target)
         else:
             # Another file at this name (another DAG run's, at a stable file_name) goes into
@@ -431,7 +416,7 @@ def _store_one(
             if where.local is not None:
                 os.replace(spool, target)  # atomic on one filesystem: the name appears complete
             else:
-                _upload(spool, target)
+                upload(spool, target)
         return {
             "reve_task_id": task.task_id,
             "index": index,
@@ -459,7 +444,7 @@ def prepare_destination(where: Destination) -> None:
         return
     try:
         where.local.mkdir(parents=True, exist_ok=True)
-        fd, probe = _open_spool(where.local)
+        fd, probe = open_spool(where.local)
         os.close(fd)
         probe.unlink()
     except OSError as error:
@@ -467,27 +452,6 @@ def prepare_destination(where: Destination) -> None:
             f"download destination {where.local} is not writable: {type(error).__name__}: "
             f"{error.strerror or error}"
         ) from None
-
-
-def _remove_stale_spools(folder: Path | None, logger: Any) -> None:
-    """Delete our own hidden spools in ``folder`` that nothing has written to for
-    ``[reve] stale_spool_age`` seconds (a day by default)."""
-    if folder is None:
-        return
-    cutoff = time.time() - config.stale_spool_age()
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        if not _SPOOL_NAME.fullmatch(entry.name):
-            continue
-        try:
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
-                logger.info("Removed %s, a download spool left by a killed try", entry.path)
-        except OSError:  # gone already (a peer swept it), or not ours to delete: harmless
-            continue
 
 
 def _described(entry: dict[str, Any], task: ReveTask, url: str) -> dict[str, Any]:
@@ -530,7 +494,7 @@ def _stored_without_manifest(
     digest, size = hashlib.sha256(), 0
     try:
         with open_for_reading(target) as fh:
-            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
                 digest.update(chunk)
                 size += len(chunk)
     except Exception:  # unreadable, not a regular file, gone: nothing to keep
@@ -568,25 +532,6 @@ def _not_all_stored(failures: list[ReveDownloadError], stored: int, where: Desti
     return type(first)(message, url=first.url, http_status=first.http_status)
 
 
-def _open_spool(folder: Path | None) -> tuple[int, Path]:
-    """A new, empty spool file: hidden ``.reve-*.part`` in a local destination, else private temp.
-
-    In the destination the spool becomes the stored file by rename, so it is created with the
-    permissions any new file there gets (``0o666`` less the umask): ``mkstemp``'s ``0o600``
-    would leave the results unreadable to the web server or user they are stored for.
-    """
-    if folder is None:
-        fd, name = tempfile.mkstemp(prefix=".reve-", suffix=".part")
-        return fd, Path(name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    while True:
-        path = folder / f".reve-{secrets.token_hex(8)}.part"
-        try:
-            return os.open(path, flags, 0o666), path
-        except FileExistsError:  # pragma: no cover -- 64 random bits
-            continue
-
-
 def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownloadError:
     """Say what a status means for a result URL; keep the type (it decides retries)."""
     where = f"result {index} of Reve task {task.task_id}"
@@ -600,67 +545,3 @@ def _explain(error: ReveDownloadError, task: ReveTask, index: int) -> ReveDownlo
     else:
         message = f"{where}: {error}"
     return type(error)(message, url=error.url, http_status=error.http_status)
-
-
-def open_for_reading(target: Path | Any) -> IO[bytes]:
-    """``target`` opened for reading; locally only a regular file, and without blocking.
-
-    A FIFO (or a symlink to one, or to a device) under one of our names would block ``open`` or
-    feed bytes for ever, holding the worker of a paid task until its URLs expire.
-    """
-    if not isinstance(target, Path):
-        return target.open("rb")  # type: ignore[no-any-return]
-    flags = (
-        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    )
-    fd = os.open(target, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{target} is not a regular file")
-        if flags & getattr(os, "O_NONBLOCK", 0):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _same_file(target: Path | Any, size: int, sha256: str) -> bool:
-    try:
-        if not target.exists() or target.stat().st_size != size:
-            return False
-        digest = hashlib.sha256()
-        with open_for_reading(target) as fh:
-            for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
-                digest.update(chunk)
-    except (OSError, ValueError):
-        return False
-    return digest.hexdigest() == sha256
-
-
-def _upload(spool: Path, target: Any) -> None:
-    # One upload of the final key through Airflow's filesystem registry (``open``, not
-    # ``write_bytes``), so connections and credentials configured in Airflow apply.
-    try:
-        with spool.open("rb") as src, target.open("wb") as dst:
-            shutil.copyfileobj(src, dst, _HASH_CHUNK)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            target.unlink()
-        raise
-
-
-def _write_file(where: Destination, target: Path | Any, body: bytes) -> None:
-    """Write a small file of ours whole: renamed into place locally, one upload remotely."""
-    if where.local is not None:
-        fd, spool = _open_spool(where.local)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-            os.replace(spool, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                spool.unlink()
-    else:
-        with target.open("wb") as fh:
-            fh.write(body)

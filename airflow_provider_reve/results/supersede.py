@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_reve.exceptions import ReveStorageError
+from airflow_provider_reve.results.files import open_for_reading
 from airflow_provider_reve.results.manifest import MANIFEST_NAME, manifest_entries, names_in
 from airflow_provider_reve.results.naming import SUPERSEDED_FOLDER
-from airflow_provider_reve.results.storage import open_for_reading
 
 __all__ = [
     "OWNER_FIELDS",

@@ -26,15 +26,31 @@ HEAVY = (
     "airflow_provider_reve.mixins.finish",
     "airflow_provider_reve.client.catalog",
 )
+# Nor, for a DAG file (the trigger needs the client), the whole client room -- the retry policy
+# included -- or the budgets' model, windows and ledger: their mixins read them when a task runs.
+NOT_FOR_A_DAG_FILE = (
+    *HEAVY,
+    "airflow_provider_reve.client",
+    "airflow_provider_reve.budgets.model",
+    "airflow_provider_reve.budgets.windows",
+    "airflow_provider_reve.budgets.ledger",
+)
+# What the generate operator's module, the one nearly every DAG file imports, does without too:
+# its mixins reach the exceptions, ReveTask and the rendered-value parsing where a task runs.
+NOT_FOR_THE_GENERATE_OPERATOR = (
+    "airflow_provider_reve.exceptions",
+    "airflow_provider_reve.models",
+    "airflow_provider_reve.mixins.rendered",
+)
 
 
-def loaded_after_import(module: str) -> list[str]:
+def loaded_after_import(module: str, watched: tuple[str, ...] = HEAVY) -> list[str]:
     probe = (
         "import sys, json, airflow.sdk\n"
         "before = set(sys.modules)\n"
         f"import {module}\n"
         f"new = set(sys.modules) - before - {{{module!r}}}\n"
-        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in new)))\n"
+        f"print(json.dumps(sorted(m for m in {watched!r} if m in new)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
@@ -52,12 +68,19 @@ def loaded_after_import(module: str) -> list[str]:
     ],
 )
 def test_a_dag_file_importing_our_operators_loads_no_http_client_hook_or_trigger(module):
-    assert loaded_after_import(module) == []
+    assert loaded_after_import(module, NOT_FOR_A_DAG_FILE) == []
+
+
+def test_a_dag_file_importing_the_generate_operator_loads_not_even_the_exceptions_or_reve_task():
+    assert loaded_after_import("airflow_provider_reve.operators.reve", NOT_FOR_THE_GENERATE_OPERATOR) == []
 
 
 def test_the_heavy_modules_still_load_when_a_task_runs():
     # The counterpart: the probe can see these modules, so an empty list above means something.
     assert "aiohttp" in loaded_after_import("airflow_provider_reve.hooks.reve")
+    assert "airflow_provider_reve.models" in loaded_after_import(
+        "airflow_provider_reve.hooks.reve", NOT_FOR_THE_GENERATE_OPERATOR
+    )
 
 
 def test_the_triggerer_importing_our_trigger_on_its_event_loop_loads_no_http_client_or_hook():

@@ -120,7 +120,7 @@ def fake() -> Iterator[FakeReveServer]:
 def api(fake: FakeReveServer, monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     # TOO_MANY_TASKS waits 10 s and more between submissions; the matrix is about the decision.
     monkeypatch.setattr(
-        "airflow_provider_reve.operators.reve.too_many_tasks_wait", lambda attempt, retry_after=None: 0.05
+        "airflow_provider_reve.client.retry.too_many_tasks_wait", lambda attempt, retry_after=None: 0.05
     )
     return FakeApi(fake, monkeypatch)
 

@@ -91,6 +91,10 @@ NOT_IN_THE_REFERENCE = {
     },
     # Being split into smaller modules (issue 24's packaging work); documented once it settles.
     "airflow_provider_reve.results.storage": "being split",
+    "airflow_provider_reve.results.files": "split from results.storage; documented with it",
+    "airflow_provider_reve.mixins.waiting": "new; its docs/api.rst section is the lead's to add",
+    # The package's own PEP 562 loader, for its __init__ modules: not for users.
+    "airflow_provider_reve._lazy": "private",
 }  # fmt: skip
 # Parameters that are Airflow's protocol, not ours to explain on every method.
 _NOT_DOCUMENTED_HERE = {"self", "cls", "context", "kwargs", "args", "settings"}

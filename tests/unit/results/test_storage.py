@@ -28,7 +28,8 @@ from airflow_provider_reve.exceptions import (
     ReveValidationError,
 )
 from airflow_provider_reve.hooks.reve import ReveHook
-from airflow_provider_reve.results.storage import STALE_SPOOL_SECONDS, asset_uri, file_name, safe_stem
+from airflow_provider_reve.results.files import STALE_SPOOL_SECONDS
+from airflow_provider_reve.results.storage import asset_uri, file_name, safe_stem
 from airflow_provider_reve.testing import DEFAULT_API_KEY, FakeReveServer
 from tests.support.reve_test_helpers import use_connection, wait_for
 from tests.support.storage_stub import (
