@@ -46,6 +46,7 @@ __all__ = [
     "MIN_BUDGET_WAIT_SECONDS",
     "ON_BUDGET_EXHAUSTED_CHOICES",
     "BudgetHost",
+    "LoggingHost",
     "ReveBudgetMixin",
     "budget_recheck_seconds",
     "budget_scope",
@@ -91,7 +92,10 @@ def check_on_budget_exhausted(value: str) -> str:
     return value
 
 
-class _Logs(Protocol):
+class LoggingHost(Protocol):
+    """What closing a finished task's reservation needs from its caller (an operator or a sensor):
+    a logger, to say what it settled or released."""
+
     @property
     def log(self) -> Any: ...
 
@@ -240,7 +244,7 @@ class ReveBudgetMixin:
         return self.execute(context)
 
 
-def close_reservation_of_finished_task(host: _Logs, task: ReveTask) -> None:
+def close_reservation_of_finished_task(host: LoggingHost, task: ReveTask) -> None:
     """A task submitted elsewhere finished: settle its open reservation, or release it if FAILED.
 
     For the ``ReveTaskSensor`` waiting for a task submitted with ``wait_for_completion=False``:
@@ -272,7 +276,7 @@ def close_reservation_of_finished_task(host: _Logs, task: ReveTask) -> None:
         _after_paying(host, "release", lambda: ledger.release(reservation.id))
 
 
-def _ledger_or_none(host: _Logs, *, before_paying: bool) -> Ledger | None:
+def _ledger_or_none(host: LoggingHost, *, before_paying: bool) -> Ledger | None:
     from airflow_provider_reve.budgets.ledger import Ledger
 
     try:
@@ -299,7 +303,7 @@ def _find(host: BudgetHost, context: Mapping[str, Any]) -> tuple[Ledger, Reserva
     return None if reservation is None else (ledger, reservation)
 
 
-def _after_paying(host: _Logs, what: str, action: Any) -> None:
+def _after_paying(host: LoggingHost, what: str, action: Any) -> None:
     try:
         action()
     except Exception as error:  # the money is spent either way; reconcile mends the ledger

@@ -89,10 +89,6 @@ NOT_IN_THE_REFERENCE = {
             ".routes.media", ".routes.pages", ".security",
         ]
     },
-    # Being split into smaller modules (issue 24's packaging work); documented once it settles.
-    "airflow_provider_reve.results.storage": "being split",
-    "airflow_provider_reve.results.files": "split from results.storage; documented with it",
-    "airflow_provider_reve.mixins.waiting": "new; its docs/api.rst section is the lead's to add",
     # The package's own PEP 562 loader, for its __init__ modules: not for users.
     "airflow_provider_reve._lazy": "private",
 }  # fmt: skip
